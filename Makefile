@@ -1,0 +1,31 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rayline make-digits --output data/digits.parquet
+	$(BIN)/rayline demo pipelines/digits.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check platform tests benchmarks pipelines
+	$(BIN)/python -m pytest -q --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests benchmarks pipelines
+	$(BIN)/ruff format --check platform tests benchmarks pipelines
+
+format: $(STAMP)
+	$(BIN)/ruff format platform tests benchmarks pipelines
+	$(BIN)/ruff check --fix platform tests benchmarks pipelines
+
+clean:
+	rm -rf $(VENV) .rayline data

@@ -1,0 +1,313 @@
+"""The typed config tree: one frozen pydantic model per section, loaded from YAML plus --set overrides.
+
+Nothing here touches Ray; a bad file is rejected before any cluster resource is claimed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-caused config problem; the message names the file, the dotted path and the bad value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+# ---------------------------------------------------------------- data
+
+
+class FeatureConfig(Section):
+    name: str = Field(min_length=1)
+    """Column name in the source."""
+    kind: Literal["numeric", "categorical"] = "numeric"
+    """numeric columns are standardized; categorical ones are one-hot encoded."""
+
+
+class SplitConfig(Section):
+    validation: Fraction = 0.15
+    """Share of rows held out for validation (model selection, early stopping)."""
+    test: Fraction = 0.15
+    """Share of rows held out for the final test metric."""
+    seed: int = 0
+    """Seed of the shuffle that assigns rows to splits; same seed, same split."""
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation + self.test >= 1.0:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves no training rows; "
+                "keep their sum below 1"
+            )
+        return self
+
+
+class DataConfig(Section):
+    source: str = Field(min_length=1)
+    """A file, a directory or a glob; local path or a pyarrow-filesystem URI (s3://, gs://, ...)."""
+    format: Literal["parquet", "csv", "json"] | None = None
+    """File format; inferred from the file extension when omitted. json means JSON lines."""
+    task: Literal["classification", "regression"]
+    """What the model predicts: a class (classification) or a number (regression)."""
+    label: str = Field(min_length=1)
+    """Column holding the target."""
+    features: list[FeatureConfig] = Field(min_length=1)
+    """Input columns, in the order the model sees them."""
+    split: SplitConfig = SplitConfig()
+    """How rows are divided into train / validation / test."""
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> DataConfig:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique; repeated: {duplicates}")
+        if self.label in names:
+            raise ValueError(f"the label column {self.label!r} is also listed as a feature")
+        return self
+
+
+# ---------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    kind: Literal["mlp", "cnn"] = "mlp"
+    """mlp for flat/tabular inputs; cnn for image-shaped inputs (see image_shape)."""
+    hidden_sizes: list[PositiveInt] = [128, 64]
+    """Widths of the hidden layers (mlp) or of the dense head after the convolutions (cnn)."""
+    channels: list[PositiveInt] = [16, 32]
+    """Output channels of each 3x3 convolution block (cnn only)."""
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
+    """(channels, height, width) the flat feature vector is reshaped to (cnn only)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Dropout probability after each hidden layer."""
+
+    @model_validator(mode="after")
+    def _cnn_needs_shape(self) -> ModelConfig:
+        if self.kind == "cnn" and self.image_shape is None:
+            raise ValueError("model.kind 'cnn' needs model.image_shape, e.g. [1, 8, 8]")
+        return self
+
+
+# ---------------------------------------------------------------- train
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    """Optimizer algorithm."""
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    """Learning rate."""
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """L2 penalty (decoupled for adamw)."""
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """Momentum (sgd only)."""
+
+
+class CheckpointConfig(Section):
+    keep: PositiveInt = 2
+    """How many checkpoints to keep, ranked by metric."""
+    metric: str = "val_loss"
+    """Reported metric that ranks checkpoints and picks the best one."""
+    mode: Literal["min", "max"] = "min"
+    """Whether a lower (min) or higher (max) metric is better."""
+
+
+class TrainConfig(Section):
+    num_workers: Annotated[int, Field(ge=1)] = 2
+    """Data-parallel (DDP) workers, each a Ray actor."""
+    cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    """CPUs each worker reserves."""
+    use_gpu: bool = False
+    """Train on one GPU per worker with the nccl backend (gloo on CPU otherwise)."""
+    epochs: PositiveInt = 10
+    """Passes over the training split."""
+    batch_size: PositiveInt = 64
+    """Rows per step on each worker."""
+    seed: int = 0
+    """Seed for weight initialisation and data order."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    """Optimizer settings."""
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Which checkpoints to keep and which is best."""
+    max_failures: Annotated[int, Field(ge=0)] = 0
+    """Worker-group failures to recover from (restarting from the latest checkpoint)."""
+
+
+# ---------------------------------------------------------------- tune
+
+
+class SchedulerConfig(Section):
+    kind: Literal["asha", "fifo"] = "asha"
+    """asha stops weak trials early; fifo runs every trial to max_t."""
+    max_t: PositiveInt = 10
+    """Most epochs any trial trains."""
+    grace_period: PositiveInt = 1
+    """Epochs a trial always gets before it can be stopped."""
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
+    """ASHA keeps 1/reduction_factor of the trials at each rung."""
+
+
+class TuneConfig(Section):
+    search_space: str = Field(min_length=1)
+    """Path to a search-space YAML (see tune/); relative paths start at the working directory."""
+    num_samples: PositiveInt = 8
+    """Trials to run (for grid search: repeats of the grid)."""
+    metric: str = "val_accuracy"
+    """Reported metric the search optimises."""
+    mode: Literal["min", "max"] = "max"
+    """Whether the search minimises or maximises metric."""
+    searcher: Literal["optuna", "random", "grid"] = "optuna"
+    """How new trial parameters are chosen."""
+    seed: int = 0
+    """Seed of the searcher."""
+    scheduler: SchedulerConfig = SchedulerConfig()
+    """Early-stopping scheduler."""
+    max_concurrent_trials: PositiveInt | None = None
+    """Upper bound on trials at once; the planner may lower it to what the cluster fits."""
+
+
+# ---------------------------------------------------------------- serve
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds to; loopback unless you mean to expose it."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    """HTTP port of the Serve proxy."""
+    route_prefix: str = Field(default="/", pattern=r"^/")
+    """URL prefix of the endpoint."""
+    app_name: str = "rayline"
+    """Serve application name."""
+    num_replicas: PositiveInt = 1
+    """Replicas of the model deployment."""
+    cpus_per_replica: Annotated[float, Field(gt=0.0)] = 0.5
+    """CPUs each replica reserves."""
+    max_batch_size: PositiveInt = 32
+    """Most rows a replica runs through the model in one forward pass."""
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.005
+    """How long a batch waits to fill before it runs."""
+    max_ongoing_requests: PositiveInt = 64
+    """Requests a replica handles at once before the router queues."""
+
+
+# ---------------------------------------------------------------- storage and root
+
+
+class StorageConfig(Section):
+    root: str = ".rayline"
+    """Where runs and the model registry live; shared storage (or a URI) on multi-node clusters."""
+    run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name of the training run; the same name resumes it. Defaults to the pipeline name."""
+
+
+class PipelineConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Pipeline name; names runs and registry entries."""
+    data: DataConfig
+    """Where the data is and what to learn from it."""
+    model: ModelConfig = ModelConfig()
+    """Model family and size."""
+    train: TrainConfig = TrainConfig()
+    """Distributed training."""
+    tune: TuneConfig | None = None
+    """Hyperparameter search; omit to train once."""
+    serve: ServeConfig = ServeConfig()
+    """HTTP serving."""
+    storage: StorageConfig = StorageConfig()
+    """Run and registry storage."""
+
+    @property
+    def run_name(self) -> str:
+        return self.storage.run_name or self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> PipelineConfig:
+    """Read a pipeline YAML, apply `a.b.c=value` overrides, validate, and resolve relative paths."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    for override in overrides:
+        apply_override(raw, override)
+    cfg = validate_config(raw, where=str(path))
+    return resolve_paths(cfg, base=Path.cwd())
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one dotted key, e.g. 'train.optimizer.lr=0.01'; the value is parsed as YAML."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML: {err}") from None
+
+
+def validate_config(raw: dict[str, Any], where: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where)) from None
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: {err.error_count()} invalid field(s)"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "missing":
+            lines.append(f"  {path}: required field is missing")
+            continue
+        got = "" if e["type"] == "extra_forbidden" else f" (got {e['input']!r})"
+        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {path}: {message}{got}")
+    return "\n".join(lines)
+
+
+def resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """Make local paths absolute so Ray workers, whose working directory differs, find them."""
+    data = cfg.data.model_copy(update={"source": absolute(cfg.data.source, base)})
+    storage = cfg.storage.model_copy(update={"root": absolute(cfg.storage.root, base)})
+    update: dict[str, Any] = {"data": data, "storage": storage}
+    if cfg.tune is not None:
+        space = absolute(cfg.tune.search_space, base)
+        update["tune"] = cfg.tune.model_copy(update={"search_space": space})
+    return cfg.model_copy(update=update)
+
+
+def absolute(location: str, base: Path) -> str:
+    if "://" in location:
+        return location
+    return str((base / Path(location).expanduser()).resolve())

@@ -1,0 +1,36 @@
+"""One Ray cluster per test session (dashboard on: Train's placement-group cleaner needs it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ctx = ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=True,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        object_store_memory=512 * 2**20,
+    )
+    yield ctx
+    ray.shutdown()
