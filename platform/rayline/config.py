@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -63,9 +63,16 @@ class DataConfig(Section):
     label: str = Field(min_length=1)
     """Column holding the target."""
     features: list[FeatureConfig] = Field(min_length=1)
-    """Input columns, in the order the model sees them."""
+    """Input columns, in the order the model sees them; a bare name means a numeric column."""
     split: SplitConfig = SplitConfig()
     """How rows are divided into train / validation / test."""
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _bare_names_are_numeric(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
 
     @model_validator(mode="after")
     def _columns_are_distinct(self) -> DataConfig:

@@ -1,0 +1,218 @@
+"""The `rayline` command: parse arguments, dispatch to one function per subcommand. Imported by nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from rayline.config import ConfigError, PipelineConfig, load_config
+
+DEFAULT_ROOT = os.environ.get("RAYLINE_ROOT", ".rayline")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_validate(args) -> int:
+    cfg = load_config(args.pipeline, args.set)
+    print(f"ok: {args.pipeline} is a valid pipeline {cfg.name!r}")
+    print(f"  data:  {cfg.data.task} of {cfg.data.label!r} from {len(cfg.data.features)} features")
+    print(f"  model: {cfg.model.kind}, train: {cfg.train.num_workers} workers x {cfg.train.epochs} epochs")
+    return 0
+
+
+def cmd_make_digits(args) -> int:
+    from rayline.data import write_digits
+
+    rows = write_digits(args.output)
+    print(f"wrote {rows} rows of scikit-learn's digits to {args.output}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    cfg = load_config(args.pipeline, args.set)
+    start(args)
+    report = train(cfg, args)
+    print_report(report)
+    return 0
+
+
+def cmd_run(args) -> int:
+    cfg = load_config(args.pipeline, args.set)
+    dashboard = start(args)
+    report = train(cfg, args)
+    print_report(report)
+    if args.no_serve:
+        return 0
+    return serve_until_interrupted(cfg.storage.root, report.version, cfg, dashboard)
+
+
+def cmd_demo(args) -> int:
+    """The whole path once: train, serve, one real HTTP prediction, clean shutdown."""
+    import httpx
+
+    from rayline import serve as serving
+    from rayline.data import read_source
+
+    began = time.perf_counter()
+    cfg = load_config(args.pipeline, args.set)
+    print(f"dashboard: {start(args)}")
+    report = train(cfg, args)
+    print_report(report)
+    url = serving.deploy(cfg.storage.root, report.version, cfg.serve)
+    rows = read_source(cfg.data).drop_columns([cfg.data.label]).take(2)
+    body = {"rows": [{k: float(v) if isinstance(v, int | float) else v for k, v in r.items()} for r in rows]}
+    print(f"POST {url}/predict with {len(rows)} rows from {cfg.data.source}")
+    response = httpx.post(f"{url}/predict", json=body, timeout=30)
+    print(f"HTTP {response.status_code}: {json.dumps(response.json())[:600]}")
+    serving.shutdown()
+    from rayline.runtime import disconnect
+
+    disconnect()
+    print(f"demo finished in {time.perf_counter() - began:.0f} s")
+    return 0 if response.status_code == 200 else 1
+
+
+def cmd_serve(args) -> int:
+    from rayline.registry import Registry
+
+    cfg = load_config(args.pipeline, args.set) if args.pipeline else None
+    root = cfg.storage.root if cfg else args.root
+    registry = Registry(root)
+    version = registry.resolve(args.version)
+    dashboard = start(args)
+    return serve_until_interrupted(root, version, cfg or registry.load(version).config, dashboard)
+
+
+def cmd_predict(args) -> int:
+    from rayline.predict import predict_files
+
+    start(args)
+    version, rows = predict_files(args.root, args.model, args.input, args.output)
+    print(f"predicted {rows} rows with model {version} into {args.output}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from rayline.registry import Registry
+
+    registry = Registry(args.root)
+    records = registry.records()
+    if not records:
+        print(f"no models registered under {registry.path}")
+        return 0
+    serving = registry.serving_version()
+    print(f"{'':2}{'version':9}{'pipeline':16}{'epoch':>6}  {'metrics':44}{'created'}")
+    for r in records:
+        shown = {**r["metrics"], **r["test_metrics"]}
+        keys = [k for k in ("val_loss", "val_accuracy", "test_accuracy", "test_rmse") if k in shown]
+        text = " ".join(f"{k}={shown[k]:.4f}" for k in keys)
+        mark = "* " if r["version"] == serving else "  "
+        print(f"{mark}{r['version']:9}{r['pipeline'][:15]:16}{r['epoch'] + 1:>6}  {text:44}{r['created_at']}")
+    print("* = the version served by default (`rayline serve`)")
+    return 0
+
+
+# ---------------------------------------------------------------- shared steps
+
+
+def start(args) -> str:
+    from rayline.runtime import connect
+
+    return connect(verbose=args.verbose, address=getattr(args, "address", None))
+
+
+def train(cfg: PipelineConfig, args):
+    from rayline.pipeline import format_epoch, train_and_register
+
+    print(
+        f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs"
+    )
+    return train_and_register(
+        cfg, on_epoch=lambda m: print(format_epoch(m, cfg.train.epochs), flush=True), verbose=args.verbose
+    )
+
+
+def print_report(report) -> None:
+    shown = " ".join(f"{k}={v:.4f}" for k, v in report.test_metrics.items())
+    print(f"registered model {report.version}; test: {shown or '(no test split)'}")
+
+
+def serve_until_interrupted(root: str, version: str, cfg: PipelineConfig, dashboard: str) -> int:
+    from rayline import serve as serving
+
+    url = serving.deploy(root, version, cfg.serve)
+    print(f"serving model {version} at {url}/predict  (docs: {url}/docs)")
+    print(f"dashboard: {dashboard}")
+    print("press Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        serving.shutdown()
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable, help: str, pipeline: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        p.add_argument("--verbose", action="store_true", help="show Ray's logs and progress bars")
+        if pipeline:
+            p.add_argument("pipeline", help="pipeline YAML file")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+        return p
+
+    command("validate", cmd_validate, "check a pipeline YAML without starting Ray")
+    command("train", cmd_train, "ingest, train and register a model")
+    run = command("run", cmd_run, "train, register and serve until Ctrl-C")
+    run.add_argument("--no-serve", action="store_true", help="stop after registering")
+    command("demo", cmd_demo, "train, serve, send one HTTP request, shut down")
+    serve = command("serve", cmd_serve, "serve a registered model until Ctrl-C", pipeline=False)
+    serve.add_argument("pipeline", nargs="?", help="pipeline YAML (for storage and serve settings)")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--version", help="model version (default: the serving one)")
+    serve.add_argument("--root", default=DEFAULT_ROOT, help="storage root (without a pipeline)")
+    predict = command("predict", cmd_predict, "batch prediction over a file with Ray Data", pipeline=False)
+    predict.add_argument("--model", help="model version (default: the serving one)")
+    predict.add_argument("--input", required=True, help="file, directory or glob of Parquet/CSV/JSON lines")
+    predict.add_argument("--output", required=True, help="output directory; its extension picks the format")
+    predict.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
+    models = command("models", cmd_models, "list registered model versions", pipeline=False)
+    models.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
+    digits = command("make-digits", cmd_make_digits, "write scikit-learn's digits to Parquet", pipeline=False)
+    digits.add_argument("--output", default="data/digits.parquet")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rayline.data import DataError
+    from rayline.registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+    except (DataError, RegistryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

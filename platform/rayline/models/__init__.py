@@ -1,0 +1,7 @@
+"""Plain torch modules and `build_model`; no Ray imports here."""
+
+from rayline.models.build import build_model
+from rayline.models.cnn import ConvNet
+from rayline.models.mlp import MLP
+
+__all__ = ["MLP", "ConvNet", "build_model"]

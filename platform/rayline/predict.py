@@ -1,0 +1,81 @@
+"""Batch prediction: one registered checkpoint over a file, directory or glob, with Ray Data map_batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rayline.data import DataError, list_source_files
+from rayline.registry import Registry, load_checkpoint
+
+WRITERS = {"parquet": "write_parquet", "csv": "write_csv", "json": "write_json"}
+
+
+class BatchPredictor:
+    """A Ray Data actor: loads the checkpoint once, then predicts whole batches of rows."""
+
+    def __init__(self, checkpoint_dir: str):
+        torch.set_num_threads(1)
+        self.loaded = load_checkpoint(checkpoint_dir)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        preprocessor = self.loaded.preprocessor
+        x_bf = torch.from_numpy(preprocessor.transform_features(batch))
+        with torch.inference_mode():
+            outputs = self.loaded.model(x_bf).numpy()
+        decoded = preprocessor.decode(outputs)
+        result = batch.copy()
+        if preprocessor.task == "classification":
+            result["prediction"] = [d["label"] for d in decoded]
+            probabilities = np.asarray(
+                [[d["probabilities"][c] for c in preprocessor.classes] for d in decoded]
+            )
+            for i, cls in enumerate(preprocessor.classes):
+                result[f"probability_{cls}"] = probabilities[:, i]
+        else:
+            result["prediction"] = [d["value"] for d in decoded]
+        return result
+
+
+def predict_files(
+    storage_root: str, version: str | None, input_path: str, output_path: str, *, batch_size: int = 1024
+) -> tuple[str, int]:
+    """Predict every row of `input_path` into `output_path` (a directory of part files); returns (version, rows)."""
+    import ray.data
+
+    registry = Registry(storage_root)
+    version = registry.resolve(version)
+    filesystem, paths, fmt = list_source_files(input_path, None)
+    out_fmt = output_format(output_path)
+    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[fmt]
+    dataset = reader(paths, filesystem=filesystem)
+    predictions = dataset.map_batches(
+        BatchPredictor,
+        fn_constructor_kwargs={"checkpoint_dir": str(registry.checkpoint_dir(version))},
+        batch_format="pandas",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+    )
+    getattr(predictions, WRITERS[out_fmt])(output_path)
+    return version, read_row_count(output_path, out_fmt)
+
+
+def output_format(path: str) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    fmt = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json", "jsonl": "json"}.get(suffix)
+    if fmt is None:
+        raise DataError(
+            f"--output {path}: cannot tell the format from the extension; use .parquet, .csv or .jsonl"
+        )
+    return fmt
+
+
+def read_row_count(path: str, fmt: str) -> int:
+    import ray.data
+
+    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[fmt]
+    return reader(path).count()

@@ -1,0 +1,284 @@
+"""The model registry: the only code that knows the checkpoint layout.
+
+A checkpoint directory holds everything serving, batch prediction and evaluation need:
+
+    model.pt           weights (a state dict; loaded with weights_only=True)
+    optimizer.pt       optimizer state, for resuming
+    state.json         epoch and the metrics reported with this checkpoint
+    preprocessor.json  the fitted preprocessor (feature statistics, label map)
+    config.json        the full pipeline config that produced it
+    manifest.json      sha256 of every file above, written last
+
+The registry lives under `<storage.root>/registry/`: `models/<version>/` holds a copy of a run's
+best checkpoint plus `record.json` (metrics, config, data fingerprint, code version), and
+`serving.json` names the version to serve.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayline.config import PipelineConfig
+from rayline.data.preprocess import Preprocessor
+from rayline.models import build_model
+
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+PREPROCESSOR_FILE = "preprocessor.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, PREPROCESSOR_FILE, CONFIG_FILE)
+
+
+class RegistryError(ValueError):
+    """A missing, partial or tampered checkpoint, or an unknown model version."""
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    epoch: int,
+    metrics: dict[str, float],
+    history: list[dict[str, float]],
+    preprocessor: Preprocessor,
+    config: PipelineConfig,
+) -> None:
+    """Write a self-sufficient checkpoint; `history` is every epoch's metrics up to this one."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model_state, directory / MODEL_FILE)
+    torch.save(optimizer_state, directory / OPTIMIZER_FILE)
+    write_json(directory / STATE_FILE, {"epoch": epoch, "metrics": metrics, "history": history})
+    write_json(directory / PREPROCESSOR_FILE, preprocessor.to_dict())
+    write_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
+    write_json(
+        directory / MANIFEST_FILE, {"sha256": {f: file_sha256(directory / f) for f in CHECKPOINT_FILES}}
+    )
+
+
+def verify_checkpoint(directory: str | Path) -> None:
+    """Refuse a checkpoint whose files are missing or differ from the manifest written at save time."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise RegistryError(f"{directory}: not a complete rayline checkpoint (no {MANIFEST_FILE})")
+    expected = read_json(manifest_path).get("sha256", {})
+    for name in CHECKPOINT_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise RegistryError(f"{directory}: checkpoint is partial, {name} is missing")
+        if file_sha256(path) != expected.get(name):
+            raise RegistryError(
+                f"{path}: contents do not match the checkpoint manifest (tampered or corrupt)"
+            )
+
+
+def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:
+    """(model state, optimizer state, epoch, history) of a checkpoint, for resuming training."""
+    directory = Path(directory)
+    verify_checkpoint(directory)
+    model_state = torch.load(directory / MODEL_FILE, weights_only=True, map_location="cpu")
+    optimizer_state = torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+    state = read_json(directory / STATE_FILE)
+    return model_state, optimizer_state, int(state["epoch"]), state["history"]
+
+
+def checkpoint_metrics(directory: str | Path) -> dict[str, float]:
+    return read_json(Path(directory) / STATE_FILE)["metrics"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint made ready for inference: the model in eval mode and how to feed it."""
+
+    model: nn.Module
+    preprocessor: Preprocessor
+    config: PipelineConfig
+    metrics: dict[str, float]
+    version: str | None = None
+
+
+def load_checkpoint(directory: str | Path, version: str | None = None) -> LoadedModel:
+    directory = Path(directory)
+    verify_checkpoint(directory)
+    config = PipelineConfig.model_validate(read_json(directory / CONFIG_FILE))
+    preprocessor = Preprocessor.from_dict(read_json(directory / PREPROCESSOR_FILE))
+    model = build_model(
+        config.model, num_inputs=preprocessor.num_inputs, num_outputs=preprocessor.num_outputs
+    )
+    model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True, map_location="cpu"))
+    model.eval()
+    return LoadedModel(model, preprocessor, config, checkpoint_metrics(directory), version)
+
+
+# ---------------------------------------------------------------- registry
+
+
+class Registry:
+    """Versions of trained models under `<root>/registry`, and which one is served."""
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / "registry"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path / "models"
+
+    def versions(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        found = [p.name for p in self.models_dir.iterdir() if (p / "record.json").is_file()]
+        return sorted(found, key=version_number)
+
+    def record(self, version: str) -> dict[str, Any]:
+        path = self.models_dir / version / "record.json"
+        if not path.is_file():
+            known = ", ".join(self.versions()) or "none yet"
+            raise RegistryError(f"no model version {version!r} in {self.path} (known: {known})")
+        return read_json(path)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [self.record(v) for v in self.versions()]
+
+    def checkpoint_dir(self, version: str) -> Path:
+        self.record(version)
+        return self.models_dir / version / "checkpoint"
+
+    def register(
+        self,
+        checkpoint_dir: str | Path,
+        *,
+        run_name: str,
+        data_fingerprint: str,
+        test_metrics: dict[str, float] | None = None,
+        params: dict[str, Any] | None = None,
+        serve: bool = True,
+    ) -> str:
+        """Copy a checkpoint in as a new version, record how it was made, and (by default) serve it."""
+        verify_checkpoint(checkpoint_dir)
+        version, version_dir = self._claim_next_version()
+        shutil.copytree(checkpoint_dir, version_dir / "checkpoint")
+        config = read_json(Path(checkpoint_dir) / CONFIG_FILE)
+        state = read_json(Path(checkpoint_dir) / STATE_FILE)
+        record = {
+            "version": version,
+            "pipeline": config["name"],
+            "run_name": run_name,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "epoch": state["epoch"],
+            "metrics": state["metrics"],
+            "test_metrics": test_metrics or {},
+            "selected_by": config["train"]["checkpoint"],
+            "data_fingerprint": data_fingerprint,
+            "code_version": code_version(),
+            "source_checkpoint": str(checkpoint_dir),
+            "params": params or {},
+            "history": state["history"],
+        }
+        write_json(version_dir / "record.json", record)  # written last: a version without it is not listed
+        if serve:
+            self.set_serving(version)
+        return version
+
+    def serving_version(self) -> str | None:
+        path = self.path / "serving.json"
+        return read_json(path)["version"] if path.is_file() else None
+
+    def set_serving(self, version: str) -> None:
+        self.record(version)
+        write_json(self.path / "serving.json", {"version": version})
+
+    def resolve(self, version: str | None) -> str:
+        """The version to use: the one asked for, else the serving one, else the newest."""
+        if version:
+            self.record(version)
+            return version
+        chosen = self.serving_version() or (self.versions() or [None])[-1]
+        if chosen is None:
+            raise RegistryError(f"the registry at {self.path} has no models yet; run `rayline train` first")
+        return chosen
+
+    def load(self, version: str | None = None) -> LoadedModel:
+        version = self.resolve(version)
+        return load_checkpoint(self.checkpoint_dir(version), version=version)
+
+    def _claim_next_version(self) -> tuple[str, Path]:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        taken = [version_number(p.name) for p in self.models_dir.iterdir()]
+        number = max(taken, default=0) + 1
+        while True:  # mkdir is atomic, so two registering drivers never share a version
+            candidate = self.models_dir / f"v{number}"
+            try:
+                candidate.mkdir()
+                return candidate.name, candidate
+            except FileExistsError:
+                number += 1
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def version_number(name: str) -> int:
+    return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else 0
+
+
+def code_version() -> str:
+    """The git commit of the rayline source (with '+dirty' for local edits), else the package version."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            dirty = subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            return commit.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"rayline-{version('rayline')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float))
+    tmp.replace(path)

@@ -1,0 +1,122 @@
+"""Builds and fits the TorchTrainer for one pipeline config; reports progress on the driver."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+from rayline.config import PipelineConfig
+from rayline.data import PreparedData
+from rayline.registry import checkpoint_metrics
+from rayline.train.loop import train_loop_per_worker
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    best_checkpoint: Path
+    """Local directory of the best checkpoint by train.checkpoint.metric."""
+    best_metrics: dict[str, float]
+    run_dir: Path
+
+
+class ProgressCallback(UserCallback):
+    """Runs on the Train controller; forwards rank-0 metrics to the driver through a Ray queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put(dict(metrics[0]))
+
+
+def fit(
+    cfg: PipelineConfig,
+    data: PreparedData,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    extra_callbacks: Sequence[UserCallback] = (),
+    run_name: str | None = None,
+    verbose: bool = False,
+) -> TrainOutcome:
+    """Train with DDP across cfg.train.num_workers Ray actors; resume if the run name already exists."""
+    callbacks = list(extra_callbacks)
+    queue = printer = None
+    if on_epoch is not None:
+        from ray.util.queue import Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        callbacks.append(ProgressCallback(queue))
+        printer = threading.Thread(target=drain, args=(queue, on_epoch), daemon=True)
+        printer.start()
+    trainer = build_trainer(
+        cfg, data, callbacks=callbacks, run_name=run_name or cfg.run_name, verbose=verbose
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        if queue is not None:
+            queue.put(None)
+            printer.join(timeout=10)
+            queue.shutdown()
+    return outcome_of(result, cfg)
+
+
+def build_trainer(
+    cfg: PipelineConfig, data: PreparedData, *, callbacks: list, run_name: str, verbose: bool
+) -> TorchTrainer:
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    keep = cfg.train.checkpoint
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "preprocessor": data.preprocessor.to_dict(),
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        datasets={"train": data.train, "validation": data.validation},
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(Path(cfg.storage.root) / "runs"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=keep.keep,
+                checkpoint_score_attribute=keep.metric,
+                checkpoint_score_order=keep.mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        ),
+    )
+
+
+def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:
+    if result.error is not None:
+        raise result.error
+    keep = cfg.train.checkpoint
+    best = result.get_best_checkpoint(metric=keep.metric, mode=keep.mode) if result.best_checkpoints else None
+    if best is None:
+        raise RuntimeError(
+            f"training run {result.path} produced no checkpoint with metric {keep.metric!r}; "
+            "check train.checkpoint.metric against the reported metrics"
+        )
+    directory = Path(best.path)
+    return TrainOutcome(
+        best_checkpoint=directory, best_metrics=checkpoint_metrics(directory), run_dir=Path(result.path)
+    )
+
+
+def drain(queue, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+    while (metrics := queue.get()) is not None:
+        on_epoch(metrics)
