@@ -43,7 +43,10 @@ class BatchPredictor:
 def predict_files(
     storage_root: str, version: str | None, input_path: str, output_path: str, *, batch_size: int = 1024
 ) -> tuple[str, int]:
-    """Predict every row of `input_path` into `output_path` (a directory of part files); returns (version, rows)."""
+    """Predict every row of `input_path` into `output_path`, a directory of part files.
+
+    Returns the model version used and the number of rows written.
+    """
     import ray.data
 
     registry = Registry(storage_root)
