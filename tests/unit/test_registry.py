@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+
+from rayline.config import validate_config
+from rayline.data.preprocess import NumericStat, Preprocessor
+from rayline.models import build_model
+from rayline.registry import (
+    Registry,
+    RegistryError,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+)
+
+CONFIG = validate_config(
+    {
+        "name": "reg",
+        "data": {"source": "/x.parquet", "task": "classification", "label": "y", "features": ["a", "b"]},
+        "model": {"hidden_sizes": [8]},
+    }
+)
+PREPROCESSOR = Preprocessor(
+    task="classification",
+    label="y",
+    features=[NumericStat("a", 1.0, 2.0), NumericStat("b", 0.0, 1.0)],
+    classes=["cat", "dog", "eel"],
+    target_mean=None,
+    target_std=None,
+)
+
+
+def write_checkpoint(directory, epoch=0, val_loss=1.0):
+    torch.manual_seed(epoch)
+    model = build_model(CONFIG.model, num_inputs=2, num_outputs=3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 2)).sum().backward()
+    optimizer.step()
+    metrics = {"epoch": epoch, "val_loss": val_loss}
+    save_checkpoint(
+        directory,
+        model_state=model.state_dict(),
+        optimizer_state=optimizer.state_dict(),
+        epoch=epoch,
+        metrics=metrics,
+        history=[metrics],
+        preprocessor=PREPROCESSOR,
+        config=CONFIG,
+    )
+    return model
+
+
+def test_checkpoint_round_trip_is_self_sufficient(tmp_path):
+    model = write_checkpoint(tmp_path / "ck", epoch=3)
+    loaded = load_checkpoint(tmp_path / "ck")
+    x = torch.randn(5, 2)
+    model.eval()
+    assert torch.allclose(loaded.model(x), model(x))
+    assert loaded.preprocessor == PREPROCESSOR
+    assert loaded.config == CONFIG
+    _, optimizer_state, epoch, history = load_training_state(tmp_path / "ck")
+    assert epoch == 3 and history == [{"epoch": 3, "val_loss": 1.0}]
+    assert optimizer_state["state"], "optimizer moments are saved for resuming"
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    write_checkpoint(tmp_path / "ck")
+    weights = tmp_path / "ck" / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(RegistryError, match="model.pt: contents do not match"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_partial_checkpoint_is_refused(tmp_path):
+    write_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "preprocessor.json").unlink()
+    with pytest.raises(RegistryError, match="partial, preprocessor.json is missing"):
+        load_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "manifest.json").unlink()
+    with pytest.raises(RegistryError, match="not a complete rayline checkpoint"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_registry_versions_records_and_serving(tmp_path):
+    registry = Registry(tmp_path)
+    assert registry.versions() == []
+    with pytest.raises(RegistryError, match="no models yet"):
+        registry.resolve(None)
+    write_checkpoint(tmp_path / "a", epoch=1, val_loss=0.5)
+    write_checkpoint(tmp_path / "b", epoch=2, val_loss=0.4)
+    v1 = registry.register(tmp_path / "a", run_name="r1", data_fingerprint="sha256:aa", test_metrics={"x": 1})
+    v2 = registry.register(tmp_path / "b", run_name="r2", data_fingerprint="sha256:bb", serve=False)
+    assert (v1, v2) == ("v1", "v2")
+    assert registry.versions() == ["v1", "v2"]
+    assert registry.serving_version() == "v1"
+    record = registry.record("v2")
+    assert record["pipeline"] == "reg" and record["epoch"] == 2
+    assert record["metrics"]["val_loss"] == 0.4
+    assert record["data_fingerprint"] == "sha256:bb"
+    assert record["code_version"]
+    assert record["history"] == [{"epoch": 2, "val_loss": 0.4}]
+    registry.set_serving("v2")
+    assert registry.load().version == "v2"
+    with pytest.raises(RegistryError, match=r"no model version 'v9'.*known: v1, v2"):
+        registry.load("v9")
+
+
+def test_registered_copy_survives_the_run_directory(tmp_path):
+    write_checkpoint(tmp_path / "a")
+    version = Registry(tmp_path).register(tmp_path / "a", run_name="r", data_fingerprint="f")
+    for f in (tmp_path / "a").iterdir():
+        f.unlink()
+    assert Registry(tmp_path).load(version).version == version
+
+
+def test_version_without_record_is_invisible(tmp_path):
+    (tmp_path / "registry" / "models" / "v1").mkdir(parents=True)
+    registry = Registry(tmp_path)
+    assert registry.versions() == []
+    write_checkpoint(tmp_path / "a")
+    assert registry.register(tmp_path / "a", run_name="r", data_fingerprint="f") == "v2"
+    assert json.loads((tmp_path / "registry" / "serving.json").read_text()) == {"version": "v2"}

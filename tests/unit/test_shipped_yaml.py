@@ -1,0 +1,49 @@
+"""Every YAML file the project ships validates against the schema that will read it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayline.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shipped(pattern: str) -> list[Path]:
+    return sorted(REPO.glob(pattern))
+
+
+@pytest.mark.parametrize("path", shipped("pipelines/*.yaml"), ids=lambda p: p.name)
+def test_pipeline_validates(path):
+    cfg = load_config(path)
+    assert cfg.serve.host == "127.0.0.1", "shipped pipelines serve on loopback only"
+
+
+@pytest.mark.parametrize("path", shipped("serve/*.yaml"), ids=lambda p: p.name)
+def test_serve_config_validates(path):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert config.http_options.host == "127.0.0.1"
+    assert all(app.import_path == "rayline.serve.app:build" for app in config.applications)
+
+
+@pytest.mark.parametrize("path", shipped("cluster*.yaml"), ids=lambda p: p.name)
+def test_cluster_config_validates_with_rays_launcher(path):
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(path.read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(raw, schema)
+    validate_config(prepare_config(raw))
+    starts = raw["head_start_ray_commands"] + raw.get("worker_start_ray_commands", [])
+    assert not any("ray stop" in command for command in starts), "ray stop would end unrelated Ray processes"
+    assert "--dashboard-host=127.0.0.1" in " ".join(raw["head_start_ray_commands"])
+
+
+def test_there_is_something_to_check():
+    assert shipped("pipelines/*.yaml") and shipped("cluster*.yaml")
