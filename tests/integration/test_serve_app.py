@@ -1,0 +1,215 @@
+"""The Serve endpoint over real HTTP: a tiny registered model, deployed once per module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from rayline.config import FeatureConfig, ModelConfig, PipelineConfig, ServeConfig
+from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
+from rayline.models import build_model
+from rayline.registry import Registry, RegistryError, save_checkpoint
+
+PORT = 8126
+CLASSES = ["cat", "dog", "eel"]
+COLORS = ["red", "green", "blue"]
+NUMERIC = ["x1", "x2", "pixel_7"]
+FEATURES = [*NUMERIC, "color"]
+
+
+def make_registry(root, task: str) -> str:
+    """Register one small untrained model; returns the storage root."""
+    stats = [NumericStat(name, mean=1.0, std=2.0) for name in NUMERIC] + [CategoricalStat("color", COLORS)]
+    if task == "classification":
+        pre = Preprocessor(task, "animal", stats, CLASSES, None, None)
+    else:
+        pre = Preprocessor(task, "weight", stats, None, 50.0, 10.0)
+    config = PipelineConfig(
+        name=f"tiny-{task}",
+        data={
+            "source": "unused.csv",
+            "task": task,
+            "label": pre.label,
+            "features": [FeatureConfig(name=n, kind=f["kind"]) for n, f in zip(FEATURES, pre.feature_schema())],
+        },
+        model=ModelConfig(hidden_sizes=[8], dropout=0.5),
+    )
+    torch.manual_seed(0)
+    model = build_model(config.model, num_inputs=pre.num_inputs, num_outputs=pre.num_outputs)
+    ckpt = root / f"ckpt-{task}"
+    save_checkpoint(
+        ckpt,
+        model_state=model.state_dict(),
+        optimizer_state={},
+        epoch=0,
+        metrics={"val_loss": 1.25, "val_accuracy": float("nan")},
+        history=[],
+        preprocessor=pre,
+        config=config,
+    )
+    Registry(root).register(ckpt, run_name="t", data_fingerprint="sha256:test", test_metrics={"loss": 1.5})
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def endpoints(ray_cluster, tmp_path_factory):
+    from rayline.serve import deploy, shutdown
+
+    urls = {}
+    for task, prefix in (("classification", "/clf"), ("regression", "/reg")):
+        root = make_registry(tmp_path_factory.mktemp(task), task)
+        # A long batch wait makes concurrent requests reliably share a batch.
+        cfg = ServeConfig(port=PORT, route_prefix=prefix, app_name=task, max_batch_size=32, batch_wait_timeout_s=0.05)
+        urls[task] = deploy(root, serve_cfg=cfg)
+    yield urls
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def clf(endpoints):
+    with httpx.Client(base_url=endpoints["classification"], timeout=30) as client:
+        yield client
+
+
+def row(i: int = 0) -> dict:
+    return {"x1": 0.5 * i, "x2": -1.0, "pixel_7": 3, "color": COLORS[i % 3]}
+
+
+def test_predict_one_row(clf):
+    r = clf.post("/predict", json={"rows": [row()]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "v1"
+    [pred] = body["predictions"]
+    assert pred["label"] in CLASSES
+    assert set(pred["probabilities"]) == set(CLASSES)
+    assert sum(pred["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_predict_many_rows_as_objects_and_lists(clf):
+    # 70 rows is more than max_batch_size (32): the request is cut into pieces and put back together.
+    dict_rows = [row(i) for i in range(70)]
+    list_rows = [[r[name] for name in FEATURES] for r in dict_rows]
+    by_dict = clf.post("/predict", json={"rows": dict_rows}).json()["predictions"]
+    by_list = clf.post("/predict", json={"rows": list_rows}).json()["predictions"]
+    assert len(by_dict) == 70
+    assert by_dict == by_list
+    for pred in by_dict:
+        assert sum(pred["probabilities"].values()) == pytest.approx(1.0)
+    # Each row is answered for itself, not mixed with its neighbours.
+    [alone] = clf.post("/predict", json={"rows": [dict_rows[41]]}).json()["predictions"]
+    assert alone["probabilities"] == pytest.approx(by_dict[41]["probabilities"])
+
+
+def test_healthz(clf):
+    r = clf.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "model_version": "v1"}
+
+
+def test_model_info(clf):
+    info = clf.get("/v1/model").json()
+    assert info["model_version"] == "v1"
+    assert info["pipeline"] == "tiny-classification"
+    assert info["task"] == "classification"
+    assert info["classes"] == CLASSES
+    assert info["metrics"] == {"val_loss": 1.25, "val_accuracy": None}  # NaN is not JSON
+    assert info["test_metrics"] == {"loss": 1.5}
+    assert [f["name"] for f in info["features"]] == FEATURES
+    assert info["features"][3] == {"name": "color", "kind": "categorical", "categories": COLORS}
+    assert info["created_at"]
+    assert info["serving"]["max_batch_size"] == 32
+
+
+def test_openapi_documents_the_features(clf):
+    spec = clf.get("/openapi.json").json()
+    assert {"/predict", "/healthz", "/v1/model"} <= set(spec["paths"])
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    object_row = body["schema"]["properties"]["rows"]["items"]["anyOf"][0]
+    assert object_row["required"] == FEATURES
+    assert clf.post("/predict", json=body["example"]).status_code == 200
+    docs = clf.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+JSON = {"content-type": "application/json"}
+BAD_REQUESTS = {
+    "missing feature": ({"rows": [{"x1": 1, "x2": 2, "color": "red"}]}, 422, "rows.0.pixel_7", "missing"),
+    "unknown feature": ({"rows": [{**row(), "x9": 1}]}, 422, "rows.0.x9", "unknown feature"),
+    "string for number": ({"rows": [row(), {**row(), "x2": "abc"}]}, 422, "rows.1.x2", "expected a number"),
+    "bool for number": ({"rows": [{**row(), "x1": True}]}, 422, "rows.0.x1", "expected a number"),
+    "number for category": ({"rows": [{**row(), "color": 1.5}]}, 422, "rows.0.color", "expected a string"),
+    "wrong length": ({"rows": [[1, 2, "red"]]}, 422, "rows.0", "expected 4 values"),
+    "row not a row": ({"rows": ["x1"]}, 422, "rows.0", "expected an object"),
+    "empty rows": ({"rows": []}, 422, "rows", "empty"),
+    "no rows key": ({"data": [row()]}, 422, "data", "unknown key"),
+    "not an object": ([row()], 422, "body", "JSON object"),
+    "too many rows": ({"rows": [row()] * 1025}, 413, "rows", "limit of 1024"),
+    "NaN": (b'{"rows": [[NaN, 1, 2, "red"]]}', 422, "rows.0.x1", "finite"),
+    "Infinity": (b'{"rows": [{"x1": 1, "x2": -Infinity, "pixel_7": 1, "color": "red"}]}', 422, "rows.0.x2", "finite"),
+    "invalid JSON": (b'{"rows": [', 400, "body", "not valid JSON"),
+    "empty body": (b"", 400, "body", "empty"),
+    "not UTF-8": (b"\xff\xfe{", 400, "body", "not valid JSON"),
+    "form data": (b"rows=1", 415, "content-type", "application/json"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_request_is_a_4xx_that_names_the_problem(clf, case):
+    payload, status, loc, words = BAD_REQUESTS[case]
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded"} if case == "form data" else JSON
+    r = clf.post("/predict", content=content, headers=headers)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert loc in body["error"] and words in body["error"]
+    assert any(d["loc"].endswith(loc) and words in d["msg"] for d in body["detail"]), body
+    # The replica keeps serving.
+    assert clf.post("/predict", json={"rows": [row()]}).status_code == 200
+
+
+def test_wrong_method_and_path_are_json_errors(clf):
+    assert clf.get("/predict").status_code == 405
+    r = clf.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]
+
+
+def test_concurrent_requests_share_batches(clf, endpoints):
+    before = clf.get("/v1/model").json()["serving"]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=endpoints["classification"], timeout=30) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(16)))
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 16
+    after = clf.get("/v1/model").json()["serving"]
+    assert after["requests_served"] - before["requests_served"] == 16
+    assert after["rows_served"] - before["rows_served"] == 16
+    assert after["batches_served"] - before["batches_served"] < 16
+
+
+def test_regression_round_trip(endpoints):
+    rows = [row(i) for i in range(3)]
+    r = httpx.post(f"{endpoints['regression']}/predict", json={"rows": rows}, timeout=30)
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert len(predictions) == 3
+    assert all(set(p) == {"value"} and np.isfinite(p["value"]) for p in predictions)
+
+
+def test_build_checks_args_and_registry(tmp_path):
+    from rayline.serve import build
+
+    with pytest.raises(RegistryError, match="no models yet"):
+        build({"storage_root": str(tmp_path)})
+    with pytest.raises(ValueError, match="storag_root"):
+        build({"storag_root": str(tmp_path)})
+    root = make_registry(tmp_path, "regression")
+    app = build({"storage_root": root, "version": "v1"})
+    assert type(app).__name__ == "Application"
