@@ -29,6 +29,10 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
         address = address or os.environ.get("RAY_ADDRESS")
         # Cluster-wide options may only be given when this process starts the cluster.
         embedded = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if not address else {}
+        if not verbose:
+            # An embedded cluster gets Ray's default token auth; its banner about that is noise here.
+            # (Setting RAY_AUTH_MODE now would be too late: Ray reads it when it is imported.)
+            logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         ray.init(
             address=address,
             logging_level=logging.INFO if verbose else logging.WARNING,
@@ -41,10 +45,18 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
 
 def quiet_data(verbose: bool) -> None:
     from ray.data import DataContext
+    from ray.data._internal.logging import SessionFileHandler
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = verbose
     ctx.print_on_execution_start = verbose
+    if verbose:
+        return
+    # Ray Data prints an INFO line per executed dataset to the console; its log file keeps them all.
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars disabled"))
 
 
 def dashboard_url() -> str:

@@ -35,7 +35,7 @@ def make_registry(root, task: str) -> str:
             "source": "unused.csv",
             "task": task,
             "label": pre.label,
-            "features": [FeatureConfig(name=n, kind=f["kind"]) for n, f in zip(FEATURES, pre.feature_schema())],
+            "features": [FeatureConfig(name=f["name"], kind=f["kind"]) for f in pre.feature_schema()],
         },
         model=ModelConfig(hidden_sizes=[8], dropout=0.5),
     )
@@ -64,7 +64,9 @@ def endpoints(ray_cluster, tmp_path_factory):
     for task, prefix in (("classification", "/clf"), ("regression", "/reg")):
         root = make_registry(tmp_path_factory.mktemp(task), task)
         # A long batch wait makes concurrent requests reliably share a batch.
-        cfg = ServeConfig(port=PORT, route_prefix=prefix, app_name=task, max_batch_size=32, batch_wait_timeout_s=0.05)
+        cfg = ServeConfig(
+            port=PORT, route_prefix=prefix, app_name=task, max_batch_size=32, batch_wait_timeout_s=0.05
+        )
         urls[task] = deploy(root, serve_cfg=cfg)
     yield urls
     shutdown()
@@ -149,9 +151,15 @@ BAD_REQUESTS = {
     "empty rows": ({"rows": []}, 422, "rows", "empty"),
     "no rows key": ({"data": [row()]}, 422, "data", "unknown key"),
     "not an object": ([row()], 422, "body", "JSON object"),
-    "too many rows": ({"rows": [row()] * 1025}, 413, "rows", "limit of 1024"),
+    "too many rows": ({"rows": [row()] * 1025}, 422, "rows", "limit of 1024"),
     "NaN": (b'{"rows": [[NaN, 1, 2, "red"]]}', 422, "rows.0.x1", "finite"),
-    "Infinity": (b'{"rows": [{"x1": 1, "x2": -Infinity, "pixel_7": 1, "color": "red"}]}', 422, "rows.0.x2", "finite"),
+    "Infinity": (
+        b'{"rows": [{"x1": 1, "x2": -Infinity, "pixel_7": 1, "color": "red"}]}',
+        422,
+        "rows.0.x2",
+        "finite",
+    ),
+    "overflows float32": ({"rows": [row(), {**row(), "pixel_7": 1e300}]}, 422, "rows.1.pixel_7", "too large"),
     "invalid JSON": (b'{"rows": [', 400, "body", "not valid JSON"),
     "empty body": (b"", 400, "body", "empty"),
     "not UTF-8": (b"\xff\xfe{", 400, "body", "not valid JSON"),
@@ -167,7 +175,7 @@ def test_bad_request_is_a_4xx_that_names_the_problem(clf, case):
     r = clf.post("/predict", content=content, headers=headers)
     assert r.status_code == status, r.text
     body = r.json()
-    assert loc in body["error"] and words in body["error"]
+    assert words in body["error"]
     assert any(d["loc"].endswith(loc) and words in d["msg"] for d in body["detail"]), body
     # The replica keeps serving.
     assert clf.post("/predict", json={"rows": [row()]}).status_code == 200
@@ -184,7 +192,9 @@ def test_concurrent_requests_share_batches(clf, endpoints):
 
     async def fire():
         async with httpx.AsyncClient(base_url=endpoints["classification"], timeout=30) as client:
-            return await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(16)))
+            return await asyncio.gather(
+                *(client.post("/predict", json={"rows": [row(i)]}) for i in range(16))
+            )
 
     responses = asyncio.run(fire())
     assert [r.status_code for r in responses] == [200] * 16

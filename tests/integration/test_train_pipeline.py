@@ -1,10 +1,13 @@
 """A real DDP run over 2 Ray Train workers on the digits data, then resume by run name."""
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from rayline.config import validate_config
-from rayline.data import write_digits
+from rayline.data import DataError, write_digits
 from rayline.pipeline import train_and_register
+from rayline.predict import predict_files
 from rayline.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -23,7 +26,7 @@ def digits_config(tmp_path, **train):
                 "label": "label",
                 "features": [f"pixel_{i}" for i in range(64)],
             },
-            "model": {"kind": "mlp", "hidden_sizes": [128, 64]},
+            "model": {"kind": "cnn", "image_shape": [1, 8, 8], "channels": [32, 64], "hidden_sizes": [128]},
             "train": {
                 "num_workers": 2,
                 "epochs": 12,
@@ -36,10 +39,18 @@ def digits_config(tmp_path, **train):
     )
 
 
-def test_ddp_training_learns_digits_and_registers(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tmp_path_factory):
+    """One full training run shared by the tests that need a registered digits model."""
+    tmp_path = tmp_path_factory.mktemp("trained")
     cfg = digits_config(tmp_path)
     epochs = []
     report = train_and_register(cfg, on_epoch=epochs.append, log=lambda _: None)
+    return cfg, report, epochs
+
+
+def test_ddp_training_learns_digits_and_registers(trained):
+    cfg, report, epochs = trained
 
     assert [m["epoch"] for m in epochs] == list(range(12)), "one progress report per epoch, in order"
     assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
@@ -51,6 +62,23 @@ def test_ddp_training_learns_digits_and_registers(ray_cluster, tmp_path):
     assert Registry(cfg.storage.root).serving_version() == report.version
 
 
+def test_batch_prediction_over_a_file(trained, tmp_path):
+    cfg, report, _ = trained
+    version, rows = predict_files(cfg.storage.root, None, cfg.data.source, str(tmp_path / "out.parquet"))
+    assert (version, rows) == (report.version, 1797)
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert {"prediction", "probability_0", "probability_9", "label"} <= set(out.columns)
+    probabilities = out[[f"probability_{d}" for d in range(10)]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert (out["prediction"].astype(int) == out["label"]).mean() >= 0.95
+
+
+def test_batch_prediction_rejects_an_unknown_output_format(trained, tmp_path):
+    cfg, _, _ = trained
+    with pytest.raises(DataError, match="cannot tell the format"):
+        predict_files(cfg.storage.root, None, cfg.data.source, str(tmp_path / "out.xlsx"))
+
+
 def test_rerunning_a_run_name_resumes_the_epoch_count(ray_cluster, tmp_path):
     first = digits_config(tmp_path, epochs=2)
     seen = []
@@ -58,5 +86,6 @@ def test_rerunning_a_run_name_resumes_the_epoch_count(ray_cluster, tmp_path):
     resumed = digits_config(tmp_path, epochs=4)
     train_and_register(resumed, on_epoch=seen.append, log=lambda _: None)
     assert [m["epoch"] for m in seen] == [0, 1, 2, 3], "the second run continues at epoch 2"
-    latest = Registry(resumed.storage.root).load()
-    assert [m["epoch"] for m in Registry(resumed.storage.root).record(latest.version)["history"]][:2] == [0, 1]
+    registry = Registry(resumed.storage.root)
+    history = registry.record(registry.serving_version())["history"]
+    assert [m["epoch"] for m in history][:2] == [0, 1], "the learning curve spans both runs"

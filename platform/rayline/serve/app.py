@@ -1,18 +1,17 @@
-"""The Serve deployment: one registry version behind a FastAPI app, with batched inference.
+"""The Serve deployment: one registry version behind a FastAPI app (api.py), with batched inference.
 
 Each replica loads its checkpoint once, in `__init__`. A request is validated and preprocessed on
 its own (so one bad request never fails its neighbours), then its rows join a `@serve.batch`
 queue; the model runs once per batch and each request gets its own rows back.
 
-Routes: `POST /predict`, `GET /healthz`, `GET /v1/model`, plus FastAPI's `/docs` and
-`/openapi.json`, whose `/predict` body schema lists this model's features.
+`build_app`, `build` (for `serve run` / `serve deploy`) and `deploy` turn a registry version into
+a running application.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayline.config import ServeConfig
 from rayline.data.errors import DataError
 from rayline.registry import Registry
-from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema
+from rayline.serve.api import create_api, error_response
+from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema, invalid, problem
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +47,25 @@ def count_rows(inputs: list[np.ndarray]) -> int:
     return sum(len(x) for x in inputs)
 
 
-def error_response(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": []}, status_code=status)
+def input_columns(features: list[dict[str, Any]]) -> list[str]:
+    """The feature behind each model input column: one per numeric feature, one per category."""
+    return [f["name"] for f in features for _ in f.get("categories", [None])]
+
+
+def require_finite_outputs(outputs: np.ndarray) -> None:
+    # The weights are checked when the app is built, so non-finite outputs come from the inputs.
+    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=tuple(range(1, outputs.ndim))))
+    if len(bad):
+        msg = "the model's output for this row is not finite; its values lie far outside the training data"
+        raise invalid(422, [problem(f"rows.{r}", msg) for r in bad])
+
+
+def require_finite_weights(model: torch.nn.Module, version: str) -> None:
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+    if bad:
+        raise ValueError(
+            f"model version {version} holds NaN or infinite weights in {bad[:5]}; it cannot be served"
+        )
 
 
 @serve.deployment
@@ -67,6 +83,7 @@ class ModelServer:
         self.preprocessor = loaded.preprocessor
         self.record = registry.record(self.version)
         self.schema = RequestSchema(self.preprocessor.feature_schema(), max_rows=max_rows)
+        self.input_columns = input_columns(self.schema.features)
         self.batching = BatchConfig()
         self.counters = {"requests_served": 0, "rows_served": 0, "batches_served": 0}
 
@@ -83,22 +100,37 @@ class ModelServer:
 
     async def predict(self, request: Request) -> JSONResponse:
         try:
-            frame = self.schema.parse(await request.body(), request.headers.get("content-type"))
-            x_bf = self.preprocessor.transform_features(frame)
+            x_bf = self._inputs(await request.body(), request.headers.get("content-type"))
+            outputs = await self._infer(x_bf)
+            require_finite_outputs(outputs)
+            predictions = self.preprocessor.decode(outputs)
         except RequestError as err:
             return JSONResponse(err.to_json(), status_code=err.status)
-        except DataError as err:
-            return error_response(422, str(err))
-        try:
-            outputs = await self._infer(x_bf)
-            if not np.isfinite(outputs).all():
-                return error_response(500, "the model produced non-finite outputs for this request")
-            predictions = self.preprocessor.decode(outputs)
         except Exception as err:
-            logger.exception("inference failed for a request of %d row(s)", len(x_bf))
+            logger.exception("inference failed")
             return error_response(500, f"inference failed: {type(err).__name__}: {err}")
         self.counters["requests_served"] += 1
         return JSONResponse({"model_version": self.version, "predictions": predictions})
+
+    def _inputs(self, body: bytes, content_type: str | None) -> np.ndarray:
+        frame = self.schema.parse(body, content_type)
+        try:
+            x_bf = self.preprocessor.transform_features(frame)
+        except DataError as err:
+            raise RequestError(422, str(err), [problem("rows", str(err))]) from None
+        # Finite JSON numbers such as 1e300 overflow float32 once scaled.
+        rows, columns = np.nonzero(~np.isfinite(x_bf))
+        if len(rows):
+            names = [self.input_columns[c] for c in columns]
+            msg = "is too large in magnitude for the model (it overflows float32 once scaled)"
+            raise invalid(
+                422,
+                [
+                    problem(f"rows.{r}.{n}", f"{float(frame[n].iloc[r]):g} {msg}")
+                    for r, n in zip(rows, names, strict=True)
+                ],
+            )
+        return x_bf
 
     async def _infer(self, x_bf: np.ndarray) -> np.ndarray:
         # Cut big requests so that no forward pass holds more than max_batch_size rows.
@@ -128,97 +160,33 @@ class ModelServer:
 
     def describe(self) -> dict[str, Any]:
         record = self.record
-        return finite_or_none(
-            {
-                "model_version": self.version,
-                "pipeline": record.get("pipeline"),
-                "run_name": record.get("run_name"),
-                "task": self.preprocessor.task,
-                "label": self.preprocessor.label,
-                "classes": self.preprocessor.classes,
-                "features": self.schema.features,
-                "metrics": record.get("metrics", {}),
-                "test_metrics": record.get("test_metrics", {}),
-                "created_at": record.get("created_at"),
-                "data_fingerprint": record.get("data_fingerprint"),
-                "code_version": record.get("code_version"),
-                "serving": {
-                    "max_rows_per_request": self.schema.max_rows,
-                    **self.batching.model_dump(),
-                    **self.counters,  # this replica's counts since it started
-                },
-            }
-        )
-
-
-def create_api(server: ModelServer) -> FastAPI:
-    """The FastAPI app of one replica; routes are thin and call into the server."""
-    api = FastAPI(
-        title=f"rayline model {server.record.get('pipeline', '')}".strip(),
-        version=server.version,
-        description="Predictions from one registered rayline model version. Send JSON to POST /predict.",
-    )
-    api.add_exception_handler(StarletteHTTPException, http_error)
-    api.add_exception_handler(Exception, internal_error)
-
-    @api.post(
-        "/predict",
-        summary="Predict for 1 to max_rows rows",
-        openapi_extra={"requestBody": server.schema.openapi_body()},
-        responses={
-            200: {"model": PredictResponse},
-            **{code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500)},
-        },
-    )
-    async def predict(request: Request) -> JSONResponse:
-        return await server.predict(request)
-
-    @api.get("/healthz", summary="Liveness and the served model version")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_version": server.version}
-
-    @api.get("/v1/model", summary="The served model: version, task, metrics, features, replica counters")
-    async def model_info() -> dict[str, Any]:
-        return server.describe()
-
-    return api
-
-
-class PredictResponse(BaseModel):
-    model_version: str
-    predictions: list[dict[str, Any]]
-    """Classification: {"label", "probabilities": {class: p}}; regression: {"value"}. One per row."""
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    detail: list[dict[str, str]]
-    """One {"loc": "rows.3.pixel_7", "msg": ...} per problem."""
-
-
-async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(err.detail), "detail": []}, status_code=err.status_code)
-
-
-async def internal_error(_: Request, err: Exception) -> JSONResponse:
-    return error_response(500, f"internal error: {type(err).__name__}: {err}")
-
-
-def finite_or_none(value: Any) -> Any:
-    """JSON has no NaN or Infinity (a diverged run's metrics may hold them): send null instead."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_or_none(v) for v in value]
-    return value
+        return {
+            "model_version": self.version,
+            "pipeline": record.get("pipeline"),
+            "run_name": record.get("run_name"),
+            "task": self.preprocessor.task,
+            "label": self.preprocessor.label,
+            "classes": self.preprocessor.classes,
+            "features": self.schema.features,
+            "metrics": record.get("metrics", {}),
+            "test_metrics": record.get("test_metrics", {}),
+            "created_at": record.get("created_at"),
+            "data_fingerprint": record.get("data_fingerprint"),
+            "code_version": record.get("code_version"),
+            "serving": {
+                "max_rows_per_request": self.schema.max_rows,
+                **self.batching.model_dump(),
+                **self.counters,  # this replica's counts since it started
+            },
+        }
 
 
 # ---------------------------------------------------------------- building and deploying
 
 
-def build_app(storage_root: str, version: str | None = None, serve_cfg: ServeConfig | None = None) -> Application:
+def build_app(
+    storage_root: str, version: str | None = None, serve_cfg: ServeConfig | None = None
+) -> Application:
     """The bound deployment for one registry version (default: the serving one).
 
     `serve_cfg` defaults to the `serve` section of the config the model was trained with.
@@ -278,12 +246,15 @@ def endpoint_url(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
-def _bind(storage_root: str, version: str | None, serve_cfg: ServeConfig | None) -> tuple[Application, ServeConfig]:
+def _bind(
+    storage_root: str, version: str | None, serve_cfg: ServeConfig | None
+) -> tuple[Application, ServeConfig]:
     # Replicas run elsewhere: give them an absolute root and a pinned version, so a later change of
     # the serving version never mixes two models in one deployment.
     root = str(Path(storage_root).expanduser().resolve())
     # Loading here checks the checkpoint (manifest and weights) before any replica is started.
     loaded = Registry(root).load(version)
+    require_finite_weights(loaded.model, loaded.version)
     cfg = serve_cfg or loaded.config.serve
     batching = BatchConfig(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
     deployment = ModelServer.options(

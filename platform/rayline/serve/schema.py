@@ -12,10 +12,18 @@ import json
 from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+)
 
 MAX_ROWS = 1024
-"""Most rows one request may carry; larger requests get 413 and should be split."""
+"""Most rows one request may carry; larger requests are rejected (422) and should be split."""
 MAX_DETAIL = 20
 """Most problems listed in one error response; the summary still counts them all."""
 
@@ -54,13 +62,26 @@ def int_to_text(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-NUMERIC_MESSAGES = {"float_type": "expected a number", "finite_number": "expected a finite number"}
+FLOAT32_MAX = 3.4028234663852886e38
+NUMERIC_MESSAGES = {
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number",
+    "less_than_equal": "expected a number the model's float32 can hold (|x| <= 3.4e38)",
+    "greater_than_equal": "expected a number the model's float32 can hold (|x| <= 3.4e38)",
+}
 CATEGORICAL_MESSAGES = {"string_type": "expected a string (or an integer) category"}
 
 
 def numeric_type(name: str) -> Any:
-    schema = {"type": "number", "title": name, "description": "finite number"}
-    return Annotated[float, Field(strict=True, allow_inf_nan=False), WithJsonSchema(schema)]
+    schema = {
+        "type": "number",
+        "minimum": -FLOAT32_MAX,
+        "maximum": FLOAT32_MAX,
+        "title": name,
+        "description": "finite number within float32 range",
+    }
+    limits = Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+    return Annotated[float, limits, WithJsonSchema(schema)]
 
 
 def categorical_type(name: str, categories: list[str]) -> Any:
@@ -128,7 +149,9 @@ class RequestSchema:
 
     def _rows_of(self, payload: Any) -> list[Any]:
         if not isinstance(payload, dict):
-            raise invalid(422, [problem("body", f'expected a JSON object {{"rows": [...]}}, got {describe(payload)}')])
+            raise invalid(
+                422, [problem("body", f'expected a JSON object {{"rows": [...]}}, got {describe(payload)}')]
+            )
         unknown = sorted(set(payload) - {"rows"})
         if unknown:
             raise invalid(422, [problem(key, 'unknown key; the body holds only "rows"') for key in unknown])
@@ -141,7 +164,7 @@ class RequestSchema:
             raise invalid(422, [problem("rows", "the list is empty; send at least one row")])
         if len(rows) > self.max_rows:
             msg = f"{len(rows)} rows is more than the limit of {self.max_rows} per request; split it"
-            raise invalid(413, [problem("rows", msg)])
+            raise invalid(422, [problem("rows", msg)])
         return rows
 
     def _validate_row(self, row: Any, loc: str, problems: list[dict[str, str]]) -> list[Any] | None:
@@ -151,7 +174,7 @@ class RequestSchema:
                 msg = f"expected {len(self.names)} values in feature order {self._preview()}, got {len(row)}"
                 problems.append(problem(loc, msg))
                 return None
-            row = dict(zip(self.names, row))
+            row = dict(zip(self.names, row, strict=True))
         elif not isinstance(row, dict):
             msg = (
                 f"expected an object {{feature: value}} or a list of {len(self.names)} values, "
@@ -213,7 +236,12 @@ class RequestSchema:
             "maxItems": self.max_rows,
             "items": {"anyOf": [object_row, list_row]},
         }
-        return {"type": "object", "properties": {"rows": rows}, "required": ["rows"], "additionalProperties": False}
+        return {
+            "type": "object",
+            "properties": {"rows": rows},
+            "required": ["rows"],
+            "additionalProperties": False,
+        }
 
     def example(self) -> dict[str, Any]:
         row = {f["name"]: f["categories"][0] if f["kind"] == "categorical" else 0.0 for f in self.features}
