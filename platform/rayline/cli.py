@@ -41,10 +41,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    cfg = load_config(args.pipeline, args.set)
+    if cfg.tune is None:
+        raise ConfigError(f"{args.pipeline}: has no tune: section to search with")
+    start(args)
+    report = search(cfg, args)
+    print_report(report)
+    return 0
+
+
+def cmd_tune_report(args) -> int:
+    from rayline.tune.report import report_from_dir
+
+    print(report_from_dir(args.results_dir))
+    print(f"wrote {args.results_dir}/trials.txt and {args.results_dir}/learning_curves.png")
+    return 0
+
+
 def cmd_run(args) -> int:
     cfg = load_config(args.pipeline, args.set)
     dashboard = start(args)
-    report = train(cfg, args)
+    report = search(cfg, args) if cfg.tune is not None else train(cfg, args)
     print_report(report)
     if args.no_serve:
         return 0
@@ -61,7 +79,7 @@ def cmd_demo(args) -> int:
     began = time.perf_counter()
     cfg = load_config(args.pipeline, args.set)
     print(f"dashboard: {start(args)}")
-    report = train(cfg, args)
+    report = search(cfg, args) if cfg.tune is not None else train(cfg, args)
     print_report(report)
     url = serving.deploy(cfg.storage.root, report.version, cfg.serve)
     rows = read_source(cfg.data).drop_columns([cfg.data.label]).take(2)
@@ -137,6 +155,15 @@ def train(cfg: PipelineConfig, args):
     )
 
 
+def search(cfg: PipelineConfig, args):
+    from rayline.pipeline import search_and_register
+
+    print(
+        f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials"
+    )
+    return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)
+
+
 def print_report(report) -> None:
     shown = " ".join(f"{k}={v:.4f}" for k, v in report.test_metrics.items())
     print(f"registered model {report.version}; test: {shown or '(no test split)'}")
@@ -179,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("train", cmd_train, "ingest, train and register a model")
     run = command("run", cmd_run, "train, register and serve until Ctrl-C")
     run.add_argument("--no-serve", action="store_true", help="stop after registering")
+    tune = command("tune", cmd_tune, "search hyperparameters with Ray Tune and register the best")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    report = command(
+        "tune-report", cmd_tune_report, "redraw a search's table and learning curves", pipeline=False
+    )
+    report.add_argument("results_dir", help="the search folder, <storage.root>/tune/<run name>")
     command("demo", cmd_demo, "train, serve, send one HTTP request, shut down")
     serve = command("serve", cmd_serve, "serve a registered model until Ctrl-C", pipeline=False)
     serve.add_argument("pipeline", nargs="?", help="pipeline YAML (for storage and serve settings)")
@@ -200,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from rayline.data import DataError
     from rayline.registry import RegistryError
+    from rayline.tune.plan import PlanError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-    except (DataError, RegistryError) as err:
+    except (DataError, RegistryError, PlanError) as err:
         print(f"error: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

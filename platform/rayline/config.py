@@ -182,6 +182,14 @@ class TuneConfig(Section):
     """Early-stopping scheduler."""
     max_concurrent_trials: PositiveInt | None = None
     """Upper bound on trials at once; the planner may lower it to what the cluster fits."""
+    points_to_evaluate: list[dict[str, Any]] = []
+    """Parameter sets (dotted path -> value) to try first, e.g. known good settings (optuna, random)."""
+    trial_driver_cpus: Annotated[float, Field(gt=0.0)] = 0.25
+    """CPUs the Tune actor that drives each trial's trainer reserves."""
+    data_reserve_cpus: Annotated[float, Field(ge=0.0)] = 0.5
+    """CPUs the planner leaves free for Ray Data tasks."""
+    trial_start_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
+    """A trial whose workers cannot be placed in this time fails with an error instead of waiting."""
 
 
 # ---------------------------------------------------------------- serve
@@ -269,18 +277,26 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.epochs=5")
-    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML: {err}") from None
+    try:
+        apply_override_value(raw, key.strip(), value)
+    except ConfigError as err:
+        raise ConfigError(f"--set {override!r}: {err}") from None
+
+
+def apply_override_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set raw[a][b][c] = value for key 'a.b.c', creating sections on the way."""
+    parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            where = ".".join(parts[: i + 1])
-            raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML: {err}") from None
+    node[parts[-1]] = value
 
 
 def validate_config(raw: dict[str, Any], where: str = "<config>") -> PipelineConfig:

@@ -48,6 +48,30 @@ def train_and_register(
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows)
 
 
+def search_and_register(
+    cfg: PipelineConfig, *, resume: bool = False, log: Callable[[str], None] = print, verbose: bool = False
+) -> TrainReport:
+    """Search hyperparameters with distributed trials, report them, and register the best checkpoint."""
+    from rayline.tune import run_search
+    from rayline.tune.report import report_from_dir
+
+    data = prepare_datasets(cfg.data)
+    log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
+    outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)
+    log(report_from_dir(outcome.experiment_dir))
+    log(f"report: {outcome.experiment_dir / 'trials.txt'}, {outcome.experiment_dir / 'learning_curves.png'}")
+    test_metrics = score_checkpoint(outcome.best_checkpoint, data)
+    version = Registry(cfg.storage.root).register(
+        outcome.best_checkpoint,
+        run_name=f"{cfg.run_name}/{outcome.best_trial_id}",
+        data_fingerprint=data.fingerprint,
+        test_metrics=test_metrics,
+        params=outcome.best_params,
+    )
+    log(f"best trial {outcome.best_trial_id}: {outcome.best_params}")
+    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows)
+
+
 def score_checkpoint(checkpoint_dir, data: PreparedData) -> dict[str, float]:
     """Test-split metrics of a checkpoint, streamed through the same evaluation as validation."""
     if data.test is None or data.num_rows.get("test", 0) == 0:

@@ -1,4 +1,4 @@
-"""read_source on the shared cluster: every format and layout gives the same rows; bad sources fail clearly."""
+"""read_source on the shared cluster: every format and layout gives the same rows; bad ones fail clearly."""
 
 import pandas as pd
 import pyarrow as pa

@@ -21,8 +21,18 @@ def touch(path, text="a,b\n1,2\n"):
 @pytest.fixture
 def tree(tmp_path):
     """data/ with csv parts (one nested), files to ignore, and a sibling folder of other formats."""
-    for name in ["data/b.csv", "data/a.csv", "data/sub/c.csv", "data/_SUCCESS", "data/.a.csv.crc",
-                 "data/_tmp/d.csv", "data/README.md", "other/x.parquet", "other/y.jsonl", "other/z.txt"]:
+    for name in [
+        "data/b.csv",
+        "data/a.csv",
+        "data/sub/c.csv",
+        "data/_SUCCESS",
+        "data/.a.csv.crc",
+        "data/_tmp/d.csv",
+        "data/README.md",
+        "other/x.parquet",
+        "other/y.jsonl",
+        "other/z.txt",
+    ]:
         touch(tmp_path / name)
     return tmp_path
 

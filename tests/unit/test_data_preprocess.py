@@ -13,7 +13,11 @@ from rayline.data.preprocess import sorted_keys, value_key
 
 
 def classifier() -> Preprocessor:
-    features = [NumericStat("age", 40.0, 10.0), CategoricalStat("color", ["blue", "red"]), NumericStat("k", 5.0, 0.0)]
+    features = [
+        NumericStat("age", 40.0, 10.0),
+        CategoricalStat("color", ["blue", "red"]),
+        NumericStat("k", 5.0, 0.0),
+    ]
     return Preprocessor("classification", "animal", features, ["cat", "dog", "fox"], None, None)
 
 
@@ -66,7 +70,9 @@ def test_non_numeric_or_missing_numeric_value_is_named_with_its_row(bad):
 
 
 def test_numeric_strings_and_bools_are_numbers():
-    pre = Preprocessor("regression", "y", [NumericStat("a", 0.0, 1.0), NumericStat("b", 0.0, 1.0)], None, 0, 1)
+    pre = Preprocessor(
+        "regression", "y", [NumericStat("a", 0.0, 1.0), NumericStat("b", 0.0, 1.0)], None, 0, 1
+    )
     x = pre.transform_features(pd.DataFrame({"a": ["1.5", "2"], "b": [True, False]}))
     np.testing.assert_allclose(x, [[1.5, 1.0], [2.0, 0.0]])
 
@@ -143,8 +149,14 @@ def test_dict_round_trip_through_json(pre):
         (lambda d: d.update(task="ranking"), r"preprocessor\.task: expected one of"),
         (lambda d: d.update(version=99), r"preprocessor\.version: expected 1, got 99"),
         (lambda d: d.update(colour=1), r"unknown|only the keys"),
-        (lambda d: d["features"][0].update(std=-1.0), r"preprocessor\.features\[0\]\.std: expected a number >= 0"),
-        (lambda d: d["features"][0].update(mean="x"), r"preprocessor\.features\[0\]\.mean: expected a finite"),
+        (
+            lambda d: d["features"][0].update(std=-1.0),
+            r"preprocessor\.features\[0\]\.std: expected a number >= 0",
+        ),
+        (
+            lambda d: d["features"][0].update(mean="x"),
+            r"preprocessor\.features\[0\]\.mean: expected a finite",
+        ),
         (lambda d: d["features"][1].update(kind="text"), r"features\[1\]\.kind: expected 'numeric' or"),
         (lambda d: d["features"][1].update(categories=[1, 2]), r"features\[1\]\.categories: expected a list"),
         (lambda d: d.update(features=[]), r"preprocessor\.features: expected a non-empty list"),

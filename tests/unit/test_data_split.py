@@ -17,7 +17,11 @@ def test_sizes_are_exact_shares():
 @pytest.mark.parametrize(
     ("rows", "split", "message"),
     [
-        (3, SplitConfig(validation=0.1, test=0.1), r"the validation split would be empty: the source has 3 row"),
+        (
+            3,
+            SplitConfig(validation=0.1, test=0.1),
+            r"the validation split would be empty: the source has 3 row",
+        ),
         (10, SplitConfig(validation=0.5, test=0.01), r"the test split would be empty: .* share is 0\.01"),
         (10, SplitConfig(validation=0.0, test=0.2), r"the validation split would be empty"),
         (2, SplitConfig(validation=0.45, test=0.45), r"the train split would be empty: the source has 2 row"),

@@ -115,21 +115,19 @@ class ModelServer:
     def _inputs(self, body: bytes, content_type: str | None) -> np.ndarray:
         frame = self.schema.parse(body, content_type)
         try:
-            x_bf = self.preprocessor.transform_features(frame)
+            with np.errstate(over="ignore"):  # overflow is reported per row and feature just below
+                x_bf = self.preprocessor.transform_features(frame)
         except DataError as err:
             raise RequestError(422, str(err), [problem("rows", str(err))]) from None
-        # Finite JSON numbers such as 1e300 overflow float32 once scaled.
+        # Numbers within float32 range can still overflow it once scaled by a small std.
         rows, columns = np.nonzero(~np.isfinite(x_bf))
         if len(rows):
-            names = [self.input_columns[c] for c in columns]
             msg = "is too large in magnitude for the model (it overflows float32 once scaled)"
-            raise invalid(
-                422,
-                [
-                    problem(f"rows.{r}.{n}", f"{float(frame[n].iloc[r]):g} {msg}")
-                    for r, n in zip(rows, names, strict=True)
-                ],
-            )
+            problems = []
+            for r, c in zip(rows, columns, strict=True):
+                name = self.input_columns[c]
+                problems.append(problem(f"rows.{r}.{name}", f"{float(frame[name].iloc[r]):g} {msg}"))
+            raise invalid(422, problems)
         return x_bf
 
     async def _infer(self, x_bf: np.ndarray) -> np.ndarray:
@@ -219,19 +217,15 @@ def deploy(
 ) -> str:
     """Start Serve's HTTP proxy, run the app, and return the endpoint's base URL.
 
-    With blocking=True this returns only after Ctrl-C; callers that want to print the URL first
-    should deploy with blocking=False and wait themselves.
+    The host and port only apply when this starts Serve; a Serve instance already running on the
+    cluster keeps its own. With blocking=True this returns only after Ctrl-C, so callers that
+    want to print the URL first should deploy with blocking=False and wait themselves.
     """
     app, cfg = _bind(storage_root, version, serve_cfg)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    quiet = {"log_level": "WARNING"}
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=quiet)
     url = endpoint_url(cfg)
-    serve.run(
-        app,
-        name=cfg.app_name,
-        route_prefix=cfg.route_prefix,
-        logging_config={"log_level": "WARNING"},
-        blocking=blocking,
-    )
+    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, logging_config=quiet, blocking=blocking)
     return url
 
 

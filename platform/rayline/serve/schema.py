@@ -2,7 +2,7 @@
 
 `POST /predict` takes `{"rows": [...]}`. Each row is an object `{feature: value}` naming every
 feature exactly once, or a list of values in feature order. Numeric features take finite numbers;
-categorical ones take strings (integers are accepted and turned into their text). Every problem
+categorical ones take strings (integer codes are accepted and turned into their text). Every problem
 becomes a `RequestError` whose detail names the row and the feature, e.g. `rows.3.pixel_7`.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 from pydantic import (
     BaseModel,
@@ -57,12 +58,16 @@ def invalid(status: int, problems: list[dict[str, str]]) -> RequestError:
 # ---------------------------------------------------------------- per-feature value types
 
 
-def int_to_text(value: Any) -> Any:
-    # Integer category codes are common (zip codes, ids); the preprocessor keys them by their text.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+def category_text(value: Any) -> Any:
+    """Integer codes (3, or 3.0 as many JSON writers send it) become "3", the key the preprocessor uses."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return value
 
 
-FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 NUMERIC_MESSAGES = {
     "float_type": "expected a number",
     "finite_number": "expected a finite number",
@@ -92,7 +97,7 @@ def categorical_type(name: str, categories: list[str]) -> Any:
         "description": f"category seen in training: {shown}; other values match none of them",
         "examples": categories[:3],
     }
-    return Annotated[str, BeforeValidator(int_to_text), Field(strict=True), WithJsonSchema(schema)]
+    return Annotated[str, BeforeValidator(category_text), Field(strict=True), WithJsonSchema(schema)]
 
 
 def describe(value: Any) -> str:

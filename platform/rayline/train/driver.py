@@ -69,8 +69,16 @@ def fit(
 
 
 def build_trainer(
-    cfg: PipelineConfig, data: PreparedData, *, callbacks: list, run_name: str, verbose: bool
+    cfg: PipelineConfig,
+    data: PreparedData,
+    *,
+    callbacks: list,
+    run_name: str,
+    verbose: bool,
+    controller_failure_limit: int = -1,
 ) -> TorchTrainer:
+    """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
+    start fail the run instead of being retried forever."""
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = 1
@@ -94,7 +102,9 @@ def build_trainer(
                 checkpoint_score_attribute=keep.metric,
                 checkpoint_score_order=keep.mode,
             ),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=controller_failure_limit
+            ),
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),

@@ -61,6 +61,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         val_metrics = evaluate(model, val_shard, preprocessor, cfg.train.batch_size, device, label_dtype)
         metrics = {
             "epoch": epoch,
+            "epochs_done": epoch + 1,
             "train_loss": float(train_sums[0] / train_sums[1]),
             **val_metrics,
             "samples_per_s": float(train_sums[1]) / train_seconds,

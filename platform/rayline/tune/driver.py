@@ -1,0 +1,193 @@
+"""Ray Tune over distributed trials: every trial builds and fits its own TorchTrainer (Train V2)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayline.config import ConfigError, PipelineConfig, TuneConfig
+from rayline.data import PreparedData
+from rayline.registry import checkpoint_metrics
+from rayline.train.driver import build_trainer
+from rayline.tune.plan import Plan, cluster_resources, plan_trials
+from rayline.tune.space import apply_params, load_search_space, to_tune_space
+
+SUMMARY_FILE = "rayline_search.json"
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    experiment_dir: Path
+    best_trial_id: str
+    best_params: dict[str, Any]
+    best_checkpoint: Path
+    best_metrics: dict[str, Any]
+
+
+def run_search(
+    cfg: PipelineConfig, data: PreparedData, *, resume: bool = False, verbose: bool = False, log=print
+) -> SearchOutcome:
+    """Search cfg.tune's space with its scheduler and searcher; return the best trial's best checkpoint."""
+    from ray import tune
+
+    assert cfg.tune is not None, "run_search needs a tune: section"
+    params = load_search_space(cfg.tune.search_space, cfg)
+    space = to_tune_space(params, cfg.tune.searcher)
+    check_points_to_evaluate(cfg, [p.path for p in params])
+    plan = plan_trials(cfg, *cluster_resources())
+    log(f"search: {cfg.tune.num_samples} trials, {plan.describe()}")
+
+    experiment_dir = Path(cfg.storage.root) / "tune" / cfg.run_name
+    trainable = make_trainable(cfg, data, plan, verbose)
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment_dir)):
+            raise ConfigError(f"--resume: no search to resume at {experiment_dir}")
+        tuner = tune.Tuner.restore(
+            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        if tune.Tuner.can_restore(str(experiment_dir)):
+            raise ConfigError(
+                f"a search named {cfg.run_name!r} already exists at {experiment_dir}; pass --resume to "
+                "continue it, or set storage.run_name to start another"
+            )
+        tuner = build_tuner(cfg, trainable, space, plan, experiment_dir, verbose)
+    write_summary(experiment_dir, cfg)
+    results = tuner.fit()
+    return best_of(results, cfg.tune, experiment_dir)
+
+
+def make_trainable(cfg: PipelineConfig, data: PreparedData, plan: Plan, verbose: bool):
+    from ray import tune
+
+    base = cfg.model_dump(mode="json")
+    trial = tune.with_parameters(run_trial, base=base, data=data, verbose=verbose)
+    return tune.with_resources(trial, plan.trial_driver_resources)
+
+
+def run_trial(params: dict[str, Any], *, base: dict, data: PreparedData, verbose: bool) -> None:
+    """One trial: the pipeline with these parameters, trained by its own distributed TorchTrainer."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(PipelineConfig.model_validate(base), params)
+    # Propagated to the Train controller: a worker group that cannot be placed fails, never waits silently.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.tune.trial_start_timeout_s)
+    trainer = build_trainer(
+        cfg,
+        data,
+        callbacks=[TuneReportCallback()],
+        run_name=f"{cfg.run_name}-{tune.get_context().get_trial_id()}",
+        verbose=verbose,
+        controller_failure_limit=1,
+    )
+    trainer.fit()
+
+
+def trial_config(base: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
+    """Trial parameters applied; the epoch budget and checkpoint ranking follow the search."""
+    tune_cfg = base.tune
+    return apply_params(
+        base,
+        {
+            **params,
+            "train.epochs": tune_cfg.scheduler.max_t,
+            "train.checkpoint.metric": tune_cfg.metric,
+            "train.checkpoint.mode": tune_cfg.mode,
+        },
+    )
+
+
+def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experiment_dir: Path, verbose: bool):
+    from ray import tune
+
+    t = cfg.tune
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            num_samples=t.num_samples,
+            max_concurrent_trials=plan.max_concurrent_trials,
+            search_alg=make_searcher(t),
+            scheduler=make_scheduler(t),
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_dir.name, storage_path=str(experiment_dir.parent), verbose=1 if verbose else 0
+        ),
+    )
+
+
+def make_searcher(t: TuneConfig):
+    if t.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(
+            sampler=optuna.samplers.TPESampler(seed=t.seed),
+            points_to_evaluate=list(t.points_to_evaluate) or None,
+        )
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=list(t.points_to_evaluate) or None, random_state=t.seed)
+
+
+def make_scheduler(t: TuneConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if t.scheduler.kind == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epochs_done",
+        max_t=t.scheduler.max_t,
+        grace_period=t.scheduler.grace_period,
+        reduction_factor=t.scheduler.reduction_factor,
+    )
+
+
+def check_points_to_evaluate(cfg: PipelineConfig, paths: list[str]) -> None:
+    for i, point in enumerate(cfg.tune.points_to_evaluate):
+        unknown = sorted(set(point) - set(paths))
+        if unknown:
+            raise ConfigError(f"tune.points_to_evaluate.{i}: {unknown} are not in the search space")
+        apply_params(cfg, point)
+
+
+def best_of(results, t: TuneConfig, experiment_dir: Path) -> SearchOutcome:
+    """The best trial by the search metric, and the best of its checkpoints still on disk."""
+    finished = [r for r in results if r.metrics and "checkpoint_path" in r.metrics]
+    if not finished:
+        errors = "; ".join(f"{type(r.error).__name__}: {r.error}" for r in results if r.error)[:2000]
+        raise RuntimeError(f"no trial of the search at {experiment_dir} reported a result. {errors}")
+    best = results.get_best_result(metric=t.metric, mode=t.mode, scope="all")
+    run_dir = Path(best.metrics["checkpoint_path"]).parent
+    checkpoint = best_checkpoint_in(run_dir, t.metric, t.mode)
+    params = {k: v for k, v in best.config.items()}
+    return SearchOutcome(
+        experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint)
+    )
+
+
+def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:
+    candidates = [p for p in run_dir.glob("checkpoint_*") if (p / "manifest.json").is_file()]
+    if not candidates:
+        raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
+    sign = 1 if mode == "max" else -1
+    return max(candidates, key=lambda p: sign * checkpoint_metrics(p)[metric])
+
+
+def write_summary(experiment_dir: Path, cfg: PipelineConfig) -> None:
+    """What `rayline tune-report` needs to redraw the report from the results folder alone."""
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    t = cfg.tune
+    summary = {
+        "metric": t.metric,
+        "mode": t.mode,
+        "scheduler": t.scheduler.model_dump(),
+        "pipeline": cfg.name,
+    }
+    (experiment_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

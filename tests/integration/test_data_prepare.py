@@ -1,0 +1,133 @@
+"""Split, fit and prepare on the shared cluster: deterministic splits, statistics from train only."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rayline.config import DataConfig, SplitConfig
+from rayline.data import (
+    DataError,
+    fingerprint_source,
+    fit_preprocessor,
+    prepare_datasets,
+    read_source,
+    split_dataset,
+    write_digits,
+)
+
+
+@pytest.fixture(scope="module")
+def houses(tmp_path_factory):
+    """200 rows in four CSV parts: id, size (numeric), zone (categorical), price (numeric), kind (class)."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "id": range(200),
+            "size": rng.normal(100.0, 30.0, 200).round(2),
+            "zone": rng.choice(["north", "south", "east"], 200),
+            "price": rng.normal(500.0, 50.0, 200).round(2),
+            "kind": rng.choice(["flat", "house"], 200),
+        }
+    )
+    root = tmp_path_factory.mktemp("houses")
+    for i in range(4):
+        df.iloc[50 * i : 50 * (i + 1)].to_csv(root / f"part-{i}.csv", index=False)
+    return root, df
+
+
+def houses_config(root, task="classification", **split) -> DataConfig:
+    return DataConfig(
+        source=str(root),
+        task=task,
+        label="kind" if task == "classification" else "price",
+        features=[{"name": "size"}, {"name": "zone", "kind": "categorical"}],
+        split=SplitConfig(**split),
+    )
+
+
+def ids(ds) -> list[int]:
+    return sorted(ds.to_pandas()["id"].tolist())
+
+
+def test_split_is_deterministic_and_exact(ray_cluster, houses):
+    root, _ = houses
+    cfg = houses_config(root, validation=0.2, test=0.1, seed=7)
+    first = split_dataset(read_source(cfg), cfg.split)
+    # Another block layout of the same rows must not move any row to another split.
+    again = split_dataset(read_source(cfg).repartition(5), cfg.split)
+    for a, b in zip(first, again, strict=True):
+        assert ids(a) == ids(b)
+    assert [len(ids(s)) for s in first] == [140, 40, 20]
+    assert sorted(ids(first.train) + ids(first.validation) + ids(first.test)) == list(range(200))
+    assert "__rayline_split_key" not in first.train.columns()
+
+    other_seed = split_dataset(read_source(cfg), SplitConfig(validation=0.2, test=0.1, seed=8))
+    assert ids(other_seed.validation) != ids(first.validation)
+
+
+def test_no_test_split_when_its_share_is_zero(ray_cluster, houses):
+    root, _ = houses
+    cfg = houses_config(root, validation=0.25, test=0.0)
+    splits = split_dataset(read_source(cfg), cfg.split)
+    assert splits.test is None
+    assert (splits.train.count(), splits.validation.count()) == (150, 50)
+
+
+def test_statistics_come_from_the_training_split_only(ray_cluster, houses):
+    root, df = houses
+    cfg = houses_config(root, task="regression")
+    splits = split_dataset(read_source(cfg), cfg.split)
+    train = splits.train.to_pandas()
+    pre = fit_preprocessor(splits.train, cfg)
+
+    size, zone = pre.features
+    assert size.mean == pytest.approx(train["size"].mean())
+    assert size.std == pytest.approx(train["size"].std(ddof=0))
+    assert size.mean != pytest.approx(df["size"].mean(), abs=1e-9)
+    assert zone.categories == sorted(train["zone"].unique())
+    assert pre.target_mean == pytest.approx(train["price"].mean())
+    assert pre.target_std == pytest.approx(train["price"].std(ddof=0))
+
+
+def test_prepare_digits(ray_cluster, tmp_path):
+    source = tmp_path / "digits.parquet"
+    write_digits(str(source))
+    cfg = DataConfig(
+        source=str(source),
+        task="classification",
+        label="label",
+        features=[f"pixel_{i}" for i in range(64)],
+    )
+    data = prepare_datasets(cfg)
+
+    assert data.num_rows == {"train": 1257, "validation": 270, "test": 270}
+    assert data.preprocessor.classes == [str(i) for i in range(10)]
+    assert data.preprocessor.num_inputs == 64
+    assert data.fingerprint == fingerprint_source(cfg)
+    train = data.train.take_batch(2000, batch_format="numpy")
+    assert train["x"].shape == (1257, 64)
+    assert train["x"].dtype == np.float32
+    assert train["y"].dtype == np.int64
+    assert set(train["y"].tolist()) == set(range(10))
+    # Standardised with train statistics: every non-constant column has mean 0 and std 1 on train.
+    varying = train["x"].std(axis=0) > 0
+    np.testing.assert_allclose(train["x"].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train["x"][:, varying].std(axis=0), 1.0, atol=1e-4)
+    assert data.validation.count() == 270
+    raw_test = data.raw_test.to_pandas()
+    assert list(raw_test.columns) == [f"pixel_{i}" for i in range(64)] + ["label"]
+    assert len(raw_test) == 270
+
+
+def test_a_bad_value_fails_with_the_column_row_and_source(ray_cluster, tmp_path, houses):
+    _, df = houses
+    df = df.astype({"size": object})
+    df.loc[df.index[::2], "size"] = np.nan  # empty cells: nulls, which the aggregates skip
+    df.to_csv(tmp_path / "gaps.csv", index=False)
+    cfg = houses_config(tmp_path / "gaps.csv")
+    with pytest.raises(DataError) as err:
+        prepare_datasets(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'gaps.csv'} (")
+    assert "feature column 'size': row" in message
+    assert "expected a finite number" in message
