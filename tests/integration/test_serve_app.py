@@ -69,9 +69,7 @@ def endpoints(ray_cluster, tmp_path_factory):
     for task, prefix in (("classification", "/clf"), ("regression", "/reg")):
         root = make_registry(tmp_path_factory.mktemp(task), task)
         # A long batch wait makes concurrent requests reliably share a batch.
-        cfg = ServeConfig(
-            port=PORT, route_prefix=prefix, app_name=task, max_batch_size=32, batch_wait_timeout_s=0.05
-        )
+        cfg = ServeConfig(port=PORT, route_prefix=prefix, app_name=task, max_batch_size=32, batch_wait_timeout_s=0.05)
         urls[task] = deploy(root, serve_cfg=cfg)
     yield urls
     shutdown()
@@ -199,9 +197,7 @@ def test_concurrent_requests_share_batches(clf, endpoints):
 
     async def fire():
         async with httpx.AsyncClient(base_url=endpoints["classification"], timeout=30) as client:
-            return await asyncio.gather(
-                *(client.post("/predict", json={"rows": [row(i)]}) for i in range(16))
-            )
+            return await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(16)))
 
     responses = asyncio.run(fire())
     assert [r.status_code for r in responses] == [200] * 16

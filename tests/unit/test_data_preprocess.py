@@ -70,9 +70,7 @@ def test_non_numeric_or_missing_numeric_value_is_named_with_its_row(bad):
 
 
 def test_numeric_strings_and_bools_are_numbers():
-    pre = Preprocessor(
-        "regression", "y", [NumericStat("a", 0.0, 1.0), NumericStat("b", 0.0, 1.0)], None, 0, 1
-    )
+    pre = Preprocessor("regression", "y", [NumericStat("a", 0.0, 1.0), NumericStat("b", 0.0, 1.0)], None, 0, 1)
     x = pre.transform_features(pd.DataFrame({"a": ["1.5", "2"], "b": [True, False]}))
     np.testing.assert_allclose(x, [[1.5, 1.0], [2.0, 0.0]])
 

@@ -46,29 +46,22 @@ def test_numeric_feature_of_the_wrong_type_names_actual_and_expected_types():
     with pytest.raises(DataError) as err:
         check_schema(schema(size=pa.string()), config(), SOURCE)
     assert str(err.value) == (
-        f"{SOURCE}: numeric feature column 'size' has type string, "
-        "expected numeric (int, float, bool or decimal)"
+        f"{SOURCE}: numeric feature column 'size' has type string, expected numeric (int, float, bool or decimal)"
     )
 
 
 def test_categorical_feature_of_the_wrong_type():
-    with pytest.raises(
-        DataError, match=r"categorical feature column 'zone' has type double, expected categorical"
-    ):
+    with pytest.raises(DataError, match=r"categorical feature column 'zone' has type double, expected categorical"):
         check_schema(schema(zone=pa.float64()), config(), SOURCE)
 
 
 def test_regression_label_must_be_a_number():
-    with pytest.raises(
-        DataError, match=r"label column 'label' has type string, expected a number .* for regression"
-    ):
+    with pytest.raises(DataError, match=r"label column 'label' has type string, expected a number .* for regression"):
         check_schema(schema(label=pa.string()), config(task="regression"), SOURCE)
 
 
 def test_classification_label_must_be_a_scalar():
-    with pytest.raises(
-        DataError, match=r"label column 'label' has type list<item: int64>, expected a class label"
-    ):
+    with pytest.raises(DataError, match=r"label column 'label' has type list<item: int64>, expected a class label"):
         check_schema(schema(label=pa.list_(pa.int64())), config(), SOURCE)
 
 

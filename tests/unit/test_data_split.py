@@ -1,4 +1,4 @@
-"""The pure parts of the split: row counts per split and the seeded row hash, without Ray."""
+"""The pure parts of the split: the seeded row hash, the share-based assignment, the empty-split check."""
 
 import numpy as np
 import pandas as pd
@@ -6,31 +6,7 @@ import pytest
 
 from rayline.config import SplitConfig
 from rayline.data import DataError
-from rayline.data.split import row_hashes, split_sizes
-
-
-def test_sizes_are_exact_shares():
-    assert split_sizes(1797, SplitConfig(validation=0.15, test=0.15)) == (1257, 270, 270)
-    assert split_sizes(10, SplitConfig(validation=0.2, test=0.0)) == (8, 2, 0)
-
-
-@pytest.mark.parametrize(
-    ("rows", "split", "message"),
-    [
-        (
-            3,
-            SplitConfig(validation=0.1, test=0.1),
-            r"the validation split would be empty: the source has 3 row",
-        ),
-        (10, SplitConfig(validation=0.5, test=0.01), r"the test split would be empty: .* share is 0\.01"),
-        (10, SplitConfig(validation=0.0, test=0.2), r"the validation split would be empty"),
-        (2, SplitConfig(validation=0.45, test=0.45), r"the train split would be empty: the source has 2 row"),
-        (0, SplitConfig(), r"has 0 row"),
-    ],
-)
-def test_an_empty_split_is_an_error_that_says_which_and_how_many_rows(rows, split, message):
-    with pytest.raises(DataError, match=message):
-        split_sizes(rows, split)
+from rayline.data.split import TEST, TRAIN, VALIDATION, assign_splits, check_sizes, row_hashes
 
 
 def test_row_hash_depends_on_the_row_and_the_seed_only():
@@ -44,7 +20,47 @@ def test_row_hash_depends_on_the_row_and_the_seed_only():
     assert row_hashes(df, seed=1).tolist() != hashes.tolist()
 
 
+def test_row_hash_ignores_how_strings_are_stored():
+    values = ["x", "y", None]
+    hashes = {
+        tuple(row_hashes(pd.DataFrame({"c": pd.Series(values, dtype=dtype)}), 0))
+        for dtype in [object, "str", "category"]
+    }
+    assert len(hashes) == 1
+
+
 def test_row_hash_handles_unhashable_values():
-    df = pd.DataFrame({"v": [[1, 2], [1, 2], [3]]})
-    hashes = row_hashes(df, seed=0)
+    hashes = row_hashes(pd.DataFrame({"v": [[1, 2], [1, 2], [3]]}), seed=0)
     assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_assignment_follows_the_shares_and_is_stable_per_row():
+    df = pd.DataFrame({"id": np.arange(20_000)})
+    split = SplitConfig(validation=0.2, test=0.1, seed=3)
+    assigned = assign_splits(df, split)
+    shares = np.bincount(assigned, minlength=3) / len(df)
+    np.testing.assert_allclose(shares[[TRAIN, VALIDATION, TEST]], [0.7, 0.2, 0.1], atol=0.01)
+    # A row's split does not depend on which other rows share its batch.
+    part = df.iloc[5000:5100].reset_index(drop=True)
+    assert assign_splits(part, split).tolist() == assigned[5000:5100].tolist()
+    no_test = assign_splits(df, SplitConfig(validation=0.2, test=0.0, seed=3))
+    assert TEST not in no_test
+    assert ((no_test == VALIDATION) == (assigned == VALIDATION)).all()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "split", "message"),
+    [
+        ((3, 3, 0, 0), SplitConfig(validation=0.1, test=0.0), r"the validation split is empty: .* 3 row\(s\)"),
+        ((10, 8, 2, 0), SplitConfig(validation=0.2, test=0.01), r"the test split is empty: .* share is 0\.01"),
+        ((10, 8, 0, 2), SplitConfig(validation=0.0, test=0.2), r"the validation split is empty"),
+        ((2, 0, 1, 1), SplitConfig(validation=0.45, test=0.45), r"the train split is empty: the source has 2"),
+    ],
+)
+def test_an_empty_split_is_an_error_that_says_which_and_how_many_rows(sizes, split, message):
+    with pytest.raises(DataError, match=message):
+        check_sizes(*sizes, split)
+
+
+def test_no_test_rows_are_fine_when_the_test_share_is_zero():
+    check_sizes(10, 8, 2, 0, SplitConfig(validation=0.2, test=0.0))

@@ -49,7 +49,8 @@ def count_rows(inputs: list[np.ndarray]) -> int:
 
 def input_columns(features: list[dict[str, Any]]) -> list[str]:
     """The feature behind each model input column: one per numeric feature, one per category."""
-    return [f["name"] for f in features for _ in f.get("categories", [None])]
+    widths = [len(f["categories"]) if f["kind"] == "categorical" else 1 for f in features]
+    return [f["name"] for f, width in zip(features, widths, strict=True) for _ in range(width)]
 
 
 def require_finite_outputs(outputs: np.ndarray) -> None:
@@ -63,9 +64,7 @@ def require_finite_outputs(outputs: np.ndarray) -> None:
 def require_finite_weights(model: torch.nn.Module, version: str) -> None:
     bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
     if bad:
-        raise ValueError(
-            f"model version {version} holds NaN or infinite weights in {bad[:5]}; it cannot be served"
-        )
+        raise ValueError(f"model version {version} holds NaN or infinite weights in {bad[:5]}; it cannot be served")
 
 
 @serve.deployment
@@ -74,7 +73,8 @@ class ModelServer:
     """One replica: the model, its preprocessor and request schema, loaded once from the registry."""
 
     def __init__(self, storage_root: str, version: str, max_rows: int = MAX_ROWS):
-        # Replicas share 2 cores with the proxy; intra-op threads would only fight over them.
+        # Replicas share the node's cores with the proxy and each other: scale out with
+        # num_replicas, not with intra-op threads that would fight over the same cores.
         torch.set_num_threads(1)
         registry = Registry(storage_root)
         loaded = registry.load(version)
@@ -182,9 +182,7 @@ class ModelServer:
 # ---------------------------------------------------------------- building and deploying
 
 
-def build_app(
-    storage_root: str, version: str | None = None, serve_cfg: ServeConfig | None = None
-) -> Application:
+def build_app(storage_root: str, version: str | None = None, serve_cfg: ServeConfig | None = None) -> Application:
     """The bound deployment for one registry version (default: the serving one).
 
     `serve_cfg` defaults to the `serve` section of the config the model was trained with.
@@ -240,9 +238,7 @@ def endpoint_url(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
-def _bind(
-    storage_root: str, version: str | None, serve_cfg: ServeConfig | None
-) -> tuple[Application, ServeConfig]:
+def _bind(storage_root: str, version: str | None, serve_cfg: ServeConfig | None) -> tuple[Application, ServeConfig]:
     # Replicas run elsewhere: give them an absolute root and a pinned version, so a later change of
     # the serving version never mixes two models in one deployment.
     root = str(Path(storage_root).expanduser().resolve())

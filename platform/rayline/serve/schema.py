@@ -154,9 +154,7 @@ class RequestSchema:
 
     def _rows_of(self, payload: Any) -> list[Any]:
         if not isinstance(payload, dict):
-            raise invalid(
-                422, [problem("body", f'expected a JSON object {{"rows": [...]}}, got {describe(payload)}')]
-            )
+            raise invalid(422, [problem("body", f'expected a JSON object {{"rows": [...]}}, got {describe(payload)}')])
         unknown = sorted(set(payload) - {"rows"})
         if unknown:
             raise invalid(422, [problem(key, 'unknown key; the body holds only "rows"') for key in unknown])
@@ -181,10 +179,7 @@ class RequestSchema:
                 return None
             row = dict(zip(self.names, row, strict=True))
         elif not isinstance(row, dict):
-            msg = (
-                f"expected an object {{feature: value}} or a list of {len(self.names)} values, "
-                f"got {describe(row)}"
-            )
+            msg = f"expected an object {{feature: value}} or a list of {len(self.names)} values, got {describe(row)}"
             problems.append(problem(loc, msg))
             return None
         try:

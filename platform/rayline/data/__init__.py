@@ -1,0 +1,30 @@
+"""Ray Data ingest: read a source, check its schema, split it, fit the preprocessor on train, transform.
+
+Importing this package imports neither Ray nor any data; the functions that need Ray import it.
+"""
+
+from rayline.data.digits import write_digits
+from rayline.data.errors import DataError
+from rayline.data.fingerprint import fingerprint_source
+from rayline.data.fit import fit_preprocessor
+from rayline.data.prepare import PreparedData, prepare_datasets
+from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
+from rayline.data.read import check_schema, list_source_files, read_source
+from rayline.data.split import Splits, split_dataset
+
+__all__ = [
+    "CategoricalStat",
+    "DataError",
+    "NumericStat",
+    "PreparedData",
+    "Preprocessor",
+    "Splits",
+    "check_schema",
+    "fingerprint_source",
+    "fit_preprocessor",
+    "list_source_files",
+    "prepare_datasets",
+    "read_source",
+    "split_dataset",
+    "write_digits",
+]

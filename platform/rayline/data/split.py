@@ -1,0 +1,98 @@
+"""Divide a Dataset into train / validation / test, the same way every run for a given seed.
+
+Each row's split comes from a seeded hash of its values: a row whose hash falls in the first
+`validation` share of the hash range is a validation row, the next `test` share are test rows, the rest
+train. So the assignment depends only on the row and the seed, not on file order, block layout or cluster
+size; identical rows always land together (duplicates cannot leak from train into test); and rows added
+to a source later do not move the old ones. The price: split sizes match the shares only approximately
+(binomially, like any per-row coin flip), and a tiny source can leave a split empty, which is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayline.config import SplitConfig
+from rayline.data.errors import DataError
+
+if TYPE_CHECKING:
+    import ray.data
+
+KEY = "__rayline_split"
+TRAIN, VALIDATION, TEST = 0, 1, 2
+
+
+class Splits(NamedTuple):
+    train: ray.data.Dataset
+    """Shuffled with the split seed, so training does not see rows in file order."""
+    validation: ray.data.Dataset
+    test: ray.data.Dataset | None
+    """None when split.test is 0."""
+
+
+def split_dataset(ds: ray.data.Dataset, split_cfg: SplitConfig) -> Splits:
+    """Materialized splits; test is None when split_cfg.test == 0. DataError if a split is empty."""
+    keyed = ds.map_batches(add_split_column, fn_kwargs={"split_cfg": split_cfg}, batch_format="pandas")
+    keyed = keyed.materialize()
+    parts = [
+        keyed.map_batches(rows_of_split, fn_kwargs={"split": split}, batch_format="pyarrow").materialize()
+        for split in (TRAIN, VALIDATION, TEST)
+    ]
+    train, validation, test = parts
+    check_sizes(keyed.count(), train.count(), validation.count(), test.count(), split_cfg)
+    return Splits(
+        train=train.random_shuffle(seed=split_cfg.seed).materialize(),
+        validation=validation,
+        test=test if split_cfg.test > 0 else None,
+    )
+
+
+def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, split_cfg: SplitConfig) -> None:
+    """DataError naming the first split that came out empty, with the source's row count."""
+    wanted = [
+        ("validation", n_validation, split_cfg.validation),
+        ("test", n_test, split_cfg.test),
+        ("train", n_train, 1.0 - split_cfg.validation - split_cfg.test),
+    ]
+    for name, size, share in wanted:
+        # Validation is always needed (model selection); test may be switched off with a 0 share.
+        if size == 0 and (share > 0 or name == "validation"):
+            raise DataError(
+                f"the {name} split is empty: the source has {num_rows} row(s) and the {name} share is "
+                f"{share:g} (about {num_rows * share:.1f} rows expected); add rows or change data.split"
+            )
+
+
+def add_split_column(batch: pd.DataFrame, split_cfg: SplitConfig) -> pd.DataFrame:
+    return batch.assign(**{KEY: assign_splits(batch, split_cfg)})
+
+
+def rows_of_split(table: pa.Table, split: int) -> pa.Table:
+    return table.filter(pc.equal(table[KEY], split)).drop_columns([KEY])
+
+
+def assign_splits(df: pd.DataFrame, split_cfg: SplitConfig) -> np.ndarray:
+    """TRAIN, VALIDATION or TEST (int8) per row, from where its hash falls in [0, 1)."""
+    position = row_hashes(df, split_cfg.seed).astype(np.float64) / 2.0**64
+    splits = np.full(len(df), TRAIN, dtype=np.int8)
+    splits[position < split_cfg.validation + split_cfg.test] = TEST
+    splits[position < split_cfg.validation] = VALIDATION
+    return splits
+
+
+def row_hashes(df: pd.DataFrame, seed: int) -> np.ndarray:
+    """A uint64 per row from its values and the seed; the same row gives the same hash in any batch."""
+    hash_key = hashlib.blake2b(str(seed).encode(), digest_size=8).hexdigest()  # pandas wants 16 chars
+    columns = df[sorted(df.columns)]
+    try:
+        hashes = pd.util.hash_pandas_object(columns, index=False, hash_key=hash_key)
+    except TypeError:
+        # Lists, dicts and tensors are unhashable; their text is stable enough to hash instead.
+        hashes = pd.util.hash_pandas_object(columns.astype(str), index=False, hash_key=hash_key)
+    return hashes.to_numpy(dtype=np.uint64)
