@@ -24,10 +24,13 @@ def pytest_collection_modifyitems(items):
 def ray_cluster():
     import ray
 
+    from rayline.runtime import point_state_api_at_own_dashboard
+
     ctx = ray.init(
         address="local",
         num_cpus=4,
         include_dashboard=True,
+        dashboard_port=point_state_api_at_own_dashboard(preferred=8266),
         logging_level=logging.WARNING,
         log_to_driver=False,
         object_store_memory=512 * 2**20,

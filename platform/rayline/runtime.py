@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 
 def quiet_environment(verbose: bool) -> None:
@@ -33,6 +34,8 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             # An embedded cluster gets Ray's default token auth; its banner about that is noise here.
             # (Setting RAY_AUTH_MODE now would be too late: Ray reads it when it is imported.)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        if not address:
+            embedded["dashboard_port"] = point_state_api_at_own_dashboard()
         ray.init(
             address=address,
             logging_level=logging.INFO if verbose else logging.WARNING,
@@ -41,6 +44,35 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
         )
     quiet_data(verbose)
     return dashboard_url()
+
+
+def point_state_api_at_own_dashboard(preferred: int = 8265) -> int:
+    """Choose the embedded cluster's dashboard port and tell every Ray process started from here about it.
+
+    Ray Train's PlacementGroupCleaner finds the State API by RAY_API_SERVER_ADDRESS, else RAY_ADDRESS,
+    else by looking for Ray on this machine. With a second Ray instance on the machine (another
+    user's session, a test cluster) that look-up fails, the cleaner never frees a stopped trial's
+    workers, and the next trial waits for CPUs that never come. Raylet-started workers inherit this
+    process's environment, so setting it before ray.init fixes the look-up for all of them.
+    """
+    port = preferred if port_is_free(preferred) else free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def quiet_data(verbose: bool) -> None:

@@ -13,7 +13,7 @@ from rayline.data import PreparedData
 from rayline.registry import checkpoint_metrics
 from rayline.train.driver import build_trainer
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
-from rayline.tune.space import apply_params, load_search_space, to_tune_space
+from rayline.tune.space import apply_params, decode_params, encode, load_search_space, to_tune_space
 
 SUMMARY_FILE = "rayline_search.json"
 
@@ -93,7 +93,7 @@ def trial_config(base: PipelineConfig, params: dict[str, Any]) -> PipelineConfig
     return apply_params(
         base,
         {
-            **params,
+            **decode_params(params),
             "train.epochs": tune_cfg.scheduler.max_t,
             "train.checkpoint.metric": tune_cfg.metric,
             "train.checkpoint.mode": tune_cfg.mode,
@@ -117,9 +117,32 @@ def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experim
             scheduler=make_scheduler(t),
         ),
         run_config=tune.RunConfig(
-            name=experiment_dir.name, storage_path=str(experiment_dir.parent), verbose=1 if verbose else 0
+            name=experiment_dir.name,
+            storage_path=str(experiment_dir.parent),
+            verbose=1 if verbose else 0,
+            callbacks=[] if verbose else [progress_printer(t)],
         ),
     )
+
+
+def progress_printer(t: TuneConfig):
+    """A Tune callback (it runs in this driver process) that prints one line per trial event."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            epochs = int(result.get("epochs_done", 0))
+            print(f"  trial {trial.trial_id} epoch {epochs}/{t.scheduler.max_t}  {t.metric} {result[t.metric]:.4f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            epochs = int((trial.last_result or {}).get("epochs_done", 0))
+            how = "finished" if epochs >= t.scheduler.max_t else "stopped early by the scheduler"
+            print(f"  trial {trial.trial_id} {how} after {epochs} epochs", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"  trial {trial.trial_id} FAILED: see {trial.local_path}", flush=True)
+
+    return TrialProgress()
 
 
 def make_searcher(t: TuneConfig):
@@ -127,13 +150,19 @@ def make_searcher(t: TuneConfig):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
         return OptunaSearch(
             sampler=optuna.samplers.TPESampler(seed=t.seed),
-            points_to_evaluate=list(t.points_to_evaluate) or None,
+            points_to_evaluate=encoded_points(t) or None,
         )
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=list(t.points_to_evaluate) or None, random_state=t.seed)
+    return BasicVariantGenerator(points_to_evaluate=encoded_points(t) or None, random_state=t.seed)
+
+
+def encoded_points(t: TuneConfig) -> list[dict[str, Any]]:
+    return [{key: encode(value) for key, value in point.items()} for point in t.points_to_evaluate]
 
 
 def make_scheduler(t: TuneConfig):
@@ -167,9 +196,7 @@ def best_of(results, t: TuneConfig, experiment_dir: Path) -> SearchOutcome:
     run_dir = Path(best.metrics["checkpoint_path"]).parent
     checkpoint = best_checkpoint_in(run_dir, t.metric, t.mode)
     params = {k: v for k, v in best.config.items()}
-    return SearchOutcome(
-        experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint)
-    )
+    return SearchOutcome(experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint))
 
 
 def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:

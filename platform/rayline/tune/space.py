@@ -9,6 +9,7 @@ train.batch_size: {grid: [32, 64]}
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,23 +142,36 @@ def to_tune_space(params: list[Param], searcher: str) -> dict[str, Any]:
 
     if searcher == "optuna" and any(p.kind == "grid" for p in params):
         names = [p.path for p in params if p.kind == "grid"]
-        raise ConfigError(
-            f"grid entries {names} need tune.searcher: grid or random (Optuna samples, it does not grid)"
-        )
+        raise ConfigError(f"grid entries {names} need tune.searcher: grid or random (Optuna samples, it does not grid)")
     if searcher == "grid":
         sampled = [p.path for p in params if p.kind not in ("grid", "choice")]
         if sampled:
             raise ConfigError(f"tune.searcher grid needs grid or choice entries only; {sampled} are sampled")
-        return {p.path: tune.grid_search(list(p.args)) for p in params}
+        return {p.path: tune.grid_search([encode(v) for v in p.args]) for p in params}
     build = {
-        "choice": lambda a: tune.choice(list(a)),
-        "grid": lambda a: tune.grid_search(list(a)),
+        "choice": lambda a: tune.choice([encode(v) for v in a]),
+        "grid": lambda a: tune.grid_search([encode(v) for v in a]),
         "uniform": lambda a: tune.uniform(*a),
         "loguniform": lambda a: tune.loguniform(*a),
         "randint": lambda a: tune.randint(*a),
         "quniform": lambda a: tune.quniform(*a),
     }
     return {p.path: build[p.kind](p.args) for p in params}
+
+
+def encode(value: Any) -> Any:
+    """Searchers store choices as scalars (Optuna warns otherwise): lists and mappings travel as JSON."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def decode_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: decode(value) for key, value in params.items()}
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
 
 
 def is_number(value: Any) -> bool:
