@@ -13,7 +13,6 @@ def quiet_environment(verbose: bool) -> None:
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 def connect(*, verbose: bool = False, address: str | None = None) -> str:

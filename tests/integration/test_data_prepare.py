@@ -63,9 +63,6 @@ def test_split_is_deterministic_whatever_the_block_layout(ray_cluster, houses):
     assert sorted(ids(first.train) + ids(first.validation) + ids(first.test)) == list(range(200))
     assert first.train.columns() == ["id", "size", "zone", "price", "kind"]
 
-    other_seed = split_dataset(read_source(cfg), SplitConfig(validation=0.2, test=0.1, seed=8))
-    assert ids(other_seed.validation) != ids(first.validation)
-
 
 def test_no_test_split_when_its_share_is_zero(ray_cluster, houses):
     root, _ = houses
@@ -129,6 +126,19 @@ def test_prepare_digits(ray_cluster, tmp_path):
     assert len(raw_test) == data.num_rows["test"] == data.test.count()
 
 
+def test_prepare_regression_standardises_the_target_and_one_hots_categories(ray_cluster, houses):
+    root, _ = houses
+    data = prepare_datasets(houses_config(root, task="regression", test=0.0))
+    assert data.test is None and data.raw_test is None and data.num_rows["test"] == 0
+    train = data.train.take_batch(200, batch_format="numpy")
+    assert train["x"].shape == (data.num_rows["train"], 1 + 3)
+    assert train["y"].dtype == np.float32
+    assert abs(float(train["y"].mean())) < 1e-5
+    np.testing.assert_array_equal(train["x"][:, 1:].sum(axis=1), 1.0)  # one zone per row
+    decoded = data.preprocessor.decode(train["y"][:3])
+    assert all(300 < d["value"] < 700 for d in decoded)
+
+
 def test_a_bad_value_fails_with_the_column_row_and_source(ray_cluster, tmp_path, houses):
     _, df = houses
     df = df.astype({"size": object})
@@ -141,3 +151,13 @@ def test_a_bad_value_fails_with_the_column_row_and_source(ray_cluster, tmp_path,
     assert message.startswith(f"{tmp_path / 'gaps.csv'} (")
     assert "feature column 'size': row" in message
     assert "expected a finite number" in message
+
+
+def test_a_malformed_file_after_the_first_fails_with_its_name(ray_cluster, tmp_path, houses):
+    _, df = houses
+    df.to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "b.csv").write_text("id,size,zone,price,kind\n1,2.0,north,3.0,flat,extra\n")
+    with pytest.raises(
+        DataError, match=f"{tmp_path}: could not read it: Failed to read CSV file: {tmp_path / 'b.csv'}"
+    ):
+        prepare_datasets(houses_config(tmp_path))

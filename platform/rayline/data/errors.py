@@ -1,4 +1,4 @@
-"""The one exception type of the data layer, and recovering it from Ray's remote-task errors."""
+"""The one exception type of the data layer, and recovering user mistakes from Ray's remote-task errors."""
 
 from __future__ import annotations
 
@@ -20,8 +20,16 @@ def remote_data_error(err: BaseException) -> str | None:
     return found[-1].strip() if found else None
 
 
-def remote_reason(err: BaseException) -> str:
-    """The first line of the exception a Ray task raised (RayTaskError keeps it in .cause)."""
-    cause = getattr(err, "cause", None) or err
+def read_failure(err: BaseException, source: str) -> DataError | None:
+    """A DataError for a reader's failure in a Ray task (a malformed file), else None.
+
+    Readers raise ValueError (Arrow's parse errors are ValueErrors) or OSError; Ray keeps the remote
+    exception in RayTaskError.cause. Anything else (a lost worker, a full object store) is not the
+    user's file and is left alone.
+    """
+    cause = getattr(err, "cause", None)
+    if not isinstance(cause, (ValueError, OSError)):
+        return None
     text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
+    reason = text.splitlines()[0] if text else type(cause).__name__
+    return DataError(f"{source}: could not read it: {reason}")

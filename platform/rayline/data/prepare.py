@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rayline.config import DataConfig
-from rayline.data.errors import DataError, remote_data_error
+from rayline.data.errors import DataError, read_failure, remote_data_error
 from rayline.data.fingerprint import fingerprint_source
 from rayline.data.fit import fit_preprocessor
 from rayline.data.preprocess import Preprocessor
 from rayline.data.read import read_source
-from rayline.data.split import split_dataset
+from rayline.data.split import Splits, split_dataset
 
 if TYPE_CHECKING:
     import ray.data
@@ -35,13 +35,13 @@ class PreparedData:
 def prepare_datasets(data_cfg: DataConfig) -> PreparedData:
     """Model-ready, materialized splits; statistics come from the training split only."""
     fingerprint = fingerprint_source(data_cfg)
-    splits = split_dataset(read_source(data_cfg), data_cfg.split)
+    splits = read_and_split(data_cfg)
     preprocessor = fit_preprocessor(splits.train, data_cfg)
     transformed = {
-        name: None if ds is None else transform(ds, preprocessor, f"{data_cfg.source} ({name} split)")
-        for name, ds in splits._asdict().items()
+        name: None if split is None else transform(split, preprocessor, f"{data_cfg.source} ({name} split)")
+        for name, split in splits._asdict().items()
     }
-    num_rows = {name: 0 if ds is None else ds.count() for name, ds in transformed.items()}
+    num_rows = {name: 0 if split is None else split.count() for name, split in transformed.items()}
     return PreparedData(
         train=transformed["train"],
         validation=transformed["validation"],
@@ -51,6 +51,20 @@ def prepare_datasets(data_cfg: DataConfig) -> PreparedData:
         fingerprint=fingerprint,
         num_rows=num_rows,
     )
+
+
+def read_and_split(data_cfg: DataConfig) -> Splits:
+    ds = read_source(data_cfg)
+    try:
+        return split_dataset(ds, data_cfg.split)
+    except DataError as err:
+        raise DataError(f"{data_cfg.source}: {err}") from None
+    except Exception as err:
+        # read_source read only the first row; a malformed file further on fails here.
+        failure = read_failure(err, data_cfg.source)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def transform(ds: ray.data.Dataset, preprocessor: Preprocessor, where: str) -> ray.data.Dataset:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayline.config import DataConfig
-from rayline.data.errors import DataError, remote_reason
+from rayline.data.errors import DataError, read_failure
 from rayline.data.files import list_source_files, resolve_source
 from rayline.data.schema import check_schema
 
@@ -27,7 +27,10 @@ def read_source(data_cfg: DataConfig) -> ray.data.Dataset:
         # One row is enough to learn the schema and that the source is not empty, and is cheap to read.
         head = ds.limit(1).materialize()
     except Exception as err:
-        raise DataError(f"{source}: could not read it as {files.format}: {remote_reason(err)}") from None
+        failure = read_failure(err, source)
+        if failure is None:
+            raise
+        raise failure from None
     if head.count() == 0:
         names = ", ".join(files.paths[:5]) + (", ..." if len(files.paths) > 5 else "")
         raise DataError(f"{source}: no data rows (an empty table or only a header) in {names}")

@@ -195,8 +195,10 @@ def best_of(results, t: TuneConfig, experiment_dir: Path) -> SearchOutcome:
     best = results.get_best_result(metric=t.metric, mode=t.mode, scope="all")
     run_dir = Path(best.metrics["checkpoint_path"]).parent
     checkpoint = best_checkpoint_in(run_dir, t.metric, t.mode)
-    params = {k: v for k, v in best.config.items()}
-    return SearchOutcome(experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint))
+    params = decode_params(best.config)
+    return SearchOutcome(
+        experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint)
+    )
 
 
 def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:

@@ -1,0 +1,133 @@
+"""Ray Tune over distributed trials on the shared cluster, and resume of an interrupted search."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayline.config import load_config
+from rayline.data import write_digits
+from rayline.pipeline import search_and_register
+from rayline.registry import Registry
+from rayline.tune import PlanError, run_search
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "train.optimizer.lr": {"loguniform": [0.0001, 0.03]},
+    "model.hidden_sizes": {"choice": [[16], [64], [128, 64]]},
+}
+
+
+def write_pipeline(tmp_path: Path, **tune) -> Path:
+    source = tmp_path / "digits.parquet"
+    if not source.exists():
+        write_digits(str(source))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    pipeline = {
+        "name": "search",
+        "data": {
+            "source": str(source),
+            "task": "classification",
+            "label": "label",
+            "features": [f"pixel_{i}" for i in range(64)],
+        },
+        "model": {"kind": "mlp"},
+        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 64},
+        "tune": {
+            "search_space": str(tmp_path / "space.yaml"),
+            "num_samples": 6,
+            "metric": "val_accuracy",
+            "mode": "max",
+            "searcher": "optuna",
+            "scheduler": {"kind": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
+            **tune,
+        },
+        "storage": {"root": str(tmp_path / "store")},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    return path
+
+
+def test_asha_optuna_search_over_ddp_trials_finishes_and_registers_the_best(ray_cluster, tmp_path):
+    cfg = load_config(write_pipeline(tmp_path))
+    lines = []
+    report = search_and_register(cfg, log=lines.append)
+
+    experiment = Path(cfg.storage.root) / "tune" / "search"
+    table = (experiment / "trials.txt").read_text().splitlines()
+    assert len(table) == 1 + 6, "a row per trial under the header"
+    assert "2 trial(s) at once" in "\n".join(lines)
+    stopped = [row for row in table[1:] if row.rstrip().endswith("yes")]
+    assert stopped, "ASHA stopped at least one trial early"
+    assert (experiment / "learning_curves.png").stat().st_size > 10_000
+
+    record = Registry(cfg.storage.root).record(report.version)
+    assert set(record["params"]) == set(SPACE)
+    assert record["metrics"]["val_accuracy"] >= 0.85
+    assert record["test_metrics"]["test_accuracy"] >= 0.85
+    assert len(record["history"]) == record["epoch"] + 1, "the learning curve comes along"
+    assert ray_cluster_is_idle(), "no trial left resources behind"
+
+
+def test_a_search_that_cannot_fit_is_rejected_before_any_trial(ray_cluster, tmp_path):
+    cfg = load_config(write_pipeline(tmp_path), ["train.num_workers=8"])
+    with pytest.raises(PlanError, match="one trial needs 4.25 CPUs"):
+        run_search(cfg, data=None, log=lambda _: None)
+    assert not (Path(cfg.storage.root) / "tune").exists()
+
+
+def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
+    """`rayline tune` is stopped with Ctrl-C (SIGINT) mid-search, then continued with --resume."""
+    pipeline = write_pipeline(tmp_path, num_samples=4, max_concurrent_trials=1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded cluster
+    command = [sys.executable, "-m", "rayline.cli", "tune", str(pipeline)]
+    first = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    experiment = tmp_path / "store" / "tune" / "search"
+    wait_for(lambda: len(list(experiment.glob("*/result.json"))) >= 1 and finished_trials(experiment) >= 1, 240)
+    first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=120)
+    assert finished_trials(experiment) < 4, output[-2000:]
+
+    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "registered model v1" in resumed.stdout
+    table = (experiment / "trials.txt").read_text().splitlines()
+    assert len(table) == 1 + 4, "the resumed search ran the remaining trials, not a new search"
+
+
+def finished_trials(experiment: Path) -> int:
+    import json
+
+    done = 0
+    for result in experiment.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines and json.loads(lines[-1]).get("done"):
+            done += 1
+    return done
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(1)
+
+
+def ray_cluster_is_idle() -> bool:
+    import ray
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]:
+            return True
+        time.sleep(1)
+    return False
