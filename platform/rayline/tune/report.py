@@ -34,7 +34,7 @@ def collect_trials(results, metric: str, mode: str, max_t: int) -> list[TrialRow
         status = "ERROR" if result.error else "OK"
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         rows.append(
-            TrialRow(trial_id, dict(result.config), best, epochs, status == "OK" and epochs < max_t, status, curve)
+            TrialRow(trial_id, dict(result.config), best, epochs, status == "OK" and 0 < epochs < max_t, status, curve)
         )
     return sorted(rows, key=lambda r: (r.best is None, -(r.best or 0) if mode == "max" else (r.best or 0)))
 
