@@ -23,6 +23,7 @@ class Section(BaseModel):
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 # ---------------------------------------------------------------- data
@@ -36,7 +37,7 @@ class FeatureConfig(Section):
 
 
 class SplitConfig(Section):
-    validation: Fraction = 0.15
+    validation: PositiveFraction = 0.15
     """Share of rows held out for validation (model selection, early stopping)."""
     test: Fraction = 0.15
     """Share of rows held out for the final test metric."""

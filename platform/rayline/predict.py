@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from rayline.data import DataError, list_source_files
+from rayline.data.read import open_dataset
 from rayline.registry import Registry, load_checkpoint
 
 WRITERS = {"parquet": "write_parquet", "csv": "write_csv", "json": "write_json"}
@@ -51,10 +52,9 @@ def predict_files(
 
     registry = Registry(storage_root)
     version = registry.resolve(version)
-    filesystem, paths, fmt = list_source_files(input_path, None)
     out_fmt = output_format(output_path)
-    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[fmt]
-    dataset = reader(paths, filesystem=filesystem)
+    filesystem, paths, fmt = list_source_files(input_path, None)
+    dataset = open_dataset(paths, filesystem, fmt)
     predictions = dataset.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={"checkpoint_dir": str(registry.checkpoint_dir(version))},
@@ -78,7 +78,5 @@ def output_format(path: str) -> str:
 
 
 def read_row_count(path: str, fmt: str) -> int:
-    import ray.data
-
-    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[fmt]
-    return reader(path).count()
+    filesystem, paths, fmt = list_source_files(path, fmt)
+    return open_dataset(paths, filesystem, fmt).count()
