@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo demo-tune test lint format bench-tune clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rayline make-digits --output data/digits.parquet
 	$(BIN)/rayline demo pipelines/digits.yaml
+
+demo-tune: $(STAMP)
+	$(BIN)/rayline make-digits --output data/digits.parquet
+	$(BIN)/rayline demo pipelines/digits_tune.yaml --set storage.run_name=digits-tune-$$(date +%s)
+
+bench-tune: $(STAMP)
+	$(BIN)/python benchmarks/tune_asha.py
 
 test: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines
