@@ -21,6 +21,18 @@ def test_pipeline_validates(path):
     assert cfg.serve.host == "127.0.0.1", "shipped pipelines serve on loopback only"
 
 
+@pytest.mark.parametrize("path", shipped("tune/*.yaml"), ids=lambda p: p.name)
+def test_search_space_validates_against_the_pipelines_that_use_it(path, monkeypatch):
+    from rayline.tune import load_search_space
+
+    monkeypatch.chdir(REPO)  # pipelines name their search space relative to the repo root
+    users = [cfg for cfg in map(load_config, shipped("pipelines/*.yaml")) if cfg.tune]
+    users = [cfg for cfg in users if Path(cfg.tune.search_space) == path]
+    assert users, f"no shipped pipeline uses {path.name}"
+    for cfg in users:
+        assert load_search_space(path, cfg)
+
+
 @pytest.mark.parametrize("path", shipped("serve/*.yaml"), ids=lambda p: p.name)
 def test_serve_config_validates(path):
     from ray.serve.schema import ServeDeploySchema
