@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rayline.config import ConfigError
 from rayline.tune.driver import SUMMARY_FILE
 
 
@@ -99,11 +100,11 @@ def write_report(results, experiment_dir: Path) -> str:
 
 def report_from_dir(experiment_dir: str | Path) -> str:
     """Regenerate the report of a finished (or interrupted) search from its results folder alone."""
-    from ray import tune
-
     experiment_dir = Path(experiment_dir).resolve()
     if not (experiment_dir / SUMMARY_FILE).is_file():
-        raise ValueError(f"{experiment_dir} is not a rayline search folder (no {SUMMARY_FILE})")
+        raise ConfigError(f"{experiment_dir} is not a rayline search folder (no {SUMMARY_FILE})")
+    from ray import tune
+
     results = tune.ResultGrid(tune.ExperimentAnalysis(str(experiment_dir)))
     return write_report(results, experiment_dir)
 
