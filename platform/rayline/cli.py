@@ -82,11 +82,15 @@ def cmd_demo(args) -> int:
     report = search(cfg, args) if cfg.tune is not None else train(cfg, args)
     print_report(report)
     url = serving.deploy(cfg.storage.root, report.version, cfg.serve)
-    rows = read_source(cfg.data).drop_columns([cfg.data.label]).take(2)
-    body = {"rows": [{k: float(v) if isinstance(v, int | float) else v for k, v in r.items()} for r in rows]}
-    print(f"POST {url}/predict with {len(rows)} rows from {cfg.data.source}")
+    rows = read_source(cfg.data).take(2)
+    truth = [row.pop(cfg.data.label) for row in rows]
+    features = feature_names(cfg)
+    body = {"rows": [{k: getattr(v, "item", lambda v=v: v)() for k, v in r.items() if k in features} for r in rows]}
+    print(f"POST {url}/predict with {len(rows)} rows from {cfg.data.source} (true labels: {truth})")
     response = httpx.post(f"{url}/predict", json=body, timeout=30)
-    print(f"HTTP {response.status_code}: {json.dumps(response.json())[:600]}")
+    print(f"HTTP {response.status_code}: {json.dumps(response.json())[:300]}...")
+    for i, prediction in enumerate(response.json().get("predictions", [])):
+        print(f"  row {i}: {describe_prediction(prediction)}")
     serving.shutdown()
     from rayline.runtime import disconnect
 
@@ -162,6 +166,16 @@ def search(cfg: PipelineConfig, args):
         f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials"
     )
     return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)
+
+
+def describe_prediction(prediction: dict) -> str:
+    if "label" in prediction:
+        return f"label {prediction['label']} (p={prediction['probabilities'][prediction['label']]:.4f})"
+    return f"value {prediction['value']:.4f}"
+
+
+def feature_names(cfg: PipelineConfig) -> set[str]:
+    return {f.name for f in cfg.data.features}
 
 
 def print_report(report) -> None:

@@ -48,8 +48,7 @@ class SplitConfig(Section):
     def _leaves_training_rows(self) -> SplitConfig:
         if self.validation + self.test >= 1.0:
             raise ValueError(
-                f"validation + test = {self.validation + self.test:g} leaves no training rows; "
-                "keep their sum below 1"
+                f"validation + test = {self.validation + self.test:g} leaves no training rows; keep their sum below 1"
             )
         return self
 
@@ -90,8 +89,8 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    kind: Literal["mlp", "cnn"] = "mlp"
-    """mlp for flat/tabular inputs; cnn for image-shaped inputs (see image_shape)."""
+    kind: Literal["mlp", "cnn", "transformer"] = "mlp"
+    """mlp for flat/tabular inputs; cnn for image-shaped inputs (see image_shape); transformer over feature tokens."""
     hidden_sizes: list[PositiveInt] = [128, 64]
     """Widths of the hidden layers (mlp) or of the dense head after the convolutions (cnn)."""
     channels: list[PositiveInt] = [16, 32]
@@ -99,12 +98,24 @@ class ModelConfig(Section):
     image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
     """(channels, height, width) the flat feature vector is reshaped to (cnn only)."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    """Dropout probability after each hidden layer."""
+    """Dropout probability after each hidden layer (transformer: on each residual branch)."""
+    token_size: PositiveInt = 1
+    """Consecutive inputs that form one token (transformer only): 1 = one token per feature, 8 = rows of 8x8 digits."""
+    d_model: PositiveInt = 64
+    """Width of the token embeddings and the residual stream (transformer only)."""
+    n_heads: PositiveInt = 4
+    """Attention heads per layer; must divide d_model (transformer only)."""
+    n_layers: PositiveInt = 2
+    """Transformer blocks; pipeline parallelism splits the model between them (transformer only)."""
+    ffn_size: PositiveInt = 128
+    """Hidden width of each block's feed-forward layer (transformer only)."""
 
     @model_validator(mode="after")
     def _cnn_needs_shape(self) -> ModelConfig:
         if self.kind == "cnn" and self.image_shape is None:
             raise ValueError("model.kind 'cnn' needs model.image_shape, e.g. [1, 8, 8]")
+        if self.kind == "transformer" and self.d_model % self.n_heads:
+            raise ValueError(f"model.n_heads {self.n_heads} must divide model.d_model {self.d_model}")
         return self
 
 
@@ -131,17 +142,42 @@ class CheckpointConfig(Section):
     """Whether a lower (min) or higher (max) metric is better."""
 
 
+class PipelineParallelConfig(Section):
+    microbatches: PositiveInt = 4
+    """Micro-batches each batch is cut into as it flows through the stages; must divide train.batch_size."""
+    schedule: Literal["gpipe", "1f1b"] = "gpipe"
+    """gpipe runs all forwards then all backwards; 1f1b interleaves them (needs microbatches >= stages)."""
+
+
+Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid"]
+
+
 class TrainConfig(Section):
     num_workers: Annotated[int, Field(ge=1)] = 2
-    """Data-parallel (DDP) workers, each a Ray actor."""
+    """Training workers, each a Ray actor; the strategy decides how they share the model and the data."""
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
     """CPUs each worker reserves."""
     use_gpu: bool = False
-    """Train on one GPU per worker with the nccl backend (gloo on CPU otherwise)."""
+    """Train on one GPU per worker with the nccl backend and CUDA device meshes (gloo on CPU otherwise)."""
+    strategy: Strategy = "ddp"
+    """ddp replicates the model; fsdp shards parameters and optimizer state (FSDP2); tensor splits each layer's
+    projections across workers; pipeline gives each worker a run of layers; hybrid combines two on a 2-D mesh."""
+    hybrid: Literal["fsdp+tensor", "ddp+pipeline"] = "fsdp+tensor"
+    """For strategy hybrid: what the data-parallel and the model-parallel dimension of train.mesh do."""
+    mesh: tuple[PositiveInt, PositiveInt] | None = None
+    """For strategy hybrid: [data-parallel, model-parallel] sizes; their product must equal num_workers."""
+    pipeline: PipelineParallelConfig = PipelineParallelConfig()
+    """Pipeline-parallel settings (strategy pipeline, hybrid ddp+pipeline); the stages are its workers."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocasts the forward pass (CPU and GPU); parameters, gradients and optimizer state stay fp32."""
+    grad_accumulation_steps: PositiveInt = 1
+    """Batches whose gradients are summed before each optimizer step (gradients sync only on the last)."""
+    grad_clip_norm: Annotated[float, Field(gt=0.0)] | None = None
+    """Clip the global gradient norm (over every shard and stage) to this value; none = no clipping."""
     epochs: PositiveInt = 10
     """Passes over the training split."""
     batch_size: PositiveInt = 64
-    """Rows per step on each worker."""
+    """Rows per step on each data-parallel replica."""
     seed: int = 0
     """Seed for weight initialisation and data order."""
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -150,6 +186,72 @@ class TrainConfig(Section):
     """Which checkpoints to keep and which is best."""
     max_failures: Annotated[int, Field(ge=0)] = 0
     """Worker-group failures to recover from (restarting from the latest checkpoint)."""
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Replicas that each read their own slice of the data."""
+        if self.strategy == "hybrid":
+            return self.mesh[0]
+        return 1 if self.strategy in ("tensor", "pipeline") else self.num_workers
+
+    @property
+    def model_parallel_size(self) -> int:
+        """Workers one replica of the model is split across (tensor degree or pipeline stages)."""
+        return self.num_workers // self.data_parallel_size
+
+    @property
+    def model_parallelism(self) -> Literal["tensor", "pipeline"] | None:
+        if self.strategy == "hybrid":
+            return "tensor" if self.hybrid == "fsdp+tensor" else "pipeline"
+        return self.strategy if self.strategy in ("tensor", "pipeline") else None
+
+    @model_validator(mode="after")
+    def _parallel_layout_fits(self) -> TrainConfig:
+        if self.strategy == "hybrid":
+            if self.mesh is None:
+                raise ValueError("train.strategy 'hybrid' needs train.mesh [data-parallel, model-parallel], e.g. [2,2]")
+            if self.mesh[0] * self.mesh[1] != self.num_workers:
+                raise ValueError(
+                    f"train.mesh {list(self.mesh)} needs {self.mesh[0] * self.mesh[1]} workers but "
+                    f"train.num_workers is {self.num_workers}; make the product equal num_workers"
+                )
+        elif self.mesh is not None:
+            raise ValueError(
+                f"train.mesh is only read by strategy 'hybrid'; strategy {self.strategy!r} uses all "
+                "train.num_workers along one dimension, so drop train.mesh"
+            )
+        if self.model_parallelism == "pipeline":
+            stages, micro = self.model_parallel_size, self.pipeline.microbatches
+            if self.batch_size % micro:
+                raise ValueError(f"train.pipeline.microbatches {micro} must divide train.batch_size {self.batch_size}")
+            if self.pipeline.schedule == "1f1b" and micro < stages:
+                raise ValueError(
+                    f"train.pipeline.schedule '1f1b' needs train.pipeline.microbatches >= the {stages} stages"
+                )
+        return self
+
+
+def check_parallel_plan(model: ModelConfig, train: TrainConfig) -> None:
+    """Checks that need both sections: can this model be split the way the strategy splits it?"""
+    split = train.model_parallelism
+    if split is None:
+        return
+    what = f"train.strategy {train.strategy!r}" + (f" ({train.hybrid})" if train.strategy == "hybrid" else "")
+    if model.kind != "transformer":
+        raise ValueError(
+            f"{what} splits transformer layers, but model.kind is {model.kind!r}; "
+            "use model.kind transformer, or strategy ddp or fsdp for mlp and cnn"
+        )
+    degree = train.model_parallel_size
+    if split == "tensor":
+        for name, value in (("model.n_heads", model.n_heads), ("model.ffn_size", model.ffn_size)):
+            if value % degree:
+                raise ValueError(f"{what} splits {name} {value} across {degree} workers; make it divisible by {degree}")
+    elif degree > model.n_layers:
+        raise ValueError(
+            f"{what} needs a layer per stage: {degree} stages but model.n_layers is {model.n_layers}; "
+            "add layers or use fewer workers"
+        )
 
 
 # ---------------------------------------------------------------- tune
@@ -246,6 +348,11 @@ class PipelineConfig(Section):
     @property
     def run_name(self) -> str:
         return self.storage.run_name or self.name
+
+    @model_validator(mode="after")
+    def _model_fits_strategy(self) -> PipelineConfig:
+        check_parallel_plan(self.model, self.train)
+        return self
 
 
 # ---------------------------------------------------------------- loading

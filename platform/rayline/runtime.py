@@ -30,6 +30,7 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
         # Cluster-wide options may only be given when this process starts the cluster.
         embedded = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if not address else {}
         if not verbose:
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
             # An embedded cluster gets Ray's default token auth; its banner about that is noise here.
             # (Setting RAY_AUTH_MODE now would be too late: Ray reads it when it is imported.)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)

@@ -3,5 +3,6 @@
 from rayline.models.build import build_model
 from rayline.models.cnn import ConvNet
 from rayline.models.mlp import MLP
+from rayline.models.transformer import Transformer
 
-__all__ = ["MLP", "ConvNet", "build_model"]
+__all__ = ["MLP", "ConvNet", "Transformer", "build_model"]

@@ -1,0 +1,208 @@
+"""Test helpers: Ray clusters started with `ray start` on this machine, and an sshd on 127.0.0.1.
+
+Other Ray instances run on this machine (the shared test cluster, other sessions), so:
+- every process is stopped by the process group or PID it started, never by name and never
+  with `ray stop`, which ends every Ray process on the machine;
+- every port is chosen here (Ray's defaults 6379, 8265, 10001, 52365 would collide);
+- every cluster gets its own short --temp-dir, so `ray start` does not overwrite
+  /tmp/ray/ray_current_cluster, which a plain `ray.init()` anywhere on the machine would join;
+- every node exports RAY_API_SERVER_ADDRESS, so Ray Train's placement-group cleaner finds this
+  cluster's State API instead of scanning the machine (see rayline.runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rayline.runtime import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class RayNode:
+    process: subprocess.Popen
+    """`ray start --block`, leader of its own process group."""
+    metrics_port: int
+    log: Path
+
+
+@dataclass
+class RayCluster:
+    temp_dir: Path
+    gcs_port: int
+    dashboard_port: int
+    token_path: Path | None
+    nodes: list[RayNode] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """Environment for a process that talks to this cluster (driver, CLI, job client)."""
+        env = {**os.environ, **auth_env(self.token_path), "RAY_ADDRESS": self.address, **extra}
+        env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("RAY_DASHBOARD_ADDRESS", None)
+        return env
+
+    def auth_headers(self) -> dict[str, str]:
+        if self.token_path is None:
+            return {}
+        return {"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
+
+    def add_node(self, *, num_cpus: int, resources: dict[str, float] | None = None) -> RayNode:
+        node = start_node(self, head=not self.nodes, num_cpus=num_cpus, resources=resources or {})
+        self.nodes.append(node)
+        wait_for(lambda: self.alive_nodes() >= len(self.nodes), f"node {len(self.nodes)} to join", node)
+        return node
+
+    def alive_nodes(self) -> int:
+        try:
+            r = httpx.get(f"{self.dashboard_url}/nodes?view=summary", headers=self.auth_headers(), timeout=5)
+            summary = r.json()["data"]["summary"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return 0
+        return sum(1 for n in summary if n["raylet"]["state"] == "ALIVE")
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            stop_process_group(node.process)
+        # Anything that left the process groups still names this cluster's temp dir.
+        kill_processes_mentioning(str(self.temp_dir))
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def auth_env(token_path: Path | None) -> dict[str, str]:
+    if token_path is None:
+        return {"RAY_AUTH_MODE": "disabled"}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def start_cluster(*, num_cpus: int = 2, resources: dict[str, float] | None = None, token: bool = True) -> RayCluster:
+    """A head node on 127.0.0.1 with its own ports, temp dir and (by default) its own auth token."""
+    # Unix socket paths live under the temp dir and must stay short: no pytest tmp_path here.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
+    token_path = None
+    if token:
+        token_path = temp_dir / "auth_token"
+        token_path.write_text(secrets.token_hex(32))
+        token_path.chmod(0o600)
+    cluster = RayCluster(temp_dir, gcs_port=free_port(), dashboard_port=free_port(), token_path=token_path)
+    try:
+        cluster.add_node(num_cpus=num_cpus, resources=resources)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dict[str, float]) -> RayNode:
+    metrics_port = free_port()
+    worker_ports = random.randrange(20000, 30000, 100)
+    command = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--temp-dir={cluster.temp_dir}",
+        f"--num-cpus={num_cpus}",
+        f"--resources={json.dumps(resources)}",
+        "--object-store-memory=268435456",
+        f"--metrics-export-port={metrics_port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--min-worker-port={worker_ports}",
+        f"--max-worker-port={worker_ports + 99}",
+    ]
+    if head:
+        command += [
+            "--head",
+            f"--port={cluster.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={cluster.dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+        ]
+    else:
+        command.append(f"--address={cluster.address}")
+    env = {**os.environ, **auth_env(cluster.token_path)}
+    env["RAY_API_SERVER_ADDRESS"] = cluster.dashboard_url
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    for name in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS"):
+        env.pop(name, None)
+    log = cluster.temp_dir / f"node-{len(cluster.nodes)}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return RayNode(process, metrics_port, log)
+
+
+def wait_for(ready, what: str, node: RayNode | None = None, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if node is not None and node.process.poll() is not None:
+            raise RuntimeError(f"`ray start` exited while waiting for {what}:\n{node.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    tail = node.log.read_text()[-3000:] if node is not None else ""
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the group `ray start --block` leads (it stops its Ray processes), then SIGKILL what is left."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=5)
+
+
+def kill_processes_mentioning(marker: str) -> None:
+    """SIGKILL the processes whose command line names `marker`, a path unique to one test cluster."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def read_metrics(port: int) -> str:
+    """The Prometheus text a node's metrics agent exports (no auth: Ray does not cover this port)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return ""
