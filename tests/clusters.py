@@ -206,3 +206,99 @@ def read_metrics(port: int) -> str:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return ""
+
+
+# ---------------------------------------------------------------- sshd on 127.0.0.1, for the cluster launcher
+
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1
+Port 22
+HostKey {base}/host_ed25519
+PidFile {base}/sshd.pid
+AuthorizedKeysFile {base}/authorized_keys
+AllowUsers root
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+ForceCommand {base}/session.sh
+"""
+
+# Every session of this sshd gets a throw-away HOME, so what the launcher writes to `~` (the project
+# copy, ray_bootstrap_config.yaml, the submitted script, .bashrc) never touches root's real home.
+SESSION = """\
+#!/bin/sh
+export HOME={home}
+cd "$HOME"
+exec /bin/bash -c "${{SSH_ORIGINAL_COMMAND:-exec /bin/bash --login}}"
+"""
+
+
+@dataclass
+class Sshd:
+    process: subprocess.Popen
+    base: Path
+    home: Path
+    """The HOME of every session."""
+    key: Path
+    """Private key of the throw-away pair that logs in as root."""
+
+    def stop(self) -> None:
+        stop_process_group(self.process, grace=5)
+
+
+def sshd_unavailable() -> str | None:
+    """Why an sshd on 127.0.0.1:22 cannot run here, or None. Installs openssh-server and rsync if missing."""
+    if os.geteuid() != 0:
+        return "the launcher test runs sshd as root on 127.0.0.1:22 (ray up has no SSH port setting)"
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which("rsync"):
+        reason = apt_install("openssh-server", "rsync")
+        if reason:
+            return reason
+    from rayline.runtime import port_is_free
+
+    if not port_is_free(22):
+        return "port 22 on 127.0.0.1 is taken; the cluster launcher can only reach SSH on port 22"
+    return None
+
+
+def apt_install(*packages: str) -> str | None:
+    if not shutil.which("apt-get"):
+        return f"{', '.join(packages)} missing and no apt-get to install them"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            return f"`{' '.join(command)}` failed: {done.stderr[-500:]}"
+    return None
+
+
+def start_sshd(base: Path, home: Path) -> Sshd:
+    base.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    key = base / "id_ed25519"
+    for path in (base / "host_ed25519", key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    (base / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
+    (base / "sshd_config").write_text(SSHD_CONFIG.format(base=base))
+    session = base / "session.sh"
+    session.write_text(SESSION.format(home=home))
+    session.chmod(0o755)
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    log = (base / "sshd.log").open("wb")
+    process = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(base / "sshd_config")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    server = Sshd(process, base, home, key)
+    probe = ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    probe += ["-o", "BatchMode=yes", "root@127.0.0.1", "echo ok"]
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited: {(base / 'sshd.log').read_text()[-2000:]}")
+        return subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "ok"
+
+    wait_for(answers, "sshd on 127.0.0.1:22", timeout=20)
+    return server

@@ -2,12 +2,14 @@
 
 A checkpoint directory holds everything serving, batch prediction and evaluation need:
 
-    model.pt           weights (a state dict; loaded with weights_only=True)
-    optimizer.pt       optimizer state, for resuming
+    model.pt           weights of the whole plain model, whatever the strategy (a state dict; weights_only=True)
+    optimizer.pt       optimizer state for resuming ddp (empty for sharded strategies: see sharded/)
     state.json         epoch and the metrics reported with this checkpoint
     preprocessor.json  the fitted preprocessor (feature statistics, label map)
     config.json        the full pipeline config that produced it
-    manifest.json      sha256 of every file above, written last
+    sharded/           fsdp/tensor/pipeline/hybrid only: model + optimizer state as torch.distributed.checkpoint
+                       shards, each written by the rank that holds it, for resuming with the same strategy
+    manifest.json      sha256 of every file above (each shard included), written last
 
 The registry lives under `<storage.root>/registry/`: `models/<version>/` holds a copy of a run's
 best checkpoint plus `record.json` (metrics, config, data fingerprint, code version), and
@@ -38,6 +40,7 @@ STATE_FILE = "state.json"
 PREPROCESSOR_FILE = "preprocessor.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
+SHARDED_DIR = "sharded"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, PREPROCESSOR_FILE, CONFIG_FILE)
 
 
@@ -58,8 +61,13 @@ def save_checkpoint(
     history: list[dict[str, float]],
     preprocessor: Preprocessor,
     config: PipelineConfig,
+    sharded_sha256: dict[str, str] | None = None,
 ) -> None:
-    """Write a self-sufficient checkpoint; `history` is every epoch's metrics up to this one."""
+    """Write a self-sufficient checkpoint; `history` is every epoch's metrics up to this one.
+
+    `sharded_sha256` lists the sharded copy's files (from `save_sharded_state` on every rank), which the
+    manifest covers although other ranks write them.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model_state, directory / MODEL_FILE)
@@ -67,26 +75,59 @@ def save_checkpoint(
     write_json(directory / STATE_FILE, {"epoch": epoch, "metrics": metrics, "history": history})
     write_json(directory / PREPROCESSOR_FILE, preprocessor.to_dict())
     write_json(directory / CONFIG_FILE, config.model_dump(mode="json"))
-    write_json(
-        directory / MANIFEST_FILE, {"sha256": {f: file_sha256(directory / f) for f in CHECKPOINT_FILES}}
-    )
+    digests = {f: file_sha256(directory / f) for f in CHECKPOINT_FILES}
+    write_json(directory / MANIFEST_FILE, {"sha256": {**digests, **(sharded_sha256 or {})}})
+
+
+def save_sharded_state(directory: str | Path, state: dict[str, Any]) -> dict[str, str]:
+    """Every rank calls this (a collective): writes its shards of `state` under SHARDED_DIR and returns the
+    sha256 of the files it wrote, keyed by their path in the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+
+    sharded = Path(directory) / SHARDED_DIR
+    dcp.save(state, checkpoint_id=str(sharded))
+    return {f"{SHARDED_DIR}/{p.name}": file_sha256(p) for p in sorted(sharded.iterdir()) if p.is_file()}
+
+
+def load_sharded_state(directory: str | Path, state: dict[str, Any]) -> tuple[int, list[dict]]:
+    """Every rank calls this (a collective): loads the sharded copy into `state` in place (tensors laid out
+    as this rank holds them); returns (epoch, history)."""
+    import torch.distributed.checkpoint as dcp
+
+    directory = Path(directory)
+    verify_checkpoint(directory)
+    if not (directory / SHARDED_DIR).is_dir():
+        raise RegistryError(f"{directory}: has no {SHARDED_DIR}/ copy; it was written by strategy ddp")
+    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+    progress = read_json(directory / STATE_FILE)
+    return int(progress["epoch"]), progress["history"]
+
+
+def checkpoint_config(directory: str | Path) -> PipelineConfig:
+    """The pipeline config that wrote a checkpoint."""
+    return PipelineConfig.model_validate(read_json(Path(directory) / CONFIG_FILE))
 
 
 def verify_checkpoint(directory: str | Path) -> None:
-    """Refuse a checkpoint whose files are missing or differ from the manifest written at save time."""
+    """Refuse a checkpoint whose files are missing, differ from the manifest written at save time, or (in the
+    sharded copy) are not in it."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
         raise RegistryError(f"{directory}: not a complete rayline checkpoint (no {MANIFEST_FILE})")
     expected = read_json(manifest_path).get("sha256", {})
-    for name in CHECKPOINT_FILES:
+    for name in dict.fromkeys([*CHECKPOINT_FILES, *expected]):
         path = directory / name
         if not path.is_file():
             raise RegistryError(f"{directory}: checkpoint is partial, {name} is missing")
         if file_sha256(path) != expected.get(name):
-            raise RegistryError(
-                f"{path}: contents do not match the checkpoint manifest (tampered or corrupt)"
-            )
+            raise RegistryError(f"{path}: contents do not match the checkpoint manifest (tampered or corrupt)")
+    sharded = directory / SHARDED_DIR
+    unlisted = (
+        [p.name for p in sharded.iterdir() if f"{SHARDED_DIR}/{p.name}" not in expected] if sharded.is_dir() else []
+    )
+    if unlisted:
+        raise RegistryError(f"{sharded}: files not in the checkpoint manifest: {sorted(unlisted)}")
 
 
 def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:
@@ -119,9 +160,7 @@ def load_checkpoint(directory: str | Path, version: str | None = None) -> Loaded
     verify_checkpoint(directory)
     config = PipelineConfig.model_validate(read_json(directory / CONFIG_FILE))
     preprocessor = Preprocessor.from_dict(read_json(directory / PREPROCESSOR_FILE))
-    model = build_model(
-        config.model, num_inputs=preprocessor.num_inputs, num_outputs=preprocessor.num_outputs
-    )
+    model = build_model(config.model, num_inputs=preprocessor.num_inputs, num_outputs=preprocessor.num_outputs)
     model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True, map_location="cpu"))
     model.eval()
     return LoadedModel(model, preprocessor, config, checkpoint_metrics(directory), version)

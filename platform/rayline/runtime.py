@@ -36,6 +36,9 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         if not address:
             embedded["dashboard_port"] = point_state_api_at_own_dashboard()
+            # Distributed trials start many small-CPU actors at once; the raylet's default cap (one
+            # starting worker per core) serialises their start-up and warns about it on every search.
+            os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
         ray.init(
             address=address,
             logging_level=logging.INFO if verbose else logging.WARNING,

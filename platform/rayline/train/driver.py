@@ -12,7 +12,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from rayline.config import PipelineConfig
+from rayline.config import PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.registry import checkpoint_metrics
 from rayline.train.loop import train_loop_per_worker
@@ -45,7 +45,7 @@ def fit(
     run_name: str | None = None,
     verbose: bool = False,
 ) -> TrainOutcome:
-    """Train with DDP across cfg.train.num_workers Ray actors; resume if the run name already exists."""
+    """Train across cfg.train.num_workers Ray actors with cfg.train.strategy; resume if the run name exists."""
     callbacks = list(extra_callbacks)
     queue = printer = None
     if on_epoch is not None:
@@ -55,9 +55,7 @@ def fit(
         callbacks.append(ProgressCallback(queue))
         printer = threading.Thread(target=drain, args=(queue, on_epoch), daemon=True)
         printer.start()
-    trainer = build_trainer(
-        cfg, data, callbacks=callbacks, run_name=run_name or cfg.run_name, verbose=verbose
-    )
+    trainer = build_trainer(cfg, data, callbacks=callbacks, run_name=run_name or cfg.run_name, verbose=verbose)
     try:
         result = trainer.fit()
     finally:
@@ -94,6 +92,7 @@ def build_trainer(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
         ),
         datasets={"train": data.train, "validation": data.validation},
+        dataset_config=dataset_config(cfg.train),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(Path(cfg.storage.root) / "runs"),
@@ -109,6 +108,13 @@ def build_trainer(
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
+
+
+def dataset_config(train: TrainConfig) -> ray.train.DataConfig:
+    """ddp and fsdp: Ray Data splits every dataset per worker. Strategies whose ranks share a replica (tensor,
+    pipeline, hybrid) give every worker whole datasets; the loop keeps its replica's share."""
+    split_per_worker = train.data_parallel_size == train.num_workers
+    return ray.train.DataConfig(datasets_to_split="all" if split_per_worker else [])
 
 
 def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import tempfile
+import resource
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray.train
@@ -12,11 +13,14 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-from rayline.config import OptimizerConfig, PipelineConfig
+from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
-from rayline.registry import load_training_state, save_checkpoint
+from rayline.train.checkpointing import report_with_checkpoint, restore_latest
+from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, make_loss_fn, replica_batches
+from rayline.train.strategies import Parallelized, parallelize
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -24,41 +28,54 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = PipelineConfig.model_validate(loop_config["config"])
     preprocessor = Preprocessor.from_dict(loop_config["preprocessor"])
     classification = preprocessor.task == "classification"
+    assert dist.is_initialized(), "Ray Train sets up the process group before the loop starts"
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.train.seed)
 
     model = build_model(cfg.model, num_inputs=preprocessor.num_inputs, num_outputs=preprocessor.num_outputs)
-    optimizer = make_optimizer(cfg.train.optimizer, model.parameters())
-    start_epoch, history = restore_latest(model, optimizer)
-    model = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world_size > 1
-    device = ray.train.torch.get_device()
-    loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
+    loss_fn = make_loss_fn(classification)
+    accumulation = cfg.train.grad_accumulation_steps
+    # Pipeline schedules run the loss themselves, so theirs carries the accumulation scale.
+    pm = parallelize(model.to(device), cfg.train, loss_fn=lambda o, y: loss_fn(o, y) / accumulation, device=device)
+    optimizer = make_optimizer(cfg.train.optimizer, pm.module.parameters())
+    start_epoch, history = restore_latest(pm, optimizer, cfg)
     label_dtype = torch.int64 if classification else torch.float32
+    bf16 = cfg.train.precision == "bf16"
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
-        model.train()
-        train_sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
+        pm.model.train()
+        train_sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows (reporting ranks only)
+        label_checksum = torch.zeros((), dtype=torch.float64)
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.train.batch_size,
             dtypes={"x": torch.float32, "y": label_dtype},
             device=device,
             local_shuffle_buffer_size=cfg.train.batch_size * 8,
             local_shuffle_seed=cfg.train.seed + epoch,
+            # Pipeline stages exchange fixed-shape micro-batches.
+            drop_last=cfg.train.model_parallelism == "pipeline",
         )
-        for batch in batches:
+        batches = own_batches(batches, pm, cfg.train, fill_last=False)
+        for step, ((batch, _), last_batch) in enumerate(flag_last(batches)):
             x_bf, y_b = batch["x"], batch["y"]
-            outputs = model(x_bf)
-            loss = loss_fn(outputs, y_b) if classification else loss_fn(outputs.squeeze(-1), y_b)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            train_sums += torch.tensor([loss.item() * len(y_b), len(y_b)], dtype=torch.float64)
-        train_sums = all_reduce_sum(train_sums)
+            # Replicas take equally many steps, so they agree on where an accumulation group ends.
+            sync = (step + 1) % accumulation == 0 or last_batch
+            loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
+            if sync:
+                optimizer_step(pm, optimizer, cfg.train.grad_clip_norm)
+            if pm.reports:
+                train_sums += torch.tensor([loss.item() * len(y_b), len(y_b)], dtype=torch.float64)
+            label_checksum += checksum(y_b)
+        require_same_batches(label_checksum, pm)
+        train_sums = all_reduce(train_sums)
         train_seconds = time.perf_counter() - started
 
-        val_metrics = evaluate(model, val_shard, preprocessor, cfg.train.batch_size, device, label_dtype)
+        val_metrics = evaluate_parallel(pm, val_shard, preprocessor, cfg.train, device, label_dtype)
         metrics = {
             "epoch": epoch,
             "epochs_done": epoch + 1,
@@ -66,9 +83,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **val_metrics,
             "samples_per_s": float(train_sums[1]) / train_seconds,
             "epoch_time_s": time.perf_counter() - started,
+            **memory_metrics(pm, optimizer, device),
         }
         history.append(metrics)
-        report_with_checkpoint(model, optimizer, history, preprocessor, cfg)
+        report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
 
 
 def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
@@ -79,40 +97,97 @@ def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def restore_latest(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Load the run's latest checkpoint if there is one; return the epoch to start from and the history."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, []
-    with checkpoint.as_directory() as directory:
-        model_state, optimizer_state, epoch, history = load_training_state(directory)
-    model.load_state_dict(model_state)
-    optimizer.load_state_dict(optimizer_state)
-    return epoch + 1, history
+def optimizer_step(pm: Parallelized, optimizer: torch.optim.Optimizer, grad_clip_norm: float | None) -> None:
+    if grad_clip_norm is not None:
+        clip_grad_norm(pm, grad_clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def own_batches(batches, pm: Parallelized, train: TrainConfig, *, fill_last: bool):
+    """(batch, counts) pairs this rank trains or evaluates on.
+
+    ddp and fsdp read shards Ray Data split per worker. Under tensor, pipeline and hybrid the ranks of one
+    replica must see the same batches, so every worker reads the whole split in the same seeded order and
+    keeps its replica's share.
+    """
+    if train.data_parallel_size == train.num_workers:
+        return ((batch, True) for batch in batches)
+    return replica_batches(batches, pm.dp_rank, pm.dp_size, fill_last=fill_last)
+
+
+def flag_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """(item, is_last) pairs, looking one item ahead."""
+    iterator = iter(items)
+    previous = next(iterator, _END)
+    while previous is not _END:
+        current = next(iterator, _END)
+        yield previous, current is _END
+        previous = current
+
+
+_END = object()
+
+
+def checksum(y_b: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(1, len(y_b) + 1, dtype=torch.float64, device=y_b.device)
+    return (y_b.double() * positions).sum().cpu()
+
+
+def require_same_batches(label_checksum: torch.Tensor, pm: Parallelized) -> None:
+    """Ranks of one replica must have trained on identical batches (an invariant of own_batches)."""
+    if pm.strategy in ("ddp", "fsdp"):
+        return
+    seen: list[tuple[int, float]] = [(0, 0.0)] * dist.get_world_size()
+    dist.all_gather_object(seen, (pm.dp_rank, float(label_checksum)))
+    by_replica: dict[int, set[float]] = {}
+    for dp_rank, value in seen:
+        by_replica.setdefault(dp_rank, set()).add(value)
+    assert all(len(values) == 1 for values in by_replica.values()), f"replica ranks read different data: {seen}"
+
+
+@torch.no_grad()
+def evaluate_parallel(pm: Parallelized, shard, preprocessor: Preprocessor, train: TrainConfig, device, label_dtype):
+    """Validation metrics of the parallelized model, summed across replicas so all ranks agree."""
+    pm.model.eval()
+    classification = preprocessor.task == "classification"
+    sums = torch.zeros(3, dtype=torch.float64)
+    batches = shard.iter_torch_batches(
+        batch_size=train.batch_size, dtypes={"x": torch.float32, "y": label_dtype}, device=device
+    )
+    for batch, counts in own_batches(batches, pm, train, fill_last=True):
+        outputs = forward_eval(pm, batch["x"], batch["y"], batch_size=train.batch_size, bf16=train.precision == "bf16")
+        if counts and pm.reports:
+            sums += batch_sums(outputs, batch["y"], classification)
+    return metrics_from_sums(all_reduce(sums), preprocessor)
 
 
 @torch.no_grad()
 def evaluate(model, shard, preprocessor: Preprocessor, batch_size: int, device, label_dtype) -> dict:
-    """Validation metrics over every rank's shard, summed across ranks so all ranks agree."""
+    """Metrics of a plain (unsplit) model over a dataset, e.g. a loaded checkpoint on the test split."""
     model.eval()
     classification = preprocessor.task == "classification"
-    # classification: loss*rows, correct, rows; regression: squared error, abs error, rows (scaled units)
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in shard.iter_torch_batches(
         batch_size=batch_size, dtypes={"x": torch.float32, "y": label_dtype}, device=device
     ):
-        outputs = model(batch["x"])
-        y_b = batch["y"]
-        if classification:
-            loss_sum = nn.functional.cross_entropy(outputs, y_b, reduction="sum").item()
-            correct = (outputs.argmax(dim=-1) == y_b).sum().item()
-            sums += torch.tensor([loss_sum, correct, len(y_b)], dtype=torch.float64)
-        else:
-            error = outputs.squeeze(-1) - y_b
-            sums += torch.tensor([error.pow(2).sum().item(), error.abs().sum().item(), len(y_b)])
-    sums = all_reduce_sum(sums)
-    rows = max(float(sums[2]), 1.0)
+        sums += batch_sums(model(batch["x"]), batch["y"], classification)
+    return metrics_from_sums(all_reduce(sums), preprocessor)
+
+
+def batch_sums(outputs: torch.Tensor, y_b: torch.Tensor, classification: bool) -> torch.Tensor:
+    """classification: loss*rows, correct, rows; regression: squared error, abs error, rows (scaled units)."""
     if classification:
+        loss_sum = nn.functional.cross_entropy(outputs, y_b, reduction="sum").item()
+        correct = (outputs.argmax(dim=-1) == y_b).sum().item()
+        return torch.tensor([loss_sum, correct, len(y_b)], dtype=torch.float64)
+    error = outputs.squeeze(-1) - y_b
+    return torch.tensor([error.pow(2).sum().item(), error.abs().sum().item(), len(y_b)], dtype=torch.float64)
+
+
+def metrics_from_sums(sums: torch.Tensor, preprocessor: Preprocessor) -> dict[str, float]:
+    rows = max(float(sums[2]), 1.0)
+    if preprocessor.task == "classification":
         return {"val_loss": float(sums[0]) / rows, "val_accuracy": float(sums[1]) / rows}
     scale = preprocessor.target_std or 1.0
     return {
@@ -122,31 +197,32 @@ def evaluate(model, shard, preprocessor: Preprocessor, batch_size: int, device, 
     }
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+def memory_metrics(pm: Parallelized, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, float]:
+    """Largest per-worker footprint: parameters + optimizer state this rank holds, and peak process memory."""
+    mb = 2**20
+    state = local_bytes(pm.module.parameters()) + local_bytes(
+        t for per_param in optimizer.state.values() for t in per_param.values() if isinstance(t, torch.Tensor)
+    )
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    worst = all_reduce(torch.tensor([state / mb, peak / mb], dtype=torch.float64), op=dist.ReduceOp.MAX)
+    return {"worker_state_mb": float(worst[0]), "peak_memory_mb": float(worst[1])}
+
+
+def local_bytes(tensors) -> int:
+    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
+
+
+def collective_device() -> torch.device:
+    # gloo reduces CPU tensors; nccl needs them on the GPU.
+    return ray.train.torch.get_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        # gloo reduces CPU tensors; nccl needs them on the GPU.
-        device = ray.train.torch.get_device() if dist.get_backend() == "nccl" else torch.device("cpu")
-        reduced = values.to(device)
-        dist.all_reduce(reduced)
+        reduced = values.to(collective_device())
+        dist.all_reduce(reduced, op=op)
         return reduced.cpu()
     return values
-
-
-def report_with_checkpoint(model, optimizer, history, preprocessor, cfg) -> None:
-    """Every rank reports (it is a barrier); only rank 0 writes the checkpoint files."""
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0:
-            plain_model = model.module if hasattr(model, "module") else model
-            save_checkpoint(
-                directory,
-                model_state={k: v.cpu() for k, v in plain_model.state_dict().items()},
-                optimizer_state=optimizer.state_dict(),
-                epoch=history[-1]["epoch"],
-                metrics=history[-1],
-                history=history,
-                preprocessor=preprocessor,
-                config=cfg,
-            )
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(history[-1], checkpoint=checkpoint)

@@ -1,0 +1,117 @@
+"""Checkpoints of a parallelized model: a consolidated copy for serving, a sharded copy for resuming.
+
+The layout itself is the registry's; this module only gathers the state every strategy holds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from rayline.config import PipelineConfig
+from rayline.data.preprocess import Preprocessor
+from rayline.registry import (
+    checkpoint_config,
+    load_sharded_state,
+    load_training_state,
+    save_checkpoint,
+    save_sharded_state,
+)
+from rayline.train.strategies import Parallelized
+
+
+def full_model_state(pm: Parallelized) -> dict[str, torch.Tensor] | None:
+    """The whole plain model's state dict on CPU at rank 0 (None elsewhere); a collective."""
+    rank = dist.get_rank()
+    if pm.schedule is None:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(pm.module, options=options)  # gathers DTensor shards to rank 0
+        return state if rank == 0 else None
+    # Pipeline stages hold disjoint layers under the whole model's names: rank 0 merges one copy of each.
+    own = {k: v.detach().cpu() for k, v in pm.module.state_dict().items()} if pm.dp_rank == 0 else {}
+    parts: list[dict] | None = [{} for _ in range(dist.get_world_size())] if rank == 0 else None
+    dist.gather_object(own, parts, dst=0)
+    return {k: v for part in parts for k, v in part.items()} if rank == 0 else None
+
+
+def sharded_state(pm: Parallelized, optimizer: torch.optim.Optimizer) -> dict:
+    model_state, optimizer_state = get_state_dict(pm.module, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def report_with_checkpoint(
+    pm: Parallelized,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict],
+    preprocessor: Preprocessor,
+    cfg: PipelineConfig,
+) -> None:
+    """Every rank reports (it is a barrier). Rank 0 writes the consolidated checkpoint; under sharded
+    strategies every rank also writes its shards, and Ray Train merges the ranks' directories."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    with tempfile.TemporaryDirectory() as directory:
+        digests: dict[str, str] = {}
+        if pm.sharded:
+            own = save_sharded_state(directory, sharded_state(pm, optimizer))
+            everyone: list[dict] = [{} for _ in range(dist.get_world_size())]
+            dist.all_gather_object(everyone, own)
+            digests = {k: v for part in everyone for k, v in part.items()}
+        model_state = full_model_state(pm) if dist.is_initialized() else pm.module.state_dict()
+        if rank == 0:
+            save_checkpoint(
+                directory,
+                model_state=model_state,
+                # Sharded strategies keep the optimizer state in the sharded copy only.
+                optimizer_state={} if pm.sharded else optimizer.state_dict(),
+                epoch=history[-1]["epoch"],
+                metrics=history[-1],
+                history=history,
+                preprocessor=preprocessor,
+                config=cfg,
+                sharded_sha256=digests,
+            )
+        has_files = rank == 0 or pm.sharded
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if has_files else None
+        ray.train.report(history[-1], checkpoint=checkpoint)
+
+
+def restore_latest(pm: Parallelized, optimizer: torch.optim.Optimizer, cfg: PipelineConfig) -> tuple[int, list[dict]]:
+    """Load the run's latest checkpoint if there is one; return the epoch to start from and the history."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as directory:
+        require_same_strategy(Path(directory), cfg)
+        if not pm.sharded:
+            model_state, optimizer_state, epoch, history = load_training_state(directory)
+            pm.module.load_state_dict(model_state)
+            optimizer.load_state_dict(optimizer_state)
+            return epoch + 1, history
+        state = sharded_state(pm, optimizer)
+        epoch, history = load_sharded_state(directory, state)
+        set_state_dict(pm.module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        return epoch + 1, history
+
+
+def require_same_strategy(directory: Path, cfg: PipelineConfig) -> None:
+    saved = checkpoint_config(directory).train
+    if strategy_label(saved) != strategy_label(cfg.train):
+        raise ValueError(
+            f"run {cfg.run_name!r} was trained with train.strategy {strategy_label(saved)!r}; resuming it needs "
+            f"the same strategy, not {strategy_label(cfg.train)!r}. Keep the strategy, or start a new run with "
+            "another storage.run_name"
+        )
+
+
+def strategy_label(train) -> str:
+    return f"hybrid {train.hybrid}" if train.strategy == "hybrid" else train.strategy

@@ -1,0 +1,135 @@
+"""One training micro-step, the optimizer step and an evaluation forward pass, the same for every strategy."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from rayline.train.strategies import LossFn, Parallelized
+
+
+def make_loss_fn(classification: bool) -> LossFn:
+    if classification:
+        return nn.functional.cross_entropy
+    return lambda outputs, y: nn.functional.mse_loss(outputs.squeeze(-1), y)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip the data-parallel gradient reduction on accumulation steps that are not the last."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        with model.no_sync():
+            yield
+        return
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+    yield
+
+
+def forward_backward(
+    pm: Parallelized,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    accumulation: int,
+    sync: bool,
+    bf16: bool,
+) -> torch.Tensor | None:
+    """Accumulate one batch's gradients (scaled by 1/accumulation); returns its mean loss where this rank has it.
+
+    Pipeline stages run the schedule instead: its loss_fn already divides by `accumulation`, and it reduces
+    across data-parallel pipelines on every step (correct, only more often than needed when accumulating).
+    """
+    if pm.schedule is not None:
+        losses: list[torch.Tensor] = []
+        args = (x,) if pm.first_stage else ()
+        kwargs = {"target": y, "losses": losses} if pm.last_stage else {}
+        pm.schedule.step(*args, **kwargs)
+        return torch.stack(losses).mean().detach() * accumulation if pm.last_stage else None
+    with gradient_sync(pm.model, sync):
+        with autocast(x.device, bf16):
+            loss = loss_fn(pm.model(x), y)
+        (loss / accumulation).backward()
+    return loss.detach()
+
+
+def clip_grad_norm(pm: Parallelized, max_norm: float) -> float:
+    """Scale gradients so their global L2 norm is at most max_norm; returns the norm before clipping.
+
+    The norm covers every shard (DTensor reductions) and every pipeline stage (disjoint parameters);
+    replicated gradients count once.
+    """
+    grads = [p.grad for p in pm.module.parameters() if p.grad is not None]
+    squares = torch.zeros((), dtype=torch.float64)
+    for grad in grads:
+        norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squares += norm.double().cpu() ** 2
+    if pm.stage_group is not None:
+        squares = squares.to(grads[0].device if is_nccl() else "cpu")
+        dist.all_reduce(squares, group=pm.stage_group)
+    total = math.sqrt(float(squares))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1.0:
+        for grad in grads:
+            grad.mul_(scale)
+    return total
+
+
+def is_nccl() -> bool:
+    return dist.is_initialized() and dist.get_backend() == "nccl"
+
+
+@torch.no_grad()
+def forward_eval(pm: Parallelized, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, bf16: bool):
+    """Model outputs for a batch where this rank has them (every rank must call this equally often)."""
+    if pm.schedule is None:
+        with autocast(x.device, bf16):
+            return pm.model(x).float()
+    # Stages exchange fixed-shape micro-batches, so a short last batch is padded and the padding dropped.
+    rows = len(x)
+    x, y = pad_rows(x, batch_size), pad_rows(y, batch_size)
+    args = (x,) if pm.first_stage else ()
+    kwargs = {"target": y, "losses": []} if pm.last_stage else {}
+    outputs = pm.schedule.eval(*args, **kwargs)
+    return outputs[:rows] if pm.last_stage else None
+
+
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    missing = rows - len(t)
+    if missing <= 0:
+        return t
+    return torch.cat([t, t.new_zeros((missing, *t.shape[1:]))])
+
+
+def replica_batches(
+    batches: Iterable[Any], dp_rank: int, dp_size: int, *, fill_last: bool
+) -> Iterator[tuple[Any, bool]]:
+    """This replica's share of a stream that every rank reads in the same order: one batch of every dp_size.
+
+    Yields (batch, counts). Every replica gets the same number of batches, since their collectives must pair
+    up: a short last round is dropped, or with fill_last its missing slots repeat a batch that does not count.
+    """
+    round_: list[Any] = []
+    for batch in batches:
+        round_.append(batch)
+        if len(round_) == dp_size:
+            yield round_[dp_rank], True
+            round_ = []
+    if round_ and fill_last:
+        yield (round_[dp_rank], True) if dp_rank < len(round_) else (round_[0], False)
