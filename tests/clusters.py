@@ -12,6 +12,7 @@ Other Ray instances run on this machine (the shared test cluster, other sessions
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -167,20 +168,14 @@ def wait_for(ready, what: str, node: RayNode | None = None, timeout: float = 90.
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the group `ray start --block` leads (it stops its Ray processes), then SIGKILL what is left."""
-    try:
+def stop_process_group(process: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the group `ray start --block` (or sshd) leads, then SIGKILL whatever is left of it."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait(timeout=5)
 
 
@@ -194,10 +189,8 @@ def kill_processes_mentioning(marker: str) -> None:
         except OSError:
             continue
         if marker in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def read_metrics(port: int) -> str:
@@ -288,9 +281,8 @@ def start_sshd(base: Path, home: Path) -> Sshd:
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     log = (base / "sshd.log").open("wb")
-    process = subprocess.Popen(
-        [sshd, "-D", "-e", "-f", str(base / "sshd_config")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    command = [sshd, "-D", "-e", "-f", str(base / "sshd_config")]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Sshd(process, base, home, key)
     probe = ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     probe += ["-o", "BatchMode=yes", "root@127.0.0.1", "echo ok"]

@@ -139,6 +139,50 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from rayline import jobs
+
+    submission_id = jobs.submit(
+        args.pipeline,
+        address=args.address,
+        overrides=args.set,
+        working_dir=args.working_dir,
+        serve=args.serve,
+        submission_id=args.job_id,
+    )
+    print(f"submitted job {submission_id} to {jobs.dashboard_address(args.address)}")
+    if not args.wait:
+        print(f"follow it with: rayline jobs logs {submission_id} --follow")
+        return 0
+    final = jobs.follow(submission_id, args.address)
+    print(f"job {submission_id} {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args) -> int:
+    from rayline import jobs
+
+    if args.action == "list":
+        for job in jobs.list_jobs(args.address):
+            print(f"{job.submission_id or job.job_id:36} {job.status!s:10} {job.entrypoint}")
+        return 0
+    if not args.job_id:
+        raise ConfigError(f"rayline jobs {args.action}: needs a job id (see `rayline jobs list`)")
+    if args.action == "status":
+        info = jobs.status(args.job_id, args.address)
+        print(f"{args.job_id} {info.status}" + (f": {info.message}" if info.message else ""))
+    elif args.action == "logs" and args.follow:
+        final = jobs.follow(args.job_id, args.address)
+        print(f"job {args.job_id} {final}")
+        return 0 if final == "SUCCEEDED" else 1
+    elif args.action == "logs":
+        print(jobs.logs(args.job_id, args.address), end="")
+    else:
+        stopping = jobs.stop(args.job_id, args.address)
+        print(f"stopping job {args.job_id}" if stopping else f"job {args.job_id} had already ended")
+    return 0
+
+
 # ---------------------------------------------------------------- shared steps
 
 
@@ -149,14 +193,18 @@ def start(args) -> str:
 
 
 def train(cfg: PipelineConfig, args):
+    from rayline.metrics import record_epoch
     from rayline.pipeline import format_epoch, train_and_register
 
     print(
         f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs"
     )
-    return train_and_register(
-        cfg, on_epoch=lambda m: print(format_epoch(m, cfg.train.epochs), flush=True), verbose=args.verbose
-    )
+
+    def on_epoch(metrics: dict) -> None:
+        print(format_epoch(metrics, cfg.train.epochs), flush=True)
+        record_epoch(cfg.run_name, metrics)
+
+    return train_and_register(cfg, on_epoch=on_epoch, verbose=args.verbose)
 
 
 def search(cfg: PipelineConfig, args):
@@ -241,11 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
     digits = command("make-digits", cmd_make_digits, "write scikit-learn's digits to Parquet", pipeline=False)
     digits.add_argument("--output", default="data/digits.parquet")
+    for name in ("train", "run", "tune", "demo", "serve", "predict"):
+        sub.choices[name].add_argument(
+            "--address", help="join this running Ray cluster (host:port, or auto) instead of starting one"
+        )
+    add_job_commands(command)
     return parser
+
+
+def add_job_commands(command: Callable) -> None:
+    where = "the cluster's dashboard URL (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)"
+    submit = command("submit", cmd_submit, "run a pipeline as a Ray Job on a running cluster (Jobs API)")
+    submit.add_argument("--address", help=where)
+    submit.add_argument("--wait", action="store_true", help="print the job's logs until it ends; exit 1 on failure")
+    submit.add_argument("--serve", action="store_true", help="keep serving after registering, until stopped")
+    submit.add_argument("--working-dir", default=".", help="directory uploaded for the job (default: .)")
+    submit.add_argument("--job-id", help="submission id (default: rayline-<pipeline>-<random>)")
+    jobs = command("jobs", cmd_jobs, "status, logs, stop or list the cluster's Ray Jobs", pipeline=False)
+    jobs.add_argument("action", choices=["status", "logs", "stop", "list"])
+    jobs.add_argument("job_id", nargs="?", help="submission id (all but list)")
+    jobs.add_argument("--address", help=where)
+    jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
 
 
 def main(argv: list[str] | None = None) -> int:
     from rayline.data import DataError
+    from rayline.jobs import JobsError
     from rayline.registry import RegistryError
     from rayline.tune.plan import PlanError
 
@@ -254,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-    except (DataError, RegistryError, PlanError) as err:
+    except (DataError, RegistryError, PlanError, JobsError) as err:
         print(f"error: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

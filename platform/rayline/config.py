@@ -162,12 +162,12 @@ class TrainConfig(Section):
     strategy: Strategy = "ddp"
     """ddp replicates the model; fsdp shards parameters and optimizer state (FSDP2); tensor splits each layer's
     projections across workers; pipeline gives each worker a run of layers; hybrid combines two on a 2-D mesh."""
-    hybrid: Literal["fsdp+tensor", "ddp+pipeline"] = "fsdp+tensor"
+    hybrid: Literal["fsdp+tensor", "fsdp+pipeline"] = "fsdp+tensor"
     """For strategy hybrid: what the data-parallel and the model-parallel dimension of train.mesh do."""
     mesh: tuple[PositiveInt, PositiveInt] | None = None
     """For strategy hybrid: [data-parallel, model-parallel] sizes; their product must equal num_workers."""
     pipeline: PipelineParallelConfig = PipelineParallelConfig()
-    """Pipeline-parallel settings (strategy pipeline, hybrid ddp+pipeline); the stages are its workers."""
+    """Pipeline-parallel settings (strategy pipeline, hybrid fsdp+pipeline); the stages are its workers."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocasts the forward pass (CPU and GPU); parameters, gradients and optimizer state stay fp32."""
     grad_accumulation_steps: PositiveInt = 1
@@ -298,6 +298,25 @@ class TuneConfig(Section):
 # ---------------------------------------------------------------- serve
 
 
+class ServeAutoscalingConfig(Section):
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    """Fewest replicas; 0 lets an idle app scale to zero (the first request then waits for a replica)."""
+    max_replicas: PositiveInt = 2
+    """Most replicas."""
+    target_ongoing_requests: Annotated[float, Field(gt=0.0)] = 16.0
+    """Requests in flight per replica the autoscaler aims for; batching wants this well above 1."""
+    upscale_delay_s: Annotated[float, Field(ge=0.0)] = 5.0
+    """How long load must stay high before a replica is added."""
+    downscale_delay_s: Annotated[float, Field(ge=0.0)] = 60.0
+    """How long load must stay low before a replica is removed."""
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> ServeAutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     """Address the HTTP proxy binds to; loopback unless you mean to expose it."""
@@ -308,15 +327,37 @@ class ServeConfig(Section):
     app_name: str = "rayline"
     """Serve application name."""
     num_replicas: PositiveInt = 1
-    """Replicas of the model deployment."""
+    """Replicas of the model deployment (a fixed count; see autoscaling for a range)."""
+    autoscaling: ServeAutoscalingConfig | None = None
+    """Scale replicas with load between min_replicas and max_replicas; omit for num_replicas fixed."""
     cpus_per_replica: Annotated[float, Field(gt=0.0)] = 0.5
     """CPUs each replica reserves."""
+    torch_threads: PositiveInt = 1
+    """Intra-op threads of each replica's forward pass; replicas share the node's cores with the HTTP path."""
     max_batch_size: PositiveInt = 32
     """Most rows a replica runs through the model in one forward pass."""
     batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.005
     """How long a batch waits to fill before it runs."""
     max_ongoing_requests: PositiveInt = 64
     """Requests a replica handles at once before the router queues."""
+    max_queued_requests: Annotated[int, Field(ge=-1)] = 256
+    """Requests waiting for a replica before new ones are refused (overload_status); -1 for no limit."""
+    overload_status: Literal[503, 429] = 503
+    """HTTP status of a request refused because the queue is full."""
+    retry_after_s: Annotated[float, Field(ge=0.0)] = 1.0
+    """Retry-After header (seconds, rounded up) sent with an overload refusal."""
+    request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
+    """Longest a predict request may take inside a replica, queueing included, before a 504."""
+    max_body_bytes: PositiveInt = 1 << 20
+    """Largest request body accepted (413 above it)."""
+    max_models_per_replica: PositiveInt = 3
+    """Registry versions one replica keeps loaded for /v1/models/{version}/predict (least recently used go)."""
+
+    @model_validator(mode="after")
+    def _one_replica_setting(self) -> ServeConfig:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("set serve.num_replicas (a fixed count) or serve.autoscaling (a range), not both")
+        return self
 
 
 # ---------------------------------------------------------------- storage and root

@@ -42,6 +42,8 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 SHARDED_DIR = "sharded"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, PREPROCESSOR_FILE, CONFIG_FILE)
+SERVING_HISTORY = 20
+"""Earlier serving versions kept in serving.json for rollback."""
 
 
 class RegistryError(ValueError):
@@ -236,12 +238,39 @@ class Registry:
         return version
 
     def serving_version(self) -> str | None:
-        path = self.path / "serving.json"
-        return read_json(path)["version"] if path.is_file() else None
+        return self._serving_state().get("version")
+
+    def serving_history(self) -> list[str]:
+        """Versions served before the current one, oldest first: what `rollback_serving` walks back through."""
+        return list(self._serving_state().get("history", []))
 
     def set_serving(self, version: str) -> None:
+        """Mark a version as the one to serve; the one it replaces joins the history."""
         self.record(version)
-        write_json(self.path / "serving.json", {"version": version})
+        state = self._serving_state()
+        history = state.get("history", [])
+        current = state.get("version")
+        if current and current != version:
+            history = [*history, current][-SERVING_HISTORY :]
+        self._write_serving(version, history)
+
+    def rollback_serving(self) -> str:
+        """Serve the previously served version again (dropping it from the history); returns it."""
+        history = self.serving_history()
+        if not history:
+            raise RegistryError(f"nothing to roll back to: {self.path} records no earlier serving version")
+        previous = history[-1]
+        self.record(previous)
+        self._write_serving(previous, history[:-1])
+        return previous
+
+    def _serving_state(self) -> dict[str, Any]:
+        path = self.path / "serving.json"
+        return read_json(path) if path.is_file() else {}
+
+    def _write_serving(self, version: str, history: list[str]) -> None:
+        changed_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_json(self.path / "serving.json", {"version": version, "history": history, "changed_at": changed_at})
 
     def resolve(self, version: str | None) -> str:
         """The version to use: the one asked for, else the serving one, else the newest."""

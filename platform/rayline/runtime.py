@@ -1,10 +1,11 @@
-"""Connecting to Ray: an embedded local cluster by default, an existing one when RAY_ADDRESS is set."""
+"""Connecting to Ray: an embedded local cluster by default, an existing one when --address or RAY_ADDRESS says so."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import time
 
 
 def quiet_environment(verbose: bool) -> None:
@@ -40,13 +41,25 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             # starting worker per core) serialises their start-up and warns about it on every search.
             os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
         ray.init(
-            address=address,
+            # "local", not None: ray.init(None) would join whatever cluster `ray start` last started on
+            # this machine; joining one is asked for with --address (auto, or host:port).
+            address=address or "local",
             logging_level=logging.INFO if verbose else logging.WARNING,
             log_to_driver=verbose,
             **embedded,
         )
+    wait_for_resources()
     quiet_data(verbose)
     return dashboard_url()
+
+
+def wait_for_resources(timeout_s: float = 15.0) -> None:
+    """Right after start-up the node's CPUs are not yet reported; planners and Ray Data would see zero."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) <= 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def point_state_api_at_own_dashboard(preferred: int = 8265) -> int:
@@ -88,10 +101,17 @@ def quiet_data(verbose: bool) -> None:
     if verbose:
         return
     # Ray Data prints an INFO line per executed dataset to the console; its log file keeps them all.
+    # The no-free-CPUs warning fires while trainers hold every CPU; rayline's datasets are materialized
+    # before training for exactly that reason, so it would only alarm people.
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, SessionFileHandler):
             handler.setLevel(logging.WARNING)
-            handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars disabled"))
+            handler.addFilter(not_noise)
+
+
+def not_noise(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Progress bars disabled") or "does not have any available CPUs" in message)
 
 
 def dashboard_url() -> str:

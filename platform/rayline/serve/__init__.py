@@ -1,22 +1,30 @@
-"""Ray Serve: the model deployment (app.py) and its request schema (schema.py).
+"""Ray Serve: the model deployment (app.py), deploying and switching versions (control.py), request schema.
 
-The app names are imported on first use, so `rayline.serve.schema` stays free of Ray.
+The Ray-dependent names are imported on first use, so `rayline.serve.schema` stays free of Ray.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema
 
-_APP_NAMES = ("ModelServer", "build", "build_app", "deploy", "endpoint_url", "shutdown")
+_LAZY = {
+    "ModelServer": "app",
+    "build": "app",
+    "build_app": "app",
+    "deploy": "control",
+    "endpoint_url": "control",
+    "promote": "control",
+    "rollback": "control",
+    "shutdown": "control",
+}
 
-__all__ = ["MAX_ROWS", "RequestError", "RequestSchema", *_APP_NAMES]
+__all__ = ["MAX_ROWS", "RequestError", "RequestSchema", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _APP_NAMES:
-        from rayline.serve import app
-
-        return getattr(app, name)
+    if name in _LAZY:
+        return getattr(import_module(f"rayline.serve.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

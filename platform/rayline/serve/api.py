@@ -1,8 +1,10 @@
-"""The HTTP surface of one replica: FastAPI routes, response models and JSON error handlers.
+"""The documented HTTP surface of a replica: FastAPI routes, response models and JSON error handlers.
 
-Routes: `POST /predict`, `GET /healthz`, `GET /v1/model`, plus FastAPI's `/docs` and
-`/openapi.json`, whose `/predict` body schema lists the served model's features.
-Every error, ours or the framework's (404, 405), is JSON: `{"error": ..., "detail": [...]}`.
+Routes: `POST /predict`, `POST /v1/models/{version}/predict`, `GET /healthz`, `GET /v1/model`,
+`GET /v1/models`, plus FastAPI's `/docs` and `/openapi.json`. The two predict routes are answered
+by the front door (http.py) before FastAPI sees them; they are declared here too so the OpenAPI
+document describes them, with the served model's features as the body schema, and so this app
+works on its own. Every error, ours or the framework's (404, 405), is JSON: `{"error", "detail"}`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rayline.serve.http import header
+
 if TYPE_CHECKING:
     from rayline.serve.app import ModelServer
+
+VERSION_PATTERN = r"^v[0-9]{1,9}$"
+PREDICT_PATHS = ("/predict", "/v1/models/{version}/predict")
 
 
 class PredictResponse(BaseModel):
@@ -31,37 +39,74 @@ class ErrorResponse(BaseModel):
     """One {"loc": "rows.3.pixel_7", "msg": ...} per problem."""
 
 
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)}
+
+
 def create_api(server: ModelServer) -> FastAPI:
     """The FastAPI app of one replica; routes are thin and call into the server."""
     api = FastAPI(
-        title=f"rayline model {server.record.get('pipeline', '')}".strip(),
-        version=server.version,
-        description="Predictions from one registered rayline model version. Send JSON to POST /predict.",
+        title="rayline model server",
+        description="Predictions from registered rayline model versions. Send JSON to POST /predict.",
     )
     api.add_exception_handler(StarletteHTTPException, http_error)
     api.add_exception_handler(Exception, internal_error)
 
     @api.post(
         "/predict",
-        summary=f"Predict for 1 to {server.schema.max_rows} rows",
-        openapi_extra={"requestBody": server.schema.openapi_body()},
-        responses={
-            200: {"model": PredictResponse},
-            **{code: {"model": ErrorResponse} for code in (400, 415, 422, 500)},
-        },
+        summary="Predict with the served model version",
+        responses={200: {"model": PredictResponse}, **ERRORS},
     )
     async def predict(request: Request) -> JSONResponse:
-        return await server.predict(request)
+        return await answer(server, request, None)
 
-    @api.get("/healthz", summary="Liveness and the served model version")
+    @api.post(
+        "/v1/models/{version}/predict",
+        summary="Predict with one registry version, loaded on demand (its features may differ)",
+        responses={200: {"model": PredictResponse}, **ERRORS},
+    )
+    async def predict_version(
+        request: Request, version: str = Path(pattern=VERSION_PATTERN, examples=["v1"])
+    ) -> JSONResponse:
+        return await answer(server, request, version)
+
+    @api.get("/healthz", summary="Liveness and the served model version (no token needed)")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_version": server.version}
+        return {"status": "ok", "model_version": server.primary.version}
 
-    @api.get("/v1/model", summary="The served model: version, task, metrics, features, replica counters")
+    @api.get("/v1/model", summary="The served model: version, task, metrics, features, replica settings")
     async def model_info() -> dict[str, Any]:
         return finite_or_none(server.describe())
 
+    @api.get("/v1/models", summary="Registry versions that /v1/models/{version}/predict can serve")
+    async def models() -> dict[str, Any]:
+        return finite_or_none(server.list_models())
+
+    api.openapi = lambda: openapi_for(api, server)
     return api
+
+
+async def answer(server: ModelServer, request: Request, version: str | None) -> JSONResponse:
+    content_type = header(request.scope, b"content-type")
+    status, payload, _ = await server.answer(version, await request.body(), content_type and content_type.decode())
+    return JSONResponse(payload, status_code=status)
+
+
+def openapi_for(api: FastAPI, server: ModelServer) -> dict[str, Any]:
+    """The OpenAPI document, rebuilt when the served version changes (its features may differ)."""
+    primary = server.primary
+    cached = getattr(api, "_rayline_openapi", None)
+    if cached is not None and cached[0] is primary:
+        return cached[1]
+    spec = get_openapi(
+        title=f"{api.title}: {primary.record.get('pipeline', '')} {primary.version}".strip(),
+        version=primary.version,
+        description=api.description,
+        routes=api.routes,
+    )
+    for path in PREDICT_PATHS:
+        spec["paths"][path]["post"]["requestBody"] = primary.schema.openapi_body()
+    api._rayline_openapi = (primary, spec)
+    return spec
 
 
 def error_response(status: int, error: str) -> JSONResponse:

@@ -1,256 +1,307 @@
-"""The Serve deployment: one registry version behind a FastAPI app (api.py), with batched inference.
+"""The Serve deployment: registry versions behind a lean ASGI front door (http.py), with batched inference.
 
-Each replica loads its checkpoint once, in `__init__`. A request is validated and preprocessed on
-its own (so one bad request never fails its neighbours), then its rows join a `@serve.batch`
-queue; the model runs once per batch and each request gets its own rows back.
+A replica serves one version by default (`POST /predict`), named by its `user_config`, and loads
+others on demand for `POST /v1/models/{version}/predict` through Serve's model multiplexing, at most
+`max_models_per_replica` at a time. A request is validated and encoded on its own (so one bad
+request never fails its neighbours), then its rows join a `@serve.batch` queue; each forward pass
+runs one model over every queued row for it, and each request gets its own rows back.
 
-`build_app`, `build` (for `serve run` / `serve deploy`) and `deploy` turn a registry version into
-a running application.
+Changing `user_config` (control.py's `promote`) swaps the default version in place: the new model
+loads in a thread while the old one keeps answering, then one assignment switches them.
+
+`build` is the app builder for `serve run` / `serve deploy` (`import_path: rayline.serve.app:build`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
 from rayline.config import ServeConfig
-from rayline.data.errors import DataError
-from rayline.registry import Registry
-from rayline.serve.api import create_api, error_response
-from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema, invalid, problem
+from rayline.registry import Registry, RegistryError
+from rayline.serve.api import create_api
+from rayline.serve.http import TOKEN_ENV, FrontDoor, Limits, error_body, token_digest
+from rayline.serve.metrics import ServeMetrics
+from rayline.serve.model import ServedModel
+from rayline.serve.schema import MAX_ROWS, RequestError
 
 logger = logging.getLogger(__name__)
 
+IMPORT_PATH = "rayline.serve.app:build"
+DEPLOYMENT_NAME = "ModelServer"
+VERSION_NAME = re.compile(r"v[0-9]{1,9}")
+DEFAULTS = ServeConfig()
 
-class BatchConfig(BaseModel):
-    """The deployment's `user_config`: `serve deploy` can change it without restarting replicas."""
+
+class ReplicaSettings(BaseModel):
+    """The deployment's `user_config`: a change is applied to running replicas without restarting them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_batch_size: int = Field(default=ServeConfig().max_batch_size, gt=0)
+    model_version: str | None = None
+    """Registry version served by /predict; None means the registry's serving version at load time."""
+    max_batch_size: int = Field(default=DEFAULTS.max_batch_size, gt=0)
     """Most rows in one forward pass; larger requests are cut into pieces of this size."""
-    batch_wait_timeout_s: float = Field(default=ServeConfig().batch_wait_timeout_s, ge=0.0)
+    batch_wait_timeout_s: float = Field(default=DEFAULTS.batch_wait_timeout_s, ge=0.0)
     """How long a batch waits to fill before it runs."""
+    max_body_bytes: int = Field(default=DEFAULTS.max_body_bytes, gt=0)
+    request_timeout_s: float = Field(default=DEFAULTS.request_timeout_s, gt=0.0)
 
 
-def count_rows(inputs: list[np.ndarray]) -> int:
-    return sum(len(x) for x in inputs)
+class ReplicaOptions(BaseModel):
+    """Constructor options: fixed for a replica's life (a change restarts replicas)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_models_per_replica: int = Field(default=DEFAULTS.max_models_per_replica, gt=0)
+    torch_threads: int = Field(default=DEFAULTS.torch_threads, gt=0)
+    max_rows: int = Field(default=MAX_ROWS, gt=0)
+    token_sha256: str | None = None
+    """SHA-256 of the bearer token; None falls back to RAYLINE_API_TOKEN in the replica's environment."""
 
 
-def input_columns(features: list[dict[str, Any]]) -> list[str]:
-    """The feature behind each model input column: one per numeric feature, one per category."""
-    widths = [len(f["categories"]) if f["kind"] == "categorical" else 1 for f in features]
-    return [f["name"] for f, width in zip(features, widths, strict=True) for _ in range(width)]
+class ModelUnavailable(Exception):
+    """A known version whose checkpoint cannot be loaded (tampered, partial or non-finite)."""
 
 
-def require_finite_outputs(outputs: np.ndarray) -> None:
-    # The weights are checked when the app is built, so non-finite outputs come from the inputs.
-    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=tuple(range(1, outputs.ndim))))
-    if len(bad):
-        msg = "the model's output for this row is not finite; its values lie far outside the training data"
-        raise invalid(422, [problem(f"rows.{r}", msg) for r in bad])
+def multiplexed_loader(load: Callable[[str], Awaitable[ServedModel]], limit: int) -> Callable:
+    """Serve's LRU model cache around `load`, with a per-deployment bound (the decorator takes a constant)."""
+
+    # A plain function: Serve keeps its cache as an attribute of the wrapped callable, which a bound method refuses.
+    async def load_version(version: str) -> ServedModel:
+        return await load(version)
+
+    return serve.multiplexed(max_num_models_per_replica=limit)(load_version)
 
 
-def require_finite_weights(model: torch.nn.Module, version: str) -> None:
-    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
-    if bad:
-        raise ValueError(f"model version {version} holds NaN or infinite weights in {bad[:5]}; it cannot be served")
+def count_rows(items: list[tuple[ServedModel, np.ndarray]]) -> int:
+    return sum(len(x) for _, x in items)
 
 
-@serve.deployment
+@serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
 class ModelServer:
-    """One replica: the model, its preprocessor and request schema, loaded once from the registry."""
+    """One replica: its default model, a small cache of other versions, and the request path."""
 
-    def __init__(self, storage_root: str, version: str, max_rows: int = MAX_ROWS):
-        # Replicas share the node's cores with the proxy and each other: scale out with
-        # num_replicas, not with intra-op threads that would fight over the same cores.
-        torch.set_num_threads(1)
-        registry = Registry(storage_root)
-        loaded = registry.load(version)
-        self.version = loaded.version
-        self.model = loaded.model
-        self.preprocessor = loaded.preprocessor
-        self.record = registry.record(self.version)
-        self.schema = RequestSchema(self.preprocessor.feature_schema(), max_rows=max_rows)
-        self.input_columns = input_columns(self.schema.features)
-        self.batching = BatchConfig()
+    def __init__(self, storage_root: str, options: dict[str, Any] | None = None):
+        self.options = ReplicaOptions.model_validate(options or {})
+        # Replicas share the node's cores with the HTTP path and each other: scale out with replicas,
+        # not with intra-op threads that would fight over the same cores.
+        torch.set_num_threads(self.options.torch_threads)
+        self.storage_root = storage_root
+        self.primary: ServedModel | None = None
+        self.settings = ReplicaSettings()
+        self.limits = Limits(self.settings.max_body_bytes, self.settings.request_timeout_s)
+        self.token_sha256 = self.options.token_sha256 or token_digest(os.environ.get(TOKEN_ENV))
+        self.metrics = ServeMetrics(serve.get_replica_context().app_name)
         self.counters = {"requests_served": 0, "rows_served": 0, "batches_served": 0}
+        self._other_model = multiplexed_loader(self._load_other, self.options.max_models_per_replica)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.batching = BatchConfig.model_validate(user_config or {})
-        self._run_batch.set_max_batch_size(self.batching.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+    async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:
+        # Taking `rank` makes Serve call this even without a user_config, so a replica always loads a model.
+        settings = ReplicaSettings.model_validate(user_config or {})
+        wanted = settings.model_version
+        if self.primary is None or (wanted is not None and wanted != self.primary.version):
+            # In a thread: the current model keeps answering requests while the next one loads.
+            self.primary = await asyncio.to_thread(self._load, wanted)
+            logger.info("now serving model version %s", self.primary.version)
+        self.settings = settings
+        self.limits = Limits(settings.max_body_bytes, settings.request_timeout_s)
+        self._run_batch.set_max_batch_size(settings.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        # Built in the replica, after __init__, so the OpenAPI body schema is this model's features.
-        return create_api(self)
+    def __serve_build_asgi_app__(self) -> FrontDoor:
+        return FrontDoor(self, create_api(self), token_sha256=self.token_sha256)
+
+    def serving_state(self) -> dict[str, Any]:
+        """For control.py, through a deployment handle: which registry this replica serves, and which version."""
+        return {"storage_root": self.storage_root, "model_version": self.primary and self.primary.version}
+
+    def check_health(self) -> None:
+        if self.primary is None:
+            raise RuntimeError("no model loaded yet")
 
     # -------------------------------------------------------- request path
 
-    async def predict(self, request: Request) -> JSONResponse:
+    async def answer(self, version: str | None, body: bytes, content_type: str | None) -> tuple[int, Any, str]:
         try:
-            x_bf = self._inputs(await request.body(), request.headers.get("content-type"))
-            outputs = await self._infer(x_bf)
-            require_finite_outputs(outputs)
-            predictions = self.preprocessor.decode(outputs)
+            served = await self.model_for(version)
+        except RegistryError as err:
+            return 404, error_body(str(err), [{"loc": "path.version", "msg": str(err)}]), "unknown"
+        except ModelUnavailable as err:
+            return 503, error_body(f"model version {version} cannot be served: {err}"), version
+        try:
+            x_bf = served.inputs(body, content_type)
+            outputs = await self._infer(served, x_bf)
+            predictions = served.predictions(outputs)
         except RequestError as err:
-            return JSONResponse(err.to_json(), status_code=err.status)
-        except Exception as err:
-            logger.exception("inference failed")
-            return error_response(500, f"inference failed: {type(err).__name__}: {err}")
+            return err.status, err.to_json(), served.version
         self.counters["requests_served"] += 1
-        return JSONResponse({"model_version": self.version, "predictions": predictions})
+        return 200, {"model_version": served.version, "predictions": predictions}, served.version
 
-    def _inputs(self, body: bytes, content_type: str | None) -> np.ndarray:
-        frame = self.schema.parse(body, content_type)
+    def observe(self, route: str, version: str, status: int, seconds: float) -> None:
+        self.metrics.observe_request(route, version, status, seconds)
+
+    async def model_for(self, version: str | None) -> ServedModel:
+        primary = self.primary
+        if version is None or version == primary.version:
+            return primary
+        if not VERSION_NAME.fullmatch(version):
+            raise RegistryError(f"{version!r} is not a model version; versions look like v3 (see GET /v1/models)")
+        return await self._other_model(version)
+
+    async def _load_other(self, version: str) -> ServedModel:
+        Registry(self.storage_root).record(version)  # an unknown version is a 404, before any loading
         try:
-            with np.errstate(over="ignore"):  # overflow is reported per row and feature just below
-                x_bf = self.preprocessor.transform_features(frame)
-        except DataError as err:
-            raise RequestError(422, str(err), [problem("rows", str(err))]) from None
-        # Numbers within float32 range can still overflow it once scaled by a small std.
-        rows, columns = np.nonzero(~np.isfinite(x_bf))
-        if len(rows):
-            msg = "is too large in magnitude for the model (it overflows float32 once scaled)"
-            problems = []
-            for r, c in zip(rows, columns, strict=True):
-                name = self.input_columns[c]
-                problems.append(problem(f"rows.{r}.{name}", f"{float(frame[name].iloc[r]):g} {msg}"))
-            raise invalid(422, problems)
-        return x_bf
+            return await asyncio.to_thread(self._load, version)
+        except RegistryError as err:
+            raise ModelUnavailable(str(err)) from None
 
-    async def _infer(self, x_bf: np.ndarray) -> np.ndarray:
+    def _load(self, version: str | None) -> ServedModel:
+        return ServedModel.load(self.storage_root, version, max_rows=self.options.max_rows)
+
+    async def _infer(self, served: ServedModel, x_bf: np.ndarray) -> np.ndarray:
+        n = self.settings.max_batch_size
+        if len(x_bf) <= n:
+            return await self._run_batch((served, x_bf))
         # Cut big requests so that no forward pass holds more than max_batch_size rows.
-        n = self.batching.max_batch_size
         pieces = [x_bf[i : i + n] for i in range(0, len(x_bf), n)]
-        outputs = await asyncio.gather(*(self._run_batch(piece) for piece in pieces))
+        outputs = await asyncio.gather(*(self._run_batch((served, piece)) for piece in pieces))
         return np.concatenate(outputs)
 
     @serve.batch(
-        max_batch_size=BatchConfig().max_batch_size,
-        batch_wait_timeout_s=BatchConfig().batch_wait_timeout_s,
+        max_batch_size=DEFAULTS.max_batch_size,
+        batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s,
         batch_size_fn=count_rows,
     )
-    async def _run_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        x_bf = np.concatenate(inputs)
-        # In a thread: torch releases the GIL, so the next requests are parsed while the model runs.
-        out_bo = await asyncio.to_thread(self._forward, x_bf)
-        self.counters["batches_served"] += 1
-        self.counters["rows_served"] += len(x_bf)
-        return np.split(out_bo, np.cumsum([len(x) for x in inputs])[:-1])
-
-    def _forward(self, x_bf: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(x_bf)).numpy()
+    async def _run_batch(self, items: list[tuple[ServedModel, np.ndarray]]) -> list[np.ndarray]:
+        # A batch may mix versions (/predict and /v1/models/...): one forward pass per version.
+        by_model: dict[int, list[int]] = {}
+        for i, (served, _) in enumerate(items):
+            by_model.setdefault(id(served), []).append(i)
+        results: list[np.ndarray] = [np.empty(0)] * len(items)
+        for indices in by_model.values():
+            served = items[indices[0]][0]
+            parts = [items[i][1] for i in indices]
+            x_bf = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            # In a thread: torch releases the GIL, so the next requests are parsed while the model runs.
+            out_bo = await asyncio.to_thread(served.forward, x_bf)
+            self.metrics.observe_batch(served.version, len(x_bf))
+            self.counters["batches_served"] += 1
+            self.counters["rows_served"] += len(x_bf)
+            for i, part in zip(indices, np.split(out_bo, np.cumsum([len(p) for p in parts])[:-1]), strict=True):
+                results[i] = part
+        return results
 
     # -------------------------------------------------------- metadata
 
     def describe(self) -> dict[str, Any]:
-        record = self.record
         return {
-            "model_version": self.version,
-            "pipeline": record.get("pipeline"),
-            "run_name": record.get("run_name"),
-            "task": self.preprocessor.task,
-            "label": self.preprocessor.label,
-            "classes": self.preprocessor.classes,
-            "features": self.schema.features,
-            "metrics": record.get("metrics", {}),
-            "test_metrics": record.get("test_metrics", {}),
-            "created_at": record.get("created_at"),
-            "data_fingerprint": record.get("data_fingerprint"),
-            "code_version": record.get("code_version"),
+            **self.primary.describe(),
             "serving": {
-                "max_rows_per_request": self.schema.max_rows,
-                **self.batching.model_dump(),
+                "max_rows_per_request": self.options.max_rows,
+                "max_models_per_replica": self.options.max_models_per_replica,
+                **self.settings.model_dump(exclude={"model_version"}),
                 **self.counters,  # this replica's counts since it started
             },
         }
 
+    def list_models(self) -> dict[str, Any]:
+        registry = Registry(self.storage_root)
+        serving = registry.serving_version()
+        models = []
+        for record in registry.records():
+            version = record["version"]
+            models.append(
+                {
+                    "model_version": version,
+                    "pipeline": record.get("pipeline"),
+                    "created_at": record.get("created_at"),
+                    "metrics": record.get("metrics", {}),
+                    "test_metrics": record.get("test_metrics", {}),
+                    "registry_serving": version == serving,
+                    "default_here": version == self.primary.version,
+                }
+            )
+        return {"default_version": self.primary.version, "models": models}
 
-# ---------------------------------------------------------------- building and deploying
 
-
-def build_app(storage_root: str, version: str | None = None, serve_cfg: ServeConfig | None = None) -> Application:
-    """The bound deployment for one registry version (default: the serving one).
-
-    `serve_cfg` defaults to the `serve` section of the config the model was trained with.
-    """
-    app, _ = _bind(storage_root, version, serve_cfg)
-    return app
+# ---------------------------------------------------------------- building
 
 
 class BuildArgs(BaseModel):
+    """The `args:` of a Serve config entry that imports `rayline.serve.app:build`."""
+
     model_config = ConfigDict(extra="forbid")
 
-    storage_root: str
-    """The pipeline's storage.root (the registry is under it)."""
+    storage_root: str = Field(default_factory=lambda: os.environ.get("RAYLINE_ROOT", ".rayline"))
+    """The pipeline's storage.root (the registry is under it). Relative paths start where Ray started."""
     version: str | None = None
     """Registry version such as "v3"; the serving version when omitted."""
+    serve: ServeConfig | None = None
+    """Serving settings; the `serve:` section of the model's own pipeline config when omitted."""
+    token_sha256: str | None = None
+    """SHA-256 of the bearer token; by default taken from RAYLINE_API_TOKEN where the app is built."""
 
 
 def build(args: dict[str, Any]) -> Application:
     """App builder for `serve run` / `serve deploy`: `import_path: rayline.serve.app:build`."""
     parsed = BuildArgs.model_validate(args)
-    return build_app(parsed.storage_root, parsed.version)
+    return build_app(parsed.storage_root, parsed.version, parsed.serve, token_sha256=parsed.token_sha256)
 
 
-def deploy(
+def build_app(
     storage_root: str,
     version: str | None = None,
     serve_cfg: ServeConfig | None = None,
     *,
-    blocking: bool = False,
-) -> str:
-    """Start Serve's HTTP proxy, run the app, and return the endpoint's base URL.
+    token_sha256: str | None = None,
+) -> Application:
+    """The bound deployment for one registry version (default: the serving one).
 
-    The host and port only apply when this starts Serve; a Serve instance already running on the
-    cluster keeps its own. With blocking=True this returns only after Ctrl-C, so callers that
-    want to print the URL first should deploy with blocking=False and wait themselves.
+    Loads the version first, so a missing, tampered or partial checkpoint is refused here, with the
+    registry's message, before any replica starts.
     """
-    app, cfg = _bind(storage_root, version, serve_cfg)
-    quiet = {"log_level": "WARNING"}
-    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=quiet)
-    url = endpoint_url(cfg)
-    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, logging_config=quiet, blocking=blocking)
-    return url
-
-
-def shutdown() -> None:
-    """Stop every Serve application and the proxy; the Ray cluster keeps running."""
-    serve.shutdown()
-
-
-def endpoint_url(cfg: ServeConfig) -> str:
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-
-
-def _bind(storage_root: str, version: str | None, serve_cfg: ServeConfig | None) -> tuple[Application, ServeConfig]:
-    # Replicas run elsewhere: give them an absolute root and a pinned version, so a later change of
-    # the serving version never mixes two models in one deployment.
     root = str(Path(storage_root).expanduser().resolve())
-    # Loading here checks the checkpoint (manifest and weights) before any replica is started.
-    loaded = Registry(root).load(version)
-    require_finite_weights(loaded.model, loaded.version)
-    cfg = serve_cfg or loaded.config.serve
-    batching = BatchConfig(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
-    deployment = ModelServer.options(
-        num_replicas=cfg.num_replicas,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica},
-        user_config=batching.model_dump(),
+    served = ServedModel.load(root, version)
+    cfg = serve_cfg or served.serve_config
+    options = ReplicaOptions(
+        max_models_per_replica=cfg.max_models_per_replica,
+        torch_threads=cfg.torch_threads,
+        token_sha256=token_sha256 or token_digest(os.environ.get(TOKEN_ENV)),
     )
-    return deployment.bind(root, loaded.version), cfg
+    deployment = ModelServer.options(**deployment_options(cfg, served.version))
+    return deployment.bind(root, options.model_dump())
+
+
+def deployment_options(cfg: ServeConfig, version: str) -> dict[str, Any]:
+    settings = ReplicaSettings(
+        model_version=version,
+        max_batch_size=cfg.max_batch_size,
+        batch_wait_timeout_s=cfg.batch_wait_timeout_s,
+        max_body_bytes=cfg.max_body_bytes,
+        request_timeout_s=cfg.request_timeout_s,
+    )
+    options: dict[str, Any] = {
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "backpressure_config": {"status_code": cfg.overload_status, "retry_after_s": cfg.retry_after_s},
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
+        "user_config": settings.model_dump(),
+    }
+    if cfg.autoscaling is not None:
+        options["autoscaling_config"] = cfg.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    return options

@@ -38,7 +38,9 @@ def full_model_state(pm: Parallelized) -> dict[str, torch.Tensor] | None:
         state = get_model_state_dict(pm.module, options=options)  # gathers DTensor shards to rank 0
         return state if rank == 0 else None
     # Pipeline stages hold disjoint layers under the whole model's names: rank 0 merges one copy of each.
-    own = {k: v.detach().cpu() for k, v in pm.module.state_dict().items()} if pm.dp_rank == 0 else {}
+    # A collective within a stage's data-parallel group when fsdp+pipeline shards the stage.
+    stage_state = get_model_state_dict(pm.module, options=StateDictOptions(full_state_dict=True))
+    own = {k: v.cpu() for k, v in stage_state.items()} if pm.dp_rank == 0 else {}
     parts: list[dict] | None = [{} for _ in range(dist.get_world_size())] if rank == 0 else None
     dist.gather_object(own, parts, dst=0)
     return {k: v for part in parts for k, v in part.items()} if rank == 0 else None

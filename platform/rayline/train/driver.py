@@ -53,15 +53,20 @@ def fit(
 
         queue = Queue(actor_options={"num_cpus": 0})
         callbacks.append(ProgressCallback(queue))
-        printer = threading.Thread(target=drain, args=(queue, on_epoch), daemon=True)
+        stop = threading.Event()
+        printer = threading.Thread(target=drain, args=(queue, on_epoch, stop), daemon=True)
         printer.start()
     trainer = build_trainer(cfg, data, callbacks=callbacks, run_name=run_name or cfg.run_name, verbose=verbose)
     try:
         result = trainer.fit()
     finally:
         if queue is not None:
-            queue.put(None)
-            printer.join(timeout=10)
+            # fit() returns after the controller's last put, so whatever the printer has not taken yet
+            # is still in the queue: hand it over here, in order, before the queue goes away.
+            stop.set()
+            printer.join()
+            for metrics in queue.get_nowait_batch(queue.qsize()):
+                on_epoch(metrics)
             queue.shutdown()
     return outcome_of(result, cfg)
 
@@ -133,6 +138,11 @@ def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:
     )
 
 
-def drain(queue, on_epoch: Callable[[dict[str, Any]], None]) -> None:
-    while (metrics := queue.get()) is not None:
-        on_epoch(metrics)
+def drain(queue, on_epoch: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
+    from ray.util.queue import Empty
+
+    while not stop.is_set():
+        try:
+            on_epoch(queue.get(timeout=0.5))
+        except Empty:
+            continue

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rayline.config import PipelineParallelConfig, TrainConfig
 from rayline.models import Transformer
+from rayline.models.transformer import Block
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -71,9 +72,9 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
 
     Each transformer block is its own unit, so only one block's parameters are gathered at a time.
     """
-    if isinstance(model, Transformer):
-        for block in model.layers.values():
-            fully_shard(block, mesh=mesh)
+    for module in model.modules():
+        if isinstance(module, Block):
+            fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
@@ -139,7 +140,7 @@ def apply_pipeline(
 ) -> tuple[Transformer, nn.Module, object]:
     """Split the blocks into one stage per mesh rank; returns (stage module, what the schedule runs, schedule).
 
-    `wrap` wraps the stage for data parallelism across pipelines (hybrid ddp+pipeline).
+    `wrap` shards the stage over the data-parallel dimension (hybrid fsdp+pipeline).
     """
     stage_index, num_stages = mesh.get_local_rank(), mesh.size()
     stage_module = split_stage(model, stage=stage_index, num_stages=num_stages)
@@ -159,7 +160,11 @@ def apply_hybrid(
     device: torch.device,
 ) -> Parallelized:
     """2-D parallelism: fsdp+tensor shards tensor-parallel blocks over the data-parallel dimension;
-    ddp+pipeline replicates each pipeline stage over it."""
+    fsdp+pipeline shards each pipeline stage over it.
+
+    Pipelines are sharded rather than DDP-replicated: DDP's reducer rebuilds its buckets wrongly when a
+    pipeline schedule runs several micro-batch backwards per step (torch 2.13), while FSDP2 is the data
+    parallelism torch.distributed.pipelining coordinates (gradient sync on the last micro-batch only)."""
     dp = mesh["dp"]
     if train.hybrid == "fsdp+tensor":
         tp = mesh["tp"]
@@ -174,7 +179,7 @@ def apply_hybrid(
         loss_fn=loss_fn,
         device=device,
         bf16=train.precision == "bf16",
-        wrap=lambda m: apply_ddp(m, mesh=dp, device=device),
+        wrap=lambda m: apply_fsdp(m, mesh=dp),
     )
     return pipeline_view(stage_module, runner, schedule, pp, "hybrid", dp.get_local_rank(), dp.size())
 

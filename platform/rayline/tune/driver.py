@@ -126,21 +126,40 @@ def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experim
 
 
 def progress_printer(t: TuneConfig):
-    """A Tune callback (it runs in this driver process) that prints one line per trial event."""
+    """A Tune callback (it runs in this driver process) that prints one line per trial event and exports
+    the trial counts and each trial's epoch metrics (rayline.metrics)."""
     from ray.tune import Callback
 
+    from rayline.metrics import TrialCounts, record_epoch, record_trials
+
     class TrialProgress(Callback):
+        def __init__(self):
+            self.counts = TrialCounts()
+
+        def export(self, trials, trial) -> None:
+            record_trials(trial.experiment_dir_name, self.counts.counts(trials))
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.export(trials, trial)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             epochs = int(result.get("epochs_done", 0))
             print(f"  trial {trial.trial_id} epoch {epochs}/{t.scheduler.max_t}  {t.metric} {result[t.metric]:.4f}")
+            record_epoch(f"{trial.experiment_dir_name}/{trial.trial_id}", result)
+            self.export(trials, trial)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             epochs = int((trial.last_result or {}).get("epochs_done", 0))
-            how = "finished" if epochs >= t.scheduler.max_t else "stopped early by the scheduler"
+            finished = epochs >= t.scheduler.max_t
+            how = "finished" if finished else "stopped early by the scheduler"
             print(f"  trial {trial.trial_id} {how} after {epochs} epochs", flush=True)
+            self.counts.end(trial.trial_id, "finished" if finished else "stopped")
+            self.export(trials, trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"  trial {trial.trial_id} FAILED: see {trial.local_path}", flush=True)
+            self.counts.end(trial.trial_id, "errored")
+            self.export(trials, trial)
 
     return TrialProgress()
 

@@ -1,0 +1,204 @@
+"""Running the model server on a Ray cluster: deploy it, switch the version it serves, shut it down.
+
+Apps are deployed declaratively (the path `serve deploy` takes), as one entry of Serve's config
+with `import_path: rayline.serve.app:build`. Serve then treats a change of nothing but a
+deployment's `user_config` as a reconfiguration of the running replicas rather than a new code
+version, and that is how `promote` and `rollback` switch versions with no dropped request: each
+replica loads the new model beside the old one and swaps (app.py's `reconfigure`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from rayline.config import ServeConfig
+from rayline.registry import Registry, RegistryError
+from rayline.serve.app import DEPLOYMENT_NAME, IMPORT_PATH
+from rayline.serve.http import TOKEN_ENV, token_digest
+from rayline.serve.model import ServedModel
+
+QUIET = {"log_level": "WARNING"}
+
+
+class ServeDeployError(RuntimeError):
+    """Serve could not bring the application up; the message is Serve's own status message."""
+
+
+# ---------------------------------------------------------------- deploy and shut down
+
+
+def deploy(
+    storage_root: str,
+    version: str | None = None,
+    serve_cfg: ServeConfig | None = None,
+    *,
+    timeout_s: float = 180.0,
+) -> str:
+    """Start Serve (if needed), deploy one registry version (default: the serving one), return its base URL.
+
+    `serve_cfg` defaults to the `serve` section of the config the model was trained with. The host
+    and port only apply when this starts Serve; a Serve instance already running keeps its own.
+    The checkpoint is loaded and checked here first, so a bad one fails before anything starts.
+    """
+    root = absolute(storage_root)
+    served = ServedModel.load(root, version)
+    cfg = serve_cfg or served.serve_config
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=QUIET)
+    token = token_digest(os.environ.get(TOKEN_ENV))
+    apply_apps({cfg.app_name: app_config(root, served.version, cfg, token)})
+    wait_until_running(cfg.app_name, timeout_s)
+    return endpoint_url(cfg)
+
+
+def app_config(root: str, version: str, cfg: ServeConfig, token_sha256: str | None) -> dict[str, Any]:
+    """One entry of a Serve config's `applications:` list for this model server."""
+    args: dict[str, Any] = {"storage_root": root, "version": version, "serve": cfg.model_dump(mode="json")}
+    if token_sha256:
+        args["token_sha256"] = token_sha256
+    return {
+        "name": cfg.app_name,
+        "route_prefix": cfg.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": args,
+        "logging_config": QUIET,
+    }
+
+
+def shutdown() -> None:
+    """Stop every Serve application and the proxy; the Ray cluster keeps running."""
+    serve.shutdown()
+
+
+def endpoint_url(cfg: ServeConfig) -> str:
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+# ---------------------------------------------------------------- switching versions
+
+
+def promote(storage_root: str, version: str, *, timeout_s: float = 180.0) -> list[str]:
+    """Serve `version` from now on: mark it in the registry and switch running apps that serve this registry.
+
+    Works with no Ray connection or no running app (then only the registry marker changes, and the
+    next deploy serves it). Returns the names of the running apps that were switched.
+    """
+    root = absolute(storage_root)
+    ServedModel.load(root, version)  # refuse a bad checkpoint before anything changes
+    Registry(root).set_serving(version)
+    return switch_running_apps(root, version, timeout_s)
+
+
+def rollback(storage_root: str, *, timeout_s: float = 180.0) -> tuple[str, list[str]]:
+    """Serve the previously served version again; returns it and the running apps switched."""
+    root = absolute(storage_root)
+    registry = Registry(root)
+    history = registry.serving_history()
+    if not history:
+        raise RegistryError(f"nothing to roll back to: {registry.path} records no earlier serving version")
+    ServedModel.load(root, history[-1])
+    version = registry.rollback_serving()
+    return version, switch_running_apps(root, version, timeout_s)
+
+
+def switch_running_apps(root: str, version: str, timeout_s: float) -> list[str]:
+    """Point every running app that serves the registry under `root` at `version`, in place."""
+    client = serve_client()
+    if client is None:
+        return []
+    details = client.get_serve_details().get("applications", {})
+    configs = {name: app["deployed_app_config"] for name, app in details.items() if app.get("deployed_app_config")}
+    ours = [name for name, config in configs.items() if config.get("import_path") == IMPORT_PATH]
+    ours = [name for name in ours if served_root(name) == root]
+    if not ours:
+        return []
+    for name in ours:
+        deployment = details[name]["deployments"][DEPLOYMENT_NAME]
+        user_config = {**(deployment["deployment_config"].get("user_config") or {}), "model_version": version}
+        configs[name] = with_user_config(configs[name], user_config)
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": list(configs.values())}))
+    for name in ours:
+        wait_for_version(name, version, timeout_s)
+    return ours
+
+
+def with_user_config(config: dict[str, Any], user_config: dict[str, Any]) -> dict[str, Any]:
+    deployments = [d for d in config.get("deployments", []) if d.get("name") != DEPLOYMENT_NAME]
+    mine = next((d for d in config.get("deployments", []) if d.get("name") == DEPLOYMENT_NAME), {})
+    return {**config, "deployments": [*deployments, {**mine, "name": DEPLOYMENT_NAME, "user_config": user_config}]}
+
+
+def served_root(app_name: str) -> str | None:
+    try:
+        handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
+        return handle.serving_state.remote().result(timeout_s=30)["storage_root"]
+    except Exception:  # an app mid-deploy or failed: it is not serving anything to switch
+        return None
+
+
+def wait_for_version(app_name: str, version: str, timeout_s: float) -> None:
+    """Until every replica of the app serves `version` (the deployment is healthy at the new config)."""
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if handle.serving_state.remote().result(timeout_s=timeout_s)["model_version"] == version:
+            # A replica has switched, so the controller has begun the update: HEALTHY now means all have.
+            status = wait_until_running(app_name, deadline - time.monotonic())
+            if status.deployments[DEPLOYMENT_NAME].status == "HEALTHY":
+                return
+        time.sleep(0.2)
+    raise ServeDeployError(f"app {app_name!r} did not switch to model version {version} within {timeout_s:g} s")
+
+
+# ---------------------------------------------------------------- Serve plumbing
+
+
+def serve_client() -> Any:
+    """Serve's controller client, or None when this process has no Ray connection or Serve is not running."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():
+        return None
+    return _get_global_client(raise_if_no_controller_running=False)
+
+
+def apply_apps(apps: dict[str, dict[str, Any]]) -> None:
+    """Deploy or update these apps, keeping the other declaratively deployed apps as they are.
+
+    Serve's declarative API replaces the whole set of apps it manages, so the current set is read back first.
+    """
+    client = serve_client()
+    if client is None:
+        raise ServeDeployError("Serve is not running; call serve.start() first")
+    details = client.get_serve_details().get("applications", {})
+    configs = {name: app["deployed_app_config"] for name, app in details.items() if app.get("deployed_app_config")}
+    configs.update(apps)
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": list(configs.values())}))
+
+
+def wait_until_running(app_name: str, timeout_s: float) -> Any:
+    """The app's status once RUNNING; ServeDeployError with Serve's message if it fails or times out."""
+    deadline = time.monotonic() + max(timeout_s, 0.0)
+    while True:
+        status = serve.status().applications.get(app_name)
+        if status is not None and status.status == "RUNNING":
+            return status
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise ServeDeployError(f"Serve app {app_name!r} is {status.status}: {status.message.strip()}")
+        if time.monotonic() > deadline:
+            state = status.status if status else "not deployed"
+            raise ServeDeployError(f"Serve app {app_name!r} is still {state} after {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def absolute(storage_root: str | Path) -> str:
+    # Replicas and Serve's build task run elsewhere: give them an absolute path.
+    return str(Path(storage_root).expanduser().resolve())

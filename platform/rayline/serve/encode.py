@@ -1,0 +1,116 @@
+"""The fast path from a parsed `/predict` body to model inputs. No Ray, no pandas.
+
+Validating each row with pydantic and preprocessing through a DataFrame costs about 2 ms per
+request, more than the model itself. Well-formed requests do not need that: `FastEncoder` checks
+the shape and types with plain Python, scales with one numpy expression, and returns None at the
+first thing it does not like. The caller then takes the validating path (`RequestSchema` and the
+`Preprocessor`), which either accepts the request or names every problem, so answers and error
+messages are the same whichever path ran; the two paths must give identical inputs (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rayline.data.preprocess import NumericStat, Preprocessor
+from rayline.serve.schema import FLOAT32_MAX, MAX_ROWS
+
+
+class FastEncoder:
+    """Rows (objects or lists) to float32 model inputs, or None to ask for the validating path."""
+
+    def __init__(self, preprocessor: Preprocessor, *, max_rows: int = MAX_ROWS):
+        self.max_rows = max_rows
+        self.names = [f.name for f in preprocessor.features]
+        self.name_set = frozenset(self.names)
+        self.num_inputs = preprocessor.num_inputs
+        numeric = [(i, f) for i, f in enumerate(preprocessor.features) if isinstance(f, NumericStat)]
+        self.numeric_index = [i for i, _ in numeric]
+        self.all_numeric = len(numeric) == len(self.names)
+        self.mean = np.array([f.mean for _, f in numeric], dtype=np.float64)
+        self.scale = np.array([f.scale for _, f in numeric], dtype=np.float64)
+        # Model column of each numeric feature, and (row position, first column, category ids) per categorical one.
+        self.numeric_columns: list[int] = []
+        self.categorical: list[tuple[int, int, dict[str, int]]] = []
+        column = 0
+        for i, f in enumerate(preprocessor.features):
+            if isinstance(f, NumericStat):
+                self.numeric_columns.append(column)
+                column += 1
+            else:
+                self.categorical.append((i, column, {c: k for k, c in enumerate(f.categories)}))
+                column += len(f.categories)
+
+    def encode(self, payload: Any) -> np.ndarray | None:
+        rows = self._rows(payload)
+        if rows is None:
+            return None
+        numbers = rows if self.all_numeric else [[row[i] for i in self.numeric_index] for row in rows]
+        x_bf = self._scaled(numbers, len(rows))
+        if x_bf is None or not self.categorical:
+            return x_bf
+        return self._one_hot(rows, x_bf)
+
+    def _rows(self, payload: Any) -> list[list[Any]] | None:
+        if type(payload) is not dict or len(payload) != 1:
+            return None
+        rows = payload.get("rows")
+        if type(rows) is not list or not 0 < len(rows) <= self.max_rows:
+            return None
+        width = len(self.names)
+        out = []
+        for row in rows:
+            if type(row) is dict:
+                if len(row) != width or row.keys() != self.name_set:
+                    return None
+                row = [row[name] for name in self.names]
+            elif type(row) is not list or len(row) != width:
+                return None
+            out.append(row)
+        return out
+
+    def _scaled(self, numbers: list[list[Any]], n: int) -> np.ndarray | None:
+        # bool is a subclass of int and numpy would take "1.5" as a number: check exact types first.
+        for row in numbers:
+            for v in row:
+                if type(v) is not float and type(v) is not int:
+                    return None
+        try:
+            raw = np.array(numbers, dtype=np.float64).reshape(n, len(self.mean))
+        except (OverflowError, ValueError):
+            return None
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not (np.abs(raw) <= FLOAT32_MAX).all():  # also False for NaN and infinities
+                return None
+            scaled = ((raw - self.mean) / self.scale).astype(np.float32)
+        if not np.isfinite(scaled).all():
+            return None
+        if self.all_numeric:
+            return scaled
+        x_bf = np.zeros((n, self.num_inputs), dtype=np.float32)
+        x_bf[:, self.numeric_columns] = scaled
+        return x_bf
+
+    def _one_hot(self, rows: list[list[Any]], x_bf: np.ndarray) -> np.ndarray | None:
+        for r, row in enumerate(rows):
+            for position, first_column, ids in self.categorical:
+                key = category_key(row[position])
+                if key is None:
+                    return None
+                k = ids.get(key)
+                if k is not None:  # unseen categories leave their block all zero, as in training
+                    x_bf[r, first_column + k] = 1.0
+        return x_bf
+
+
+def category_key(value: Any) -> str | None:
+    """The key a category value is looked up by (as the validating path makes it); None if not plain."""
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and value.is_integer():
+        return str(int(value))
+    return None

@@ -1,0 +1,124 @@
+"""One registry version made ready to answer requests: model, preprocessor, request schema, encoder. No Ray.
+
+A replica holds one of these for the version it serves by default and a few more for
+`/v1/models/{version}/predict`; swapping versions replaces the whole object at once, so a request
+never sees one version's preprocessor with another's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayline.config import ServeConfig
+from rayline.data.errors import DataError
+from rayline.data.preprocess import Preprocessor
+from rayline.registry import Registry, RegistryError
+from rayline.serve.encode import FastEncoder
+from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema, invalid, parse_json, problem
+
+
+@dataclass(eq=False)
+class ServedModel:
+    version: str
+    model: nn.Module
+    preprocessor: Preprocessor
+    record: dict[str, Any]
+    schema: RequestSchema
+    encoder: FastEncoder
+    serve_config: ServeConfig
+    """The `serve:` section of the pipeline that trained this version."""
+    input_columns: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, storage_root: str | Path, version: str | None, *, max_rows: int = MAX_ROWS) -> ServedModel:
+        """Load and check a registry version (default: the serving one); RegistryError if it is unusable."""
+        registry = Registry(storage_root)
+        loaded = registry.load(version)  # checks the manifest hashes; weights load with weights_only=True
+        require_finite_weights(loaded.model, loaded.version)
+        pre = loaded.preprocessor
+        schema = RequestSchema(pre.feature_schema(), max_rows=max_rows)
+        return cls(
+            version=loaded.version,
+            model=loaded.model,
+            preprocessor=pre,
+            record=registry.record(loaded.version),
+            schema=schema,
+            encoder=FastEncoder(pre, max_rows=max_rows),
+            serve_config=loaded.config.serve,
+            input_columns=input_columns(schema.features),
+        )
+
+    def inputs(self, body: bytes, content_type: str | None) -> np.ndarray:
+        """float32 model inputs of a request body, or a RequestError that names what is wrong and where."""
+        payload = parse_json(body, content_type)
+        x_bf = self.encoder.encode(payload)
+        return x_bf if x_bf is not None else self.validated_inputs(payload)
+
+    def validated_inputs(self, payload: Any) -> np.ndarray:
+        frame = self.schema.validate(payload)
+        try:
+            with np.errstate(over="ignore"):  # overflow is reported per row and feature just below
+                x_bf = self.preprocessor.transform_features(frame)
+        except DataError as err:
+            raise RequestError(422, str(err), [problem("rows", str(err))]) from None
+        # Numbers within float32 range can still overflow it once scaled by a small std.
+        rows, columns = np.nonzero(~np.isfinite(x_bf))
+        if len(rows):
+            msg = "is too large in magnitude for the model (it overflows float32 once scaled)"
+            problems = []
+            for r, c in zip(rows, columns, strict=True):
+                name = self.input_columns[c]
+                problems.append(problem(f"rows.{r}.{name}", f"{float(frame[name].iloc[r]):g} {msg}"))
+            raise invalid(422, problems)
+        return x_bf
+
+    def forward(self, x_bf: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x_bf)).numpy()
+
+    def predictions(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        require_finite_outputs(outputs)
+        return self.preprocessor.decode(outputs)
+
+    def describe(self) -> dict[str, Any]:
+        record = self.record
+        return {
+            "model_version": self.version,
+            "pipeline": record.get("pipeline"),
+            "run_name": record.get("run_name"),
+            "task": self.preprocessor.task,
+            "label": self.preprocessor.label,
+            "classes": self.preprocessor.classes,
+            "features": self.schema.features,
+            "metrics": record.get("metrics", {}),
+            "test_metrics": record.get("test_metrics", {}),
+            "created_at": record.get("created_at"),
+            "data_fingerprint": record.get("data_fingerprint"),
+            "code_version": record.get("code_version"),
+        }
+
+
+def input_columns(features: list[dict[str, Any]]) -> list[str]:
+    """The feature behind each model input column: one per numeric feature, one per category."""
+    widths = [len(f["categories"]) if f["kind"] == "categorical" else 1 for f in features]
+    return [f["name"] for f, width in zip(features, widths, strict=True) for _ in range(width)]
+
+
+def require_finite_outputs(outputs: np.ndarray) -> None:
+    # The weights are checked when the model is loaded, so non-finite outputs come from the inputs.
+    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=tuple(range(1, outputs.ndim))))
+    if len(bad):
+        msg = "the model's output for this row is not finite; its values lie far outside the training data"
+        raise invalid(422, [problem(f"rows.{r}", msg) for r in bad])
+
+
+def require_finite_weights(model: nn.Module, version: str) -> None:
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+    if bad:
+        raise RegistryError(f"model version {version} holds NaN or infinite weights in {bad[:5]}; it cannot be served")

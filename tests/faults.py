@@ -1,0 +1,342 @@
+"""Fault injection for the reliability suite (tests/integration/test_faults_*.py).
+
+Every fault is real: SIGKILL to a process found by its PID, a checkpoint writer frozen while it holds a
+file open, a model call that never returns inside a live Serve replica, a node's processes killed like
+a machine losing power, a storage mount that fills up or turns read-only.
+
+Other Ray clusters run on this machine (other test sessions, other users), so nothing here finds a
+process by name: PIDs come from the test session's own State API (RAY_API_SERVER_ADDRESS points it at
+the session's dashboard, see rayline.runtime) or from the process tree of a process the test started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+# ---------------------------------------------------------------- processes
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def process_tree(root: int) -> list[int]:
+    """root and every process it started, directly or not (Ray's workers run in process groups of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return tree
+
+
+def sigkill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def crash_process_group(process: subprocess.Popen, timeout_s: float = 60) -> list[int]:
+    """Kill a driver like a machine losing power: SIGKILL its process group and every process it started.
+
+    An embedded Ray cluster's GCS, raylet and dashboard share the driver's process group, but Ray's
+    workers lead groups of their own, so the process tree is taken first and killed as well.
+    """
+    tree = process_tree(process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    sigkill(tree)
+    process.wait(timeout=timeout_s)
+    wait_until(lambda: not any(alive(pid) for pid in tree), timeout_s, "the crashed processes to exit")
+    return tree
+
+
+# ---------------------------------------------------------------- actors of the test session's cluster
+
+
+@dataclass(frozen=True)
+class Actor:
+    name: str
+    pid: int
+    node_id: str
+
+
+def live_actors(class_name: str) -> list[Actor]:
+    """ALIVE actors of one class on the connected cluster, from its State API."""
+    from ray.util.state import list_actors
+
+    found = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    return [Actor(a.name or "", a.pid, a.node_id) for a in found if a.pid]
+
+
+def train_worker_pids() -> list[int]:
+    return sorted(a.pid for a in live_actors("RayTrainWorker"))
+
+
+def kill_train_worker() -> int:
+    """SIGKILL one Ray Train worker of the (only) running training run; returns its PID."""
+    pids = train_worker_pids()
+    assert pids, "no Ray Train worker is running"
+    sigkill(pids[-1:])
+    return pids[-1]
+
+
+def serve_replicas(app: str, deployment: str = "ModelServer") -> list[Actor]:
+    return live_actors(f"ServeReplica:{app}:{deployment}")
+
+
+def kill_serve_replica(app: str, deployment: str = "ModelServer") -> int:
+    """SIGKILL one replica of a Serve deployment; returns its PID."""
+    replicas = serve_replicas(app, deployment)
+    assert replicas, f"no replica of {app}/{deployment} is running"
+    sigkill([replicas[0].pid])
+    return replicas[0].pid
+
+
+def block_model_calls(app: str, deployment: str = "ModelServer") -> int:
+    """Make every forward pass in one replica wait forever, a model call that never returns; returns its PID.
+
+    The replica process stays up and its event loops keep running (so Serve's default health check still
+    passes); only `torch.nn.Linear.forward`, which every rayline model calls, is patched in that one process.
+    """
+    import ray
+
+    replica = serve_replicas(app, deployment)[0]
+    handle = ray.get_actor(replica.name, namespace="serve")
+    ray.get(handle.__ray_call__.remote(_block_linear_forward), timeout=60)
+    return replica.pid
+
+
+def _block_linear_forward(_actor) -> None:
+    import threading
+
+    import torch
+
+    never = threading.Event()
+
+    def forward(self, x):
+        never.wait()
+
+    torch.nn.Linear.forward = forward
+
+
+# ---------------------------------------------------------------- files being written
+
+
+def open_files(pid: int) -> list[Path]:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    found = []
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                found.append(Path(os.readlink(fd)))
+    return found
+
+
+def files_open_under(pid: int, directory: Path) -> list[Path]:
+    return [p for p in open_files(pid) if directory in p.parents]
+
+
+def freeze_writer(pids: Callable[[], list[int]], directory: Path, timeout_s: float) -> tuple[int, Path]:
+    """Wait until one of `pids()` has a file under `directory` open, and SIGSTOP it while it still has.
+
+    Checked again after the stop, so the process is frozen mid-write, not just after it. Returns the PID
+    (still stopped: SIGKILL or SIGCONT it) and the file it was writing.
+    """
+    deadline = time.monotonic() + timeout_s
+    candidates: list[int] = []
+    refreshed = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() - refreshed > 2:  # the State API is slow; the file scan must not be
+            candidates, refreshed = pids(), time.monotonic()
+        for pid in candidates:
+            if not files_open_under(pid, directory):
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            still_open = files_open_under(pid, directory)
+            if still_open:
+                return pid, still_open[0]
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
+    raise TimeoutError(f"no process wrote under {directory} within {timeout_s:.0f} s")
+
+
+# ---------------------------------------------------------------- storage
+
+
+def tmpfs_unavailable() -> str | None:
+    """Why a tmpfs cannot be mounted here (None when it can): mounting needs root with CAP_SYS_ADMIN."""
+    probe = Path(f"/tmp/rayline-mount-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True)
+        if done.returncode != 0:
+            return f"cannot mount a tmpfs to fill up: {done.stderr.decode().strip() or done.returncode}"
+        subprocess.run(["umount", str(probe)], check=True)
+        return None
+    except OSError as err:
+        return f"cannot mount a tmpfs to fill up: {err}"
+    finally:
+        probe.rmdir()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A size-limited filesystem at `path` for as long as the block runs."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        # Lazy: a Ray worker may still hold a file open here; the mount goes once it lets go.
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount_read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+def fill(directory: Path, leave_bytes: int = 0) -> Path:
+    """Write zeros into `directory` until its filesystem has at most `leave_bytes` free; returns the file."""
+    ballast = directory / "ballast.bin"
+    with open(ballast, "wb") as f:
+        while True:
+            free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+            if free <= leave_bytes:
+                break
+            try:
+                f.write(b"\0" * min(1 << 16, free - leave_bytes))
+                f.flush()
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                break
+    return ballast
+
+
+def free_bytes(directory: Path) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+# ---------------------------------------------------------------- HTTP load
+
+
+@dataclass
+class LoadReport:
+    """What clients saw while a fault happened: every attempt and every request's final outcome."""
+
+    requests: int = 0
+    failed: int = 0
+    """Requests that still failed after their retries."""
+    retried: int = 0
+    """Attempts that failed and were tried again."""
+    latencies_s: list[float] = field(default_factory=list)
+    """Wall time of every request, retries included."""
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / max(self.requests, 1)
+
+    @property
+    def slowest_s(self) -> float:
+        return max(self.latencies_s, default=0.0)
+
+    def summary(self) -> str:
+        return (
+            f"{self.requests} requests, {self.failed} failed ({self.error_rate:.2%}), {self.retried} retried, "
+            f"slowest {self.slowest_s:.1f} s; first errors: {self.errors[:5]}"
+        )
+
+
+RETRYABLE_STATUS = {500, 502, 503, 504}
+
+
+async def steady_load(
+    url: str,
+    body: dict,
+    *,
+    stop: asyncio.Event,
+    concurrency: int = 4,
+    timeout_s: float = 10.0,
+    retries: int = 3,
+    headers: dict[str, str] | None = None,
+) -> LoadReport:
+    """Closed-loop clients POSTing `body` to `url` until `stop` is set.
+
+    Predict is idempotent, so a connection error, a timeout or a 5xx is retried (after a short pause)
+    up to `retries` times; a 4xx is a final answer.
+    """
+    report = LoadReport()
+
+    async def one_request(client: httpx.AsyncClient) -> None:
+        began = time.monotonic()
+        outcome = ""
+        for attempt in range(retries + 1):
+            try:
+                response = await client.post(url, json=body, headers=headers)
+                if response.status_code == 200:
+                    outcome = ""
+                    break
+                outcome = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code not in RETRYABLE_STATUS:
+                    break
+            except httpx.HTTPError as err:
+                outcome = f"{type(err).__name__}: {err}"
+            if attempt < retries:
+                report.retried += 1
+                await asyncio.sleep(0.2 * (attempt + 1))
+        report.requests += 1
+        report.latencies_s.append(time.monotonic() - began)
+        if outcome:
+            report.failed += 1
+            report.errors.append(outcome)
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            while not stop.is_set():
+                await one_request(client)
+
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    return report
