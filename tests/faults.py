@@ -17,7 +17,9 @@ import errno
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,24 @@ def crash_process_group(process: subprocess.Popen, timeout_s: float = 60) -> lis
     return tree
 
 
+def kill_processes_with_env(name: str, value: str) -> list[int]:
+    """SIGKILL every process whose environment holds name=value, a value unique to one test's Ray cluster.
+
+    Environments survive the process titles Ray's workers give themselves, so this finds what a crashed
+    cluster may have left behind; a test that gave its cluster its own RAY_TMPDIR cleans up with it.
+    """
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    sigkill(found)
+    return found
+
+
 # ---------------------------------------------------------------- actors of the test session's cluster
 
 
@@ -105,7 +125,8 @@ def live_actors(class_name: str) -> list[Actor]:
     """ALIVE actors of one class on the connected cluster, from its State API."""
     from ray.util.state import list_actors
 
-    found = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
+    found = list_actors(filters=filters, raise_on_missing_output=False)
     return [Actor(a.name or "", a.pid, a.node_id) for a in found if a.pid]
 
 
@@ -264,15 +285,19 @@ def free_bytes(directory: Path) -> int:
 
 @dataclass
 class LoadReport:
-    """What clients saw while a fault happened: every attempt and every request's final outcome."""
+    """What clients saw while a fault happened: every request's final outcome and every retry."""
 
     requests: int = 0
     failed: int = 0
     """Requests that still failed after their retries."""
     retried: int = 0
     """Attempts that failed and were tried again."""
+    timeouts: int = 0
+    """Attempts that got no answer within the client's timeout: hangs, as far as a client can tell."""
     latencies_s: list[float] = field(default_factory=list)
     """Wall time of every request, retries included."""
+    statuses: Counter = field(default_factory=Counter)
+    """Final HTTP status of every request (0: no answer at all)."""
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -286,7 +311,8 @@ class LoadReport:
     def summary(self) -> str:
         return (
             f"{self.requests} requests, {self.failed} failed ({self.error_rate:.2%}), {self.retried} retried, "
-            f"slowest {self.slowest_s:.1f} s; first errors: {self.errors[:5]}"
+            f"{self.timeouts} client timeouts, slowest {self.slowest_s:.2f} s, statuses {dict(self.statuses)}; "
+            f"first errors: {self.errors[:3]}"
         )
 
 
@@ -302,33 +328,37 @@ async def steady_load(
     timeout_s: float = 10.0,
     retries: int = 3,
     headers: dict[str, str] | None = None,
+    report: LoadReport | None = None,
 ) -> LoadReport:
     """Closed-loop clients POSTing `body` to `url` until `stop` is set.
 
     Predict is idempotent, so a connection error, a timeout or a 5xx is retried (after a short pause)
     up to `retries` times; a 4xx is a final answer.
     """
-    report = LoadReport()
+    report = report if report is not None else LoadReport()
 
     async def one_request(client: httpx.AsyncClient) -> None:
         began = time.monotonic()
-        outcome = ""
+        outcome, status = "", 0
         for attempt in range(retries + 1):
             try:
                 response = await client.post(url, json=body, headers=headers)
-                if response.status_code == 200:
+                status = response.status_code
+                if status == 200:
                     outcome = ""
                     break
-                outcome = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.status_code not in RETRYABLE_STATUS:
+                outcome = f"HTTP {status}: {response.text[:200]}"
+                if status not in RETRYABLE_STATUS:
                     break
             except httpx.HTTPError as err:
-                outcome = f"{type(err).__name__}: {err}"
+                status, outcome = 0, f"{type(err).__name__}: {err}"
+                report.timeouts += isinstance(err, httpx.TimeoutException)
             if attempt < retries:
                 report.retried += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
         report.requests += 1
         report.latencies_s.append(time.monotonic() - began)
+        report.statuses[status] += 1
         if outcome:
             report.failed += 1
             report.errors.append(outcome)
@@ -340,3 +370,81 @@ async def steady_load(
 
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return report
+
+
+# ---------------------------------------------------------------- a model to serve
+
+
+TINY_FEATURES = ["x0", "x1", "x2", "x3"]
+
+
+def register_tiny_model(root: Path, *, name: str = "tiny") -> str:
+    """Register an untrained 4-feature, 3-class MLP under `root`; returns its version. No Ray needed."""
+    import torch
+
+    from rayline.config import validate_config
+    from rayline.data.preprocess import NumericStat, Preprocessor
+    from rayline.models import build_model
+    from rayline.registry import Registry, save_checkpoint
+
+    config = validate_config(
+        {
+            "name": name,
+            "data": {"source": "unused.csv", "task": "classification", "label": "y", "features": TINY_FEATURES},
+            "model": {"kind": "mlp", "hidden_sizes": [8]},
+        }
+    )
+    pre = Preprocessor(
+        "classification", "y", [NumericStat(f, 0.0, 1.0) for f in TINY_FEATURES], ["a", "b", "c"], None, None
+    )
+    torch.manual_seed(0)
+    model = build_model(config.model, num_inputs=len(TINY_FEATURES), num_outputs=3)
+    checkpoint = root / f"checkpoint-{name}"
+    metrics = {"epoch": 0, "val_loss": 1.0}
+    save_checkpoint(
+        checkpoint,
+        model_state=model.state_dict(),
+        optimizer_state={},
+        epoch=0,
+        metrics=metrics,
+        history=[metrics],
+        preprocessor=pre,
+        config=config,
+    )
+    return Registry(root).register(checkpoint, run_name=name, data_fingerprint="sha256:tiny")
+
+
+class BackgroundLoad:
+    """`steady_load` on its own thread and event loop, so a test can inject a fault while clients run.
+
+    with BackgroundLoad(url, body) as load:
+        load.wait_for(50)        # requests answered so far
+        ...fault...
+    load.report
+    """
+
+    def __init__(self, url: str, body: dict, **options):
+        self.url, self.body, self.options = url, body, options
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.report = LoadReport()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._load())
+
+    async def _load(self) -> None:
+        self.report = await steady_load(self.url, self.body, stop=self.stop, report=self.report, **self.options)
+
+    def wait_for(self, requests: int, timeout_s: float = 120) -> None:
+        wait_until(lambda: self.report.requests >= requests, timeout_s, f"{requests} answered requests", 0.05)
+
+    def __enter__(self) -> BackgroundLoad:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive(), "the load's clients did not stop"

@@ -139,6 +139,31 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_promote(args) -> int:
+    return switch_served_version(args, args.version)
+
+
+def cmd_rollback(args) -> int:
+    return switch_served_version(args, None)
+
+
+def switch_served_version(args, version: str | None) -> int:
+    from rayline.serve import control
+
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        start(args)
+    try:
+        if version is None:
+            version, apps = control.rollback(args.root)
+        else:
+            apps = control.promote(args.root, version)
+    except control.ServeDeployError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(control.switch_summary(args.root, version, apps))
+    return 0
+
+
 def cmd_submit(args) -> int:
     from rayline import jobs
 
@@ -287,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
     models = command("models", cmd_models, "list registered model versions", pipeline=False)
     models.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
+    promote = command("promote", cmd_promote, "serve a registered version, switching running apps", pipeline=False)
+    promote.add_argument("version", help="registry version, e.g. v3 (see `rayline models`)")
+    rollback = command("rollback", cmd_rollback, "serve the previously served version again", pipeline=False)
+    for p in (promote, rollback):
+        p.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
+        p.add_argument("--address", help="Ray cluster whose running apps to switch (default: $RAY_ADDRESS)")
     digits = command("make-digits", cmd_make_digits, "write scikit-learn's digits to Parquet", pipeline=False)
     digits.add_argument("--output", default="data/digits.parquet")
     for name in ("train", "run", "tune", "demo", "serve", "predict"):

@@ -322,6 +322,8 @@ class ServeConfig(Section):
     """Address the HTTP proxy binds to; loopback unless you mean to expose it."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     """HTTP port of the Serve proxy."""
+    ingress: Literal["proxy", "haproxy"] = "proxy"
+    """proxy: Serve's Python proxy, binds only host; haproxy: faster, but opens HAProxy stats ports (README)."""
     route_prefix: str = Field(default="/", pattern=r"^/")
     """URL prefix of the endpoint."""
     app_name: str = "rayline"

@@ -10,6 +10,8 @@ replica loads the new model beside the old one and swaps (app.py's `reconfigure`
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,11 @@ def deploy(
     root = absolute(storage_root)
     served = ServedModel.load(root, version)
     cfg = serve_cfg or served.serve_config
-    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=QUIET)
+    serve.start(
+        http_options={"host": cfg.host, "port": cfg.port},
+        logging_config=QUIET,
+        controller_options=controller_options(cfg),
+    )
     token = token_digest(os.environ.get(TOKEN_ENV))
     apply_apps({cfg.app_name: app_config(root, served.version, cfg, token)})
     wait_until_running(cfg.app_name, timeout_s)
@@ -68,6 +74,33 @@ def app_config(root: str, version: str, cfg: ServeConfig, token_sha256: str | No
         "args": args,
         "logging_config": QUIET,
     }
+
+
+def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
+    """Serve's controller settings for `cfg.ingress`; the controller passes them on to proxies and replicas."""
+    if cfg.ingress != "haproxy":
+        return None
+    # HAProxy keeps its files under /tmp/haproxy-serve and its side ports fixed unless told otherwise, which
+    # collides with any other Serve instance on the machine: give each HTTP port its own of both.
+    state = Path(tempfile.gettempdir()) / f"rayline-haproxy-{cfg.port}"
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+    }
+    return {"runtime_env": {"env_vars": env}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def shutdown() -> None:
@@ -127,6 +160,18 @@ def switch_running_apps(root: str, version: str, timeout_s: float) -> list[str]:
     for name in ours:
         wait_for_version(name, version, timeout_s)
     return ours
+
+
+def switch_summary(storage_root: str, version: str, apps: list[str]) -> str:
+    """What `rayline promote` / `rollback` print."""
+    lines = [f"{Registry(storage_root).path}: now serving model {version}"]
+    if apps:
+        lines.append(f"switched running app(s) {', '.join(apps)} to {version} in place")
+    elif serve_client() is None:
+        lines.append("no Ray cluster joined (--address or RAY_ADDRESS), so running apps were not switched")
+    else:
+        lines.append("no running app on this cluster serves this registry; the next deploy serves it")
+    return "\n".join(lines)
 
 
 def with_user_config(config: dict[str, Any], user_config: dict[str, Any]) -> dict[str, Any]:

@@ -51,15 +51,17 @@ def forward_backward(
 ) -> torch.Tensor | None:
     """Accumulate one batch's gradients (scaled by 1/accumulation); returns its mean loss where this rank has it.
 
-    Pipeline stages run the schedule instead: its loss_fn already divides by `accumulation`, and it reduces
-    across data-parallel pipelines on every step (correct, only more often than needed when accumulating).
+    Pipeline stages run the schedule instead: its loss_fn already divides by `accumulation` (and the number of
+    micro-batches), and it reduces across data-parallel pipelines on every step (correct, only more often than
+    needed when accumulating).
     """
     if pm.schedule is not None:
         losses: list[torch.Tensor] = []
         args = (x,) if pm.first_stage else ()
         kwargs = {"target": y, "losses": losses} if pm.last_stage else {}
         pm.schedule.step(*args, **kwargs)
-        return torch.stack(losses).mean().detach() * accumulation if pm.last_stage else None
+        # Each micro-batch's loss came back divided by accumulation * micro-batches.
+        return torch.stack(losses).sum().detach() * accumulation if pm.last_stage else None
     with gradient_sync(pm.model, sync):
         with autocast(x.device, bf16):
             loss = loss_fn(pm.model(x), y)

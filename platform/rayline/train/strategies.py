@@ -147,7 +147,12 @@ def apply_pipeline(
     runner = wrap(Autocast(stage_module, device.type) if bf16 else stage_module)
     stage = PipelineStage(runner, stage_index, num_stages, device, group=mesh.get_group())
     schedule_class = ScheduleGPipe if pipeline.schedule == "gpipe" else Schedule1F1B
-    schedule = schedule_class(stage, n_microbatches=pipeline.microbatches, loss_fn=loss_fn)
+    # The schedule's own grad scaling divides all gradients held, accumulated ones included, on every step;
+    # scaling each micro-batch's loss instead is right under gradient accumulation too.
+    micro = pipeline.microbatches
+    schedule = schedule_class(
+        stage, n_microbatches=micro, loss_fn=lambda out, y: loss_fn(out, y) / micro, scale_grads=False
+    )
     return stage_module, runner, schedule
 
 

@@ -1,0 +1,192 @@
+"""Faults during training, injected for real on the session cluster: a Ray Train worker SIGKILLed mid-epoch,
+and the checkpoint writer killed while it is uploading a checkpoint (a partial checkpoint left on disk)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from faults import freeze_writer, kill_train_worker, sigkill, train_worker_pids, wait_until
+from rayline.config import PipelineConfig, validate_config
+from rayline.data import write_digits
+from rayline.pipeline import TrainReport, train_and_register
+from rayline.registry import MODEL_FILE, Registry, RegistryError, load_checkpoint, verify_checkpoint
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 6
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("digits") / "digits.parquet"
+    write_digits(str(path))
+    return path
+
+
+def pipeline(digits: Path, root: Path, run_name: str, *, hidden: list[int], **train) -> PipelineConfig:
+    return validate_config(
+        {
+            "name": "faults",
+            "data": {
+                "source": str(digits),
+                "task": "classification",
+                "label": "label",
+                "features": [f"pixel_{i}" for i in range(64)],
+            },
+            # No dropout: its random masks are not checkpointed, and without them a resumed run is the same
+            # computation as an undisturbed one, so their accuracies can be compared point for point.
+            "model": {"kind": "mlp", "hidden_sizes": hidden, "dropout": 0.0},
+            "train": {
+                "num_workers": 2,
+                "epochs": EPOCHS,
+                "batch_size": 16,
+                "optimizer": {"name": "adamw", "lr": 0.003},
+                **train,
+            },
+            "storage": {"root": str(root), "run_name": run_name},
+        }
+    )
+
+
+def assert_epochs_continue(seen: list[int]) -> None:
+    """Every epoch reported, in order; at most one (the one in flight at the fault) trained twice."""
+    assert sorted(set(seen)) == list(range(EPOCHS)), f"an epoch is missing: {seen}"
+    assert seen == sorted(seen), f"the epoch count went backwards: {seen}"
+    assert len(seen) - len(set(seen)) <= 1, f"more than the in-flight epoch was trained again: {seen}"
+
+
+# ---------------------------------------------------------------- 1. a worker killed mid-epoch
+
+
+def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbed(ray_cluster, digits, tmp_path):
+    undisturbed = train_and_register(pipeline(digits, tmp_path, "undisturbed", hidden=[64]), log=quiet)
+
+    seen: list[int] = []
+    fault: dict[str, object] = {}
+
+    def on_epoch(metrics: dict) -> None:
+        seen.append(int(metrics["epoch"]))
+        if len(seen) == 2:  # epoch 1 is checkpointed and epoch 2 is under way
+            old = set(train_worker_pids())
+            fault["killed"] = kill_train_worker()
+            # Ray Train replaces the whole worker group; seen from here the run only pauses.
+            wait_until(lambda: replaced(old), 180, "a new worker group")
+            fault["replaced"] = True
+
+    def replaced(old: set[int]) -> bool:
+        now = set(train_worker_pids())
+        return len(now) == 2 and not now & old
+
+    killed = pipeline(digits, tmp_path, "killed", hidden=[64], max_failures=1)
+    report = train_and_register(killed, on_epoch=on_epoch, log=quiet)
+
+    assert fault.get("replaced"), f"no worker was killed and replaced: {fault}"
+    assert_epochs_continue(seen)
+    history = Registry(tmp_path).record(report.version)["history"]
+    assert [m["epoch"] for m in history] == list(range(len(history))), "the learning curve has no hole"
+    accuracy, baseline = report.test_metrics["test_accuracy"], undisturbed.test_metrics["test_accuracy"]
+    assert abs(accuracy - baseline) <= 0.01, f"test accuracy {accuracy:.4f} vs {baseline:.4f} undisturbed"
+
+
+# ---------------------------------------------------------------- 2. killed while writing a checkpoint
+
+
+@dataclass(frozen=True)
+class WriteKill:
+    cfg: PipelineConfig
+    report: TrainReport
+    seen: list[int]
+    killed_pid: int
+    cut_file: Path
+    """The file the worker was writing when it was killed."""
+    partial: Path
+    """The checkpoint directory it left behind."""
+
+
+@pytest.fixture(scope="module")
+def write_killed(ray_cluster, digits, tmp_path_factory) -> WriteKill:
+    """A run whose checkpoint writer is SIGKILLed in the middle of uploading a checkpoint to storage.
+
+    The writer is frozen (SIGSTOP) while it holds a file of the checkpoint open, then killed, so the
+    kill lands inside the write. A wide model makes each checkpoint ~14 MB, so the write lasts long
+    enough to be caught.
+    """
+    root = tmp_path_factory.mktemp("write-kill")
+    cfg = pipeline(digits, root, "write-kill", hidden=[1024, 1024], batch_size=64, max_failures=1)
+    run_dir = root / "runs" / "write-kill"
+    seen: list[int] = []
+    fault: dict[str, object] = {}
+
+    def kill_inside_a_write() -> None:
+        wait_until(lambda: seen, 600, "the first complete checkpoint")
+        pid, path = freeze_writer(train_worker_pids, run_dir, timeout_s=600)
+        fault.update(pid=pid, path=path)
+        sigkill([pid])
+
+    killer = threading.Thread(target=kill_inside_a_write, daemon=True)
+    killer.start()
+    report = train_and_register(cfg, on_epoch=lambda m: seen.append(int(m["epoch"])), log=quiet)
+    killer.join(timeout=5)
+    assert "pid" in fault, "the run finished before a checkpoint write could be caught"
+    cut_file = Path(fault["path"])
+    partial = run_dir / cut_file.relative_to(run_dir).parts[0]
+    return WriteKill(cfg, report, seen, int(fault["pid"]), cut_file, partial)
+
+
+def test_a_run_killed_inside_a_checkpoint_write_resumes_from_the_last_complete_one(write_killed):
+    with pytest.raises(RegistryError):
+        verify_checkpoint(write_killed.partial)  # the kill really left a partial checkpoint behind
+    assert_epochs_continue(write_killed.seen)
+    # The cut-short checkpoint's epoch was never reported, so it is trained again rather than repeated.
+    assert len(write_killed.seen) == len(set(write_killed.seen)), write_killed.seen
+
+
+def test_a_partial_checkpoint_is_never_loaded_registered_or_served(write_killed, tmp_path):
+    root = Path(write_killed.cfg.storage.root)
+    registry = Registry(root)
+    record = registry.record(write_killed.report.version)
+    assert Path(record["source_checkpoint"]) != write_killed.partial
+    registry.load(write_killed.report.version)  # the registered copy is whole
+
+    with pytest.raises(RegistryError, match="tampered or corrupt|partial"):
+        load_checkpoint(write_killed.partial)
+    versions = registry.versions()
+    with pytest.raises(RegistryError, match="tampered or corrupt|partial"):
+        registry.register(write_killed.partial, run_name="write-kill", data_fingerprint="sha256:x")
+    assert registry.versions() == versions, "a refused checkpoint left no version behind"
+
+    # A registry copy cut short the same way is refused before any replica starts.
+    from rayline.serve import build_app
+
+    scratch = tmp_path / "scratch"
+    shutil.copytree(registry.path, scratch / "registry")
+    model = Registry(scratch).checkpoint_dir(write_killed.report.version) / MODEL_FILE
+    with open(model, "r+b") as f:
+        f.truncate(write_killed.cut_file.stat().st_size // 2)
+    with pytest.raises(RegistryError, match=f"{model}: contents do not match the checkpoint manifest"):
+        build_app(str(scratch), write_killed.report.version)
+
+
+def test_a_checkpoint_cut_short_on_disk_stops_a_resume_with_a_clear_error(write_killed):
+    """Not a crash this time: a complete checkpoint that was registered with Ray Train is damaged on disk
+    afterwards. Resuming must refuse it, naming the file, rather than train on from garbage."""
+    run_dir = write_killed.partial.parent
+    complete = [p for p in run_dir.glob("checkpoint_*") if p != write_killed.partial]
+    latest = max(complete, key=lambda p: p.name)
+    with open(latest / MODEL_FILE, "r+b") as f:
+        f.truncate(1024)
+    more = write_killed.cfg.model_copy(
+        update={"train": write_killed.cfg.train.model_copy(update={"epochs": EPOCHS + 1, "max_failures": 0})}
+    )
+    with pytest.raises(Exception, match="contents do not match the checkpoint manifest") as err:
+        train_and_register(more, log=quiet)
+    assert str(latest / MODEL_FILE) in str(err.value)
