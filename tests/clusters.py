@@ -16,12 +16,14 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,7 @@ class RayCluster:
         """Environment for a process that talks to this cluster (driver, CLI, job client)."""
         env = {**os.environ, **auth_env(self.token_path), "RAY_ADDRESS": self.address, **extra}
         env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
+        env["RAY_metrics_report_interval_ms"] = "1000"
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env.pop("RAY_DASHBOARD_ADDRESS", None)
         return env
@@ -147,6 +150,7 @@ def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dic
         command.append(f"--address={cluster.address}")
     env = {**os.environ, **auth_env(cluster.token_path)}
     env["RAY_API_SERVER_ADDRESS"] = cluster.dashboard_url
+    env["RAY_metrics_report_interval_ms"] = "1000"  # tests read metrics seconds after they are set
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     for name in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS"):
         env.pop(name, None)
@@ -199,6 +203,46 @@ def read_metrics(port: int) -> str:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return ""
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of metric `name` in Prometheus text."""
+    samples = []
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            samples.append((dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)), float(value)))
+    return samples
+
+
+class Lines:
+    """Collects a process's output lines on a thread, so a test can wait for one without blocking on the pipe."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, prefix: str, timeout: float = 300.0) -> str:
+        def found() -> str | None:
+            return next((line for line in self.lines if line.startswith(prefix)), None)
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and found() is None and self.process.poll() is None:
+            time.sleep(0.2)
+        self.thread.join(timeout=1 if self.process.poll() is not None else 0)
+        if found() is None:
+            raise AssertionError(f"no line starting {prefix!r}; output:\n" + "\n".join(self.lines[-60:]))
+        return found()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 # ---------------------------------------------------------------- sshd on 127.0.0.1, for the cluster launcher

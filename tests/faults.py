@@ -37,13 +37,16 @@ def wait_until(condition: Callable[[], object], timeout_s: float, what: str, int
         time.sleep(interval_s)
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat (R running, S sleeping, T stopped, Z zombie); "" once gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+        return ""
+
+
+def alive(pid: int) -> bool:
+    return process_state(pid) not in ("", "Z")
 
 
 def command_line(pid: int) -> str:
@@ -118,7 +121,6 @@ def kill_processes_with_env(name: str, value: str) -> list[int]:
 class Actor:
     name: str
     pid: int
-    node_id: str
 
 
 def live_actors(class_name: str) -> list[Actor]:
@@ -127,7 +129,7 @@ def live_actors(class_name: str) -> list[Actor]:
 
     filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
     found = list_actors(filters=filters, raise_on_missing_output=False)
-    return [Actor(a.name or "", a.pid, a.node_id) for a in found if a.pid]
+    return [Actor(a.name or "", a.pid) for a in found if a.pid]
 
 
 def train_worker_pids() -> list[int]:
@@ -162,23 +164,24 @@ def block_model_calls(app: str, deployment: str = "ModelServer") -> int:
     """
     import ray
 
+    # Defined here, not at module level: cloudpickle then ships the function itself to the replica, which
+    # cannot import this test module.
+    def block_linear_forward(_replica_actor) -> None:
+        import threading
+
+        import torch
+
+        never = threading.Event()
+
+        def forward(self, x):
+            never.wait()
+
+        torch.nn.Linear.forward = forward
+
     replica = serve_replicas(app, deployment)[0]
     handle = ray.get_actor(replica.name, namespace="serve")
-    ray.get(handle.__ray_call__.remote(_block_linear_forward), timeout=60)
+    ray.get(handle.__ray_call__.remote(block_linear_forward), timeout=60)
     return replica.pid
-
-
-def _block_linear_forward(_actor) -> None:
-    import threading
-
-    import torch
-
-    never = threading.Event()
-
-    def forward(self, x):
-        never.wait()
-
-    torch.nn.Linear.forward = forward
 
 
 # ---------------------------------------------------------------- files being written
@@ -214,6 +217,8 @@ def freeze_writer(pids: Callable[[], list[int]], directory: Path, timeout_s: flo
             if not files_open_under(pid, directory):
                 continue
             os.kill(pid, signal.SIGSTOP)
+            # The stop is delivered asynchronously: look again only once the process has stopped.
+            wait_until(lambda pid=pid: process_state(pid) in ("T", ""), 10, f"process {pid} to stop", 0.001)
             still_open = files_open_under(pid, directory)
             if still_open:
                 return pid, still_open[0]
@@ -257,27 +262,18 @@ def remount_read_only(path: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
 
 
-def fill(directory: Path, leave_bytes: int = 0) -> Path:
-    """Write zeros into `directory` until its filesystem has at most `leave_bytes` free; returns the file."""
+def fill(directory: Path) -> Path:
+    """Write zeros into `directory` until its filesystem has no space left; delete the file to free it."""
     ballast = directory / "ballast.bin"
-    with open(ballast, "wb") as f:
-        while True:
-            free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
-            if free <= leave_bytes:
-                break
-            try:
-                f.write(b"\0" * min(1 << 16, free - leave_bytes))
-                f.flush()
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-                break
+    chunk = b"\0" * (1 << 16)
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
     return ballast
-
-
-def free_bytes(directory: Path) -> int:
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize
 
 
 # ---------------------------------------------------------------- HTTP load
@@ -352,7 +348,8 @@ async def steady_load(
                     break
             except httpx.HTTPError as err:
                 status, outcome = 0, f"{type(err).__name__}: {err}"
-                report.timeouts += isinstance(err, httpx.TimeoutException)
+                if isinstance(err, httpx.TimeoutException):
+                    report.timeouts += 1
             if attempt < retries:
                 report.retried += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -370,6 +367,42 @@ async def steady_load(
 
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return report
+
+
+class BackgroundLoad:
+    """`steady_load` on its own thread and event loop, so a test can inject a fault while clients run.
+
+    with BackgroundLoad(url, body) as load:
+        load.wait_for(50)        # requests answered so far
+        ...fault...
+    load.report
+    """
+
+    def __init__(self, url: str, body: dict, **options):
+        self.url, self.body, self.options = url, body, options
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.report = LoadReport()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._load())
+
+    async def _load(self) -> None:
+        self.report = await steady_load(self.url, self.body, stop=self.stop, report=self.report, **self.options)
+
+    def wait_for(self, requests: int, timeout_s: float = 120) -> None:
+        wait_until(lambda: self.report.requests >= requests, timeout_s, f"{requests} answered requests", 0.05)
+
+    def __enter__(self) -> BackgroundLoad:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive(), "the load's clients did not stop"
 
 
 # ---------------------------------------------------------------- a model to serve
@@ -412,39 +445,3 @@ def register_tiny_model(root: Path, *, name: str = "tiny") -> str:
         config=config,
     )
     return Registry(root).register(checkpoint, run_name=name, data_fingerprint="sha256:tiny")
-
-
-class BackgroundLoad:
-    """`steady_load` on its own thread and event loop, so a test can inject a fault while clients run.
-
-    with BackgroundLoad(url, body) as load:
-        load.wait_for(50)        # requests answered so far
-        ...fault...
-    load.report
-    """
-
-    def __init__(self, url: str, body: dict, **options):
-        self.url, self.body, self.options = url, body, options
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-        self.report = LoadReport()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._load())
-
-    async def _load(self) -> None:
-        self.report = await steady_load(self.url, self.body, stop=self.stop, report=self.report, **self.options)
-
-    def wait_for(self, requests: int, timeout_s: float = 120) -> None:
-        wait_until(lambda: self.report.requests >= requests, timeout_s, f"{requests} answered requests", 0.05)
-
-    def __enter__(self) -> BackgroundLoad:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=120)
-        assert not self.thread.is_alive(), "the load's clients did not stop"

@@ -82,9 +82,6 @@ def build_trainer(
 ) -> TorchTrainer:
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever."""
-    resources = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = 1
     keep = cfg.train.checkpoint
     return TorchTrainer(
         train_loop_per_worker,
@@ -92,10 +89,8 @@ def build_trainer(
             "config": cfg.model_dump(mode="json"),
             "preprocessor": data.preprocessor.to_dict(),
         },
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
-        ),
+        torch_config=torch_config(cfg.train),
+        scaling_config=scaling_config(cfg.train),
         datasets={"train": data.train, "validation": data.validation},
         dataset_config=dataset_config(cfg.train),
         run_config=ray.train.RunConfig(
@@ -113,6 +108,16 @@ def build_trainer(
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
+
+
+def torch_config(train: TrainConfig) -> TorchConfig:
+    """nccl between GPUs (the loop then builds CUDA device meshes), gloo between CPU workers."""
+    return TorchConfig(backend="nccl" if train.use_gpu else "gloo")
+
+
+def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
+    resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
+    return ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources)
 
 
 def dataset_config(train: TrainConfig) -> ray.train.DataConfig:

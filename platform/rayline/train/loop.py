@@ -49,8 +49,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
         pm.model.train()
-        train_sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows (reporting ranks only)
+        train_sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * rows, rows (reporting ranks)
         label_checksum = torch.zeros((), dtype=torch.float64)
+        epoch_started_at = time.time()
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.train.batch_size,
             dtypes={"x": torch.float32, "y": label_dtype},
@@ -68,11 +69,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
             if sync:
                 optimizer_step(pm, optimizer, cfg.train.grad_clip_norm)
-            if pm.reports:
-                train_sums += torch.tensor([loss.item() * len(y_b), len(y_b)], dtype=torch.float64)
-            label_checksum += checksum(y_b)
+            if pm.reports:  # summed on the device: no host sync per step
+                train_sums += torch.stack([loss.double() * len(y_b), loss.new_tensor(len(y_b), dtype=torch.float64)])
+            if pm.strategy not in ("ddp", "fsdp"):
+                label_checksum += checksum(y_b)
         require_same_batches(label_checksum, pm)
-        train_sums = all_reduce(train_sums)
+        train_sums = all_reduce(train_sums.cpu())
         train_seconds = time.perf_counter() - started
 
         val_metrics = evaluate_parallel(pm, val_shard, preprocessor, cfg.train, device, label_dtype)
@@ -83,6 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **val_metrics,
             "samples_per_s": float(train_sums[1]) / train_seconds,
             "epoch_time_s": time.perf_counter() - started,
+            "epoch_started_at": epoch_started_at,
             **memory_metrics(pm, optimizer, device),
         }
         history.append(metrics)

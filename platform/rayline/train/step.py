@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -72,29 +71,38 @@ def forward_backward(
 def clip_grad_norm(pm: Parallelized, max_norm: float) -> float:
     """Scale gradients so their global L2 norm is at most max_norm; returns the norm before clipping.
 
-    The norm covers every shard (DTensor reductions) and every pipeline stage (disjoint parameters);
-    replicated gradients count once.
+    Sums of squares are taken over the local shards and added up across the mesh dimensions a gradient is
+    sharded on (replicated copies count once), one all-reduce per kind of layout rather than one per
+    parameter; pipeline stages hold disjoint parameters, so their sums are added too.
     """
     grads = [p.grad for p in pm.module.parameters() if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float64)
+    assert grads, "clip after backward"
+    total = torch.zeros((), dtype=torch.float32, device=local(grads[0]).device)
+    sharded: dict[tuple, torch.Tensor] = {}
     for grad in grads:
-        norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        squares += norm.double().cpu() ** 2
+        squares = local(grad).float().pow(2).sum()
+        if isinstance(grad, DTensor):
+            assert not any(p.is_partial() for p in grad.placements), "gradients are reduced before clipping"
+            key = (grad.device_mesh, tuple(d for d, p in enumerate(grad.placements) if p.is_shard()))
+            sharded[key] = sharded.get(key, 0) + squares
+        else:
+            total += squares
+    for (mesh, dims), squares in sharded.items():
+        for dim in dims:
+            dist.all_reduce(squares, group=mesh.get_group(dim))
+        total += squares
     if pm.stage_group is not None:
-        squares = squares.to(grads[0].device if is_nccl() else "cpu")
-        dist.all_reduce(squares, group=pm.stage_group)
-    total = math.sqrt(float(squares))
-    scale = max_norm / (total + 1e-6)
+        dist.all_reduce(total, group=pm.stage_group)
+    norm = float(total.sqrt())
+    scale = max_norm / (norm + 1e-6)
     if scale < 1.0:
         for grad in grads:
             grad.mul_(scale)
-    return total
+    return norm
 
 
-def is_nccl() -> bool:
-    return dist.is_initialized() and dist.get_backend() == "nccl"
+def local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 @torch.no_grad()

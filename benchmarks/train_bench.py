@@ -1,0 +1,171 @@
+"""Training throughput: rayline DDP against plain torchrun DDP, and every parallel strategy, in one run.
+
+    .venv/bin/python benchmarks/train_bench.py          # writes benchmarks/results/train_bench.json
+
+Data: scikit-learn's digits tiled --copies times into one Parquet file (so an epoch lasts long enough to
+measure), model and settings from pipelines/digits_transformer*.yaml.
+
+(a) rayline DDP on 2 Ray Train workers against (b) `torchrun --nproc_per_node=2` running a hand-written DDP
+loop (benchmarks/torchrun_ddp.py) over the same file, model, optimizer and batch size. Steady-state
+samples/s is the median of the training phase's throughput over the epochs after the first (warm-up);
+startup is the time from the launch (for rayline: before ingest, on a running cluster) to the first
+training step. Target: (a)/(b) >= 0.95.
+
+Then each strategy's pipeline: steady-state samples/s (rows through the model per second, all replicas)
+and the largest per-worker peak process memory and parameter + optimizer-state footprint, measured in the
+workers. The machine's load average is recorded beside each measurement: on a shared machine the
+absolute numbers move with it, the ratio (measured back to back) less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = {
+    "ddp": "digits_transformer.yaml",
+    "fsdp": "digits_transformer_fsdp.yaml",
+    "tensor": "digits_transformer_tensor.yaml",
+    "pipeline": "digits_transformer_pipeline.yaml",
+    "hybrid fsdp+tensor": "digits_transformer_hybrid.yaml",
+    "hybrid fsdp+pipeline": "digits_transformer_hybrid_pipeline.yaml",
+}
+
+
+def write_tiled_digits(path: Path, copies: int) -> int:
+    import pandas as pd
+
+    from rayline.data import write_digits
+
+    single = path.with_name("digits_single.parquet")
+    write_digits(str(single))
+    frame = pd.read_parquet(single)
+    pd.concat([frame] * copies, ignore_index=True).to_parquet(path)
+    return len(frame) * copies
+
+
+def load(name: str, source: Path, root: Path, epochs: int):
+    from rayline.config import load_config
+
+    return load_config(
+        REPO / "pipelines" / PIPELINES[name],
+        [f"data.source={source}", f"storage.root={root}", f"train.epochs={epochs}", "train.cpus_per_worker=0.5"],
+    )
+
+
+def steady(epochs: list[dict], key: str = "samples_per_s") -> float:
+    return statistics.median(m[key] for m in epochs[1:]) if len(epochs) > 1 else epochs[0][key]
+
+
+def run_rayline(name: str, source: Path, root: Path, epochs: int) -> dict:
+    from rayline.data import prepare_datasets
+    from rayline.train import fit
+
+    cfg = load(name, source, root, epochs)
+    load_before = os.getloadavg()[0]
+    launched = time.time()
+    data = prepare_datasets(cfg.data)
+    seen: list[dict] = []
+    fit(cfg, data, on_epoch=seen.append)
+    print(f"[{name}] {[round(m['samples_per_s']) for m in seen]} samples/s per epoch", flush=True)
+    return {
+        "workers": cfg.train.num_workers,
+        "samples_per_s": round(steady(seen), 1),
+        "epoch_samples_per_s": [round(m["samples_per_s"], 1) for m in seen],
+        "startup_s": round(seen[0]["epoch_started_at"] - launched, 2),
+        "peak_memory_mb": round(max(m["peak_memory_mb"] for m in seen), 1),
+        "worker_state_mb": round(seen[-1]["worker_state_mb"], 3),
+        "val_accuracy": round(seen[-1]["val_accuracy"], 4),
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def run_torchrun(source: Path, epochs: int) -> dict:
+    pipeline = REPO / "pipelines" / PIPELINES["ddp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "torchrun.json"
+        command = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "benchmarks" / "torchrun_ddp.py"),
+            f"--pipeline={pipeline}",
+            f"--source={source}",
+            f"--epochs={epochs}",
+            f"--output={output}",
+        ]
+        load_before = os.getloadavg()[0]
+        launched = time.time()
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        seen = json.loads(output.read_text())["epochs"]
+    print(f"[torchrun] {[round(m['samples_per_s']) for m in seen]} samples/s per epoch", flush=True)
+    return {
+        "workers": 2,
+        "samples_per_s": round(steady(seen), 1),
+        "epoch_samples_per_s": [round(m["samples_per_s"], 1) for m in seen],
+        "startup_s": round(seen[0]["epoch_started_at"] - launched, 2),
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=4, help="times the digits are repeated in the Parquet file")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is warm-up")
+    parser.add_argument("--strategies", nargs="*", default=list(PIPELINES), choices=list(PIPELINES))
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "train_bench.json"))
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from rayline.runtime import connect
+
+    work = REPO / "benchmarks" / "results" / "train_bench_runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    source = work / "digits_tiled.parquet"
+    rows = write_tiled_digits(source, args.copies)
+
+    torchrun = run_torchrun(source, args.epochs)
+    cluster_started = time.perf_counter()
+    connect()
+    cluster_start_s = time.perf_counter() - cluster_started
+    try:
+        rayline = run_rayline("ddp", source, work / "ddp-vs-torchrun", args.epochs)
+        strategies = {
+            name: run_rayline(name, source, work / name.replace(" ", "-"), args.epochs) for name in args.strategies
+        }
+    finally:
+        ray.shutdown()
+    result = {
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__},
+        "data": {"source": f"digits x {args.copies}", "rows": rows, "epochs": args.epochs},
+        "ddp_vs_torchrun": {
+            "rayline_ddp": {**rayline, "cluster_start_s": round(cluster_start_s, 2)},
+            "torchrun_ddp": torchrun,
+            "steady_state_ratio": round(rayline["samples_per_s"] / torchrun["samples_per_s"], 3),
+            "target_ratio": 0.95,
+        },
+        "strategies": strategies,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ddp_vs_torchrun"], indent=2))
+    for name, figures in strategies.items():
+        print(f"{name:22s} {figures['samples_per_s']:8.0f} samples/s  peak {figures['peak_memory_mb']:6.0f} MB  "
+              f"state {figures['worker_state_mb']:.3f} MB  startup {figures['startup_s']:.1f} s")  # fmt: skip
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

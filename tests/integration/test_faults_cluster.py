@@ -1,0 +1,98 @@
+"""A node of a multi-node cluster lost mid-training: every process of one `ray start` node SIGKILLed, as
+when a machine loses power, while `rayline train` runs on the cluster from another node."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusters import RayCluster, RayNode, start_cluster
+from faults import command_line, crash_process_group, process_tree, wait_until
+from rayline.data import write_digits
+from rayline.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 6
+
+
+def write_pipeline(tmp_path: Path) -> Path:
+    source = tmp_path / "digits.parquet"
+    write_digits(str(source))
+    pipeline = {
+        "name": "node-loss",
+        "data": {
+            "source": str(source),
+            "task": "classification",
+            "label": "label",
+            "features": [f"pixel_{i}" for i in range(64)],
+        },
+        "model": {"kind": "mlp", "hidden_sizes": [64]},
+        "train": {"num_workers": 2, "cpus_per_worker": 1, "epochs": EPOCHS, "batch_size": 16, "max_failures": 2},
+        # One machine plays every node here, so a local path is storage every node shares.
+        "storage": {"root": str(tmp_path / "store")},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    return path
+
+
+def hosts_a_train_worker(node: RayNode) -> bool:
+    return any(command_line(pid).startswith("ray::RayTrainWorker") for pid in process_tree(node.process.pid))
+
+
+def epochs_printed(log: Path) -> list[int]:
+    """0-based epochs from the driver's progress lines ("epoch 3/6 train_loss ...")."""
+    return [int(n) - 1 for n in re.findall(rf"^epoch (\d+)/{EPOCHS}\b", log.read_text(), re.MULTILINE)]
+
+
+@pytest.fixture
+def cluster():
+    # Three 1-CPU nodes for two 1-CPU workers: one node can go and the run still fits on the other two.
+    cluster = start_cluster(num_cpus=1)
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_node_lost_mid_training_is_survived_on_the_remaining_nodes(cluster: RayCluster, tmp_path):
+    log = tmp_path / "train.log"
+    command = [sys.executable, "-m", "rayline.cli", "train", str(write_pipeline(tmp_path))]
+    env = cluster.client_env()
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+
+        def two_epochs_done() -> bool:
+            assert driver.poll() is None, f"`rayline train` exited early:\n{log.read_text()[-3000:]}"
+            return len(epochs_printed(log)) >= 2
+
+        wait_until(two_epochs_done, 600, "two epochs on the cluster")
+        # The head runs the driver and Train's controller; a worker node is the one to lose.
+        victims = [node for node in cluster.nodes[1:] if hosts_a_train_worker(node)]
+        assert victims, "no worker node holds a training worker"
+        crash_process_group(victims[0].process)
+        wait_until(lambda: cluster.alive_nodes() == 2, 120, "the cluster to notice the lost node")
+
+        assert driver.wait(timeout=900) == 0, log.read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            crash_process_group(driver)
+
+    output = log.read_text()
+    seen = epochs_printed(log)
+    assert sorted(set(seen)) == list(range(EPOCHS)), f"an epoch is missing: {seen}"
+    assert len(seen) - len(set(seen)) <= 1, f"more than the in-flight epoch was trained again: {seen}"
+    assert "registered model v1" in output, output[-3000:]
+    registry = Registry(tmp_path / "store")
+    assert registry.load("v1").metrics["epoch"] >= 2

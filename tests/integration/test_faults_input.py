@@ -1,0 +1,125 @@
+"""Hostile training input on the session cluster: corrupt Parquet, truncated CSV, a wrong schema, strings
+where numbers belong, NaN/inf, an absurd batch size. Each must end in a clear error naming the source,
+before any training starts, with the source file and the registry left exactly as they were.
+(Hostile HTTP requests are in test_faults_serve.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from faults import register_tiny_model
+from rayline.config import PipelineConfig, validate_config
+from rayline.data import DataError, write_digits
+from rayline.pipeline import train_and_register
+from rayline.registry import Registry, file_sha256
+
+FEATURES = [f"pixel_{i}" for i in range(64)]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> pd.DataFrame:
+    path = tmp_path_factory.mktemp("clean") / "digits.parquet"
+    write_digits(str(path))
+    return pd.read_parquet(path)
+
+
+def pipeline(source: Path, root: Path, **train) -> PipelineConfig:
+    return validate_config(
+        {
+            "name": "hostile",
+            "data": {"source": str(source), "task": "classification", "label": "label", "features": FEATURES},
+            "model": {"kind": "mlp", "hidden_sizes": [16]},
+            "train": {"num_workers": 2, "epochs": 1, **train},
+            "storage": {"root": str(root)},
+        }
+    )
+
+
+def corrupt_parquet(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".parquet")
+    path.write_bytes(b"PAR1" + np.random.default_rng(0).bytes(50_000) + b"PAR1")
+    return path
+
+
+def truncated_parquet(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".parquet")
+    df.to_parquet(path, index=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def truncated_csv(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".csv")
+    df.to_csv(path, index=False)
+    data = path.read_bytes()
+    cut = data.rindex(b"\n", 0, len(data) // 2) + 40  # in the middle of a row, as a crashed writer leaves it
+    path.write_bytes(data[:cut])
+    return path
+
+
+def wrong_schema(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".parquet")
+    df.assign(pixel_5=df["pixel_5"].map(lambda v: f"{v:.0f} px")).to_parquet(path, index=False)
+    return path
+
+
+def strings_for_numbers(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".csv")
+    bad = df.astype({"pixel_9": object})
+    bad.loc[7, "pixel_9"] = "seven"
+    bad.to_csv(path, index=False)
+    return path
+
+
+def nan_values(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".parquet")
+    df.assign(pixel_20=df["pixel_20"].where(df.index % 5 != 0, np.nan)).to_parquet(path, index=False)
+    return path
+
+
+def infinite_values(df: pd.DataFrame, path: Path) -> Path:
+    path = path.with_suffix(".parquet")
+    df.assign(pixel_30=df["pixel_30"].where(df.index % 7 != 0, np.inf)).to_parquet(path, index=False)
+    return path
+
+
+HOSTILE: dict[str, tuple[Callable[[pd.DataFrame, Path], Path], str]] = {
+    # name: (writer of the hostile source, words the error must hold)
+    "corrupt Parquet": (corrupt_parquet, "could not read it"),
+    "truncated Parquet": (truncated_parquet, "could not read it"),
+    "truncated CSV": (truncated_csv, "could not read it"),
+    "wrong schema": (wrong_schema, "numeric feature column 'pixel_5' has type string"),
+    "strings for numbers": (strings_for_numbers, "pixel_9"),
+    "NaN": (nan_values, "NaN"),
+    "inf": (infinite_values, "infinite"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_hostile_training_data_is_refused_clearly_and_damages_nothing(ray_cluster, digits, tmp_path, case):
+    write, words = HOSTILE[case]
+    source = write(digits, tmp_path / "hostile")
+    source_digest = file_sha256(source)
+    version = register_tiny_model(tmp_path / "store")
+    registry = Registry(tmp_path / "store")
+    record = registry.record(version)
+
+    with pytest.raises(DataError) as err:
+        train_and_register(pipeline(source, tmp_path / "store"), log=quiet)
+
+    assert str(source) in str(err.value), err.value
+    assert words in str(err.value), err.value
+    assert file_sha256(source) == source_digest, "the source is never written to"
+    assert registry.versions() == [version] and registry.record(version) == record
+    assert registry.load().version == version, "the registered model still loads"
+    assert not (tmp_path / "store" / "runs").exists(), "refused before any training run started"

@@ -1,0 +1,133 @@
+"""Every strategy trains its shipped digits-transformer pipeline on the session cluster, and its checkpoint
+is registered, scored and served over HTTP like any other; sharded runs resume with their strategy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from rayline.config import PipelineConfig, ServeConfig, load_config
+from rayline.data import write_digits
+from rayline.pipeline import TrainReport, train_and_register
+from rayline.registry import MODEL_FILE, SHARDED_DIR, Registry, read_json
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PORT = 8131
+EPOCHS = 6
+SHIPPED = {
+    "ddp": "digits_transformer.yaml",
+    "fsdp": "digits_transformer_fsdp.yaml",
+    "tensor": "digits_transformer_tensor.yaml",
+    "pipeline": "digits_transformer_pipeline.yaml",
+    "hybrid": "digits_transformer_hybrid.yaml",
+    "hybrid-pipeline": "digits_transformer_hybrid_pipeline.yaml",
+}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("strategies")
+    write_digits(str(root / "digits.parquet"))
+    return root
+
+
+def shipped(store: Path, name: str, *overrides: str) -> PipelineConfig:
+    """A shipped pipeline pointed at the test's data and storage, shortened, and sized to share the cluster."""
+    return load_config(
+        REPO / "pipelines" / SHIPPED[name],
+        [
+            f"data.source={store / 'digits.parquet'}",
+            f"storage.root={store / 'store'}",
+            f"train.epochs={EPOCHS}",
+            "train.cpus_per_worker=0.5",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, store):
+    """Train each strategy's pipeline once, on first use, into one registry."""
+    reports: dict[str, tuple[PipelineConfig, TrainReport, list[dict]]] = {}
+
+    def train(name: str) -> tuple[PipelineConfig, TrainReport, list[dict]]:
+        if name not in reports:
+            cfg, epochs = shipped(store, name), []
+            reports[name] = cfg, train_and_register(cfg, on_epoch=epochs.append, log=quiet), epochs
+        return reports[name]
+
+    return train
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_strategy_trains_its_shipped_pipeline(trained, name):
+    cfg, report, epochs = trained(name)
+    assert [m["epoch"] for m in epochs] == list(range(EPOCHS))
+    assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
+    assert report.test_metrics["test_accuracy"] >= 0.85, report.test_metrics
+
+    checkpoint = Registry(cfg.storage.root).checkpoint_dir(report.version)
+    assert (checkpoint / MODEL_FILE).is_file(), "a consolidated copy for serving, whatever the strategy"
+    shards = sorted(p.name for p in (checkpoint / SHARDED_DIR).glob("*")) if name != "ddp" else []
+    if name != "ddp":
+        assert ".metadata" in shards
+        assert len([s for s in shards if s.endswith(".distcp")]) == cfg.train.num_workers, "one file per rank"
+    manifest = read_json(checkpoint / "manifest.json")["sha256"]
+    assert {f"{SHARDED_DIR}/{s}" for s in shards} <= set(manifest), "the manifest covers every shard"
+
+
+def test_pipeline_reaches_ddps_accuracy(trained):
+    ddp = trained("ddp")[1].test_metrics["test_accuracy"]
+    pipeline = trained("pipeline")[1].test_metrics["test_accuracy"]
+    assert pipeline >= ddp - 0.03, (pipeline, ddp)
+
+
+def test_fsdp_workers_hold_half_of_ddps_state(trained):
+    ddp = trained("ddp")[2][-1]["worker_state_mb"]
+    fsdp = trained("fsdp")[2][-1]["worker_state_mb"]
+    assert 0.45 <= fsdp / ddp <= 0.55, (fsdp, ddp)
+
+
+def test_every_strategys_checkpoint_is_served_over_http(trained, store):
+    from rayline.serve import deploy, shutdown
+
+    digits = pd.read_parquet(store / "digits.parquet").sample(40, random_state=0)
+    rows = digits[[f"pixel_{i}" for i in range(64)]].to_numpy().tolist()
+    try:
+        for name in SHIPPED:
+            cfg, report, _ = trained(name)
+            serve_cfg = ServeConfig(port=PORT, app_name="strategies", route_prefix="/strategies")
+            url = deploy(cfg.storage.root, report.version, serve_cfg)
+            response = httpx.post(f"{url}/predict", json={"rows": rows}, timeout=60)
+            assert response.status_code == 200, (name, response.text)
+            body = response.json()
+            assert body["model_version"] == report.version
+            labels = [str(p["label"]) for p in body["predictions"]]
+            correct = sum(a == str(b) for a, b in zip(labels, digits["label"], strict=True))
+            assert correct >= 0.8 * len(rows), (name, correct)
+    finally:
+        shutdown()
+
+
+def test_sharded_run_resumes_with_its_strategy_only(ray_cluster, store):
+    seen: list[dict] = []
+    first = shipped(store, "fsdp", "train.epochs=1", "storage.run_name=resume-fsdp")
+    train_and_register(first, on_epoch=seen.append, log=quiet)
+    resumed = shipped(store, "fsdp", "train.epochs=2", "storage.run_name=resume-fsdp")
+    report = train_and_register(resumed, on_epoch=seen.append, log=quiet)
+    assert [m["epoch"] for m in seen] == [0, 1], "the second run continues at epoch 1"
+    assert seen[1]["train_loss"] < seen[0]["train_loss"], "from the saved weights and optimizer state"
+    assert [m["epoch"] for m in Registry(resumed.storage.root).record(report.version)["history"]] == [0, 1]
+
+    switched = shipped(store, "tensor", "train.epochs=3", "storage.run_name=resume-fsdp")
+    with pytest.raises(Exception, match="trained with train.strategy 'fsdp'; resuming it needs the same strategy"):
+        train_and_register(switched, log=quiet)
