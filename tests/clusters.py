@@ -64,7 +64,8 @@ class RayCluster:
         """Environment for a process that talks to this cluster (driver, CLI, job client)."""
         env = {**os.environ, **auth_env(self.token_path), "RAY_ADDRESS": self.address, **extra}
         env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
-        env["RAY_metrics_report_interval_ms"] = "1000"
+        env["RAYLINE_TEST_CLUSTER"] = str(self.temp_dir)  # cluster.stop() ends this client too
+        env["RAY_metrics_report_interval_ms"] = "2000"
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env.pop("RAY_DASHBOARD_ADDRESS", None)
         return env
@@ -80,20 +81,34 @@ class RayCluster:
         wait_for(lambda: self.alive_nodes() >= len(self.nodes), f"node {len(self.nodes)} to join", node)
         return node
 
+    def get(self, path: str):
+        """GET a dashboard endpoint with this cluster's token; the parsed JSON."""
+        response = httpx.get(f"{self.dashboard_url}{path}", headers=self.auth_headers(), timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def node_ids(self) -> set[str]:
+        summary = self.get("/nodes?view=summary")["data"]["summary"]
+        return {n["raylet"]["nodeId"] for n in summary if n["raylet"]["state"] == "ALIVE"}
+
     def alive_nodes(self) -> int:
         try:
-            r = httpx.get(f"{self.dashboard_url}/nodes?view=summary", headers=self.auth_headers(), timeout=5)
-            summary = r.json()["data"]["summary"]
+            return len(self.node_ids())
         except (httpx.HTTPError, KeyError, ValueError):
             return 0
-        return sum(1 for n in summary if n["raylet"]["state"] == "ALIVE")
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
             stop_process_group(node.process)
-        # Anything that left the process groups still names this cluster's temp dir.
-        kill_processes_mentioning(str(self.temp_dir))
+        # Job drivers run in sessions of their own; they, like every process the nodes started,
+        # inherited the marker.
+        kill_marked_processes(self.marker)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    @property
+    def marker(self) -> str:
+        """An environment entry every process of this cluster inherits, and no other process has."""
+        return f"RAYLINE_TEST_CLUSTER={self.temp_dir}"
 
 
 def auth_env(token_path: Path | None) -> dict[str, str]:
@@ -150,7 +165,10 @@ def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dic
         command.append(f"--address={cluster.address}")
     env = {**os.environ, **auth_env(cluster.token_path)}
     env["RAY_API_SERVER_ADDRESS"] = cluster.dashboard_url
-    env["RAY_metrics_report_interval_ms"] = "1000"  # tests read metrics seconds after they are set
+    env["RAYLINE_TEST_CLUSTER"] = str(cluster.temp_dir)
+    # Trials start many small-CPU actors at once; the raylet's default (one start per core) serialises them.
+    env["RAY_worker_maximum_startup_concurrency"] = "8"
+    env["RAY_metrics_report_interval_ms"] = "2000"  # tests read metrics seconds after they are set
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     for name in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS"):
         env.pop(name, None)
@@ -183,18 +201,19 @@ def stop_process_group(process: subprocess.Popen, grace: float = 5.0) -> None:
     process.wait(timeout=5)
 
 
-def kill_processes_mentioning(marker: str) -> None:
-    """SIGKILL the processes whose command line names `marker`, a path unique to one test cluster."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+def kill_marked_processes(marker: str) -> None:
+    """SIGKILL every process whose environment holds `marker` (an entry unique to one test cluster)."""
+    entry = marker.encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker in cmdline:
+        if entry in environ:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def read_metrics(port: int) -> str:
@@ -213,6 +232,17 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
             labels, value = line[len(name) + 1 :].rsplit("} ", 1)
             samples.append((dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)), float(value)))
     return samples
+
+
+def wait_for_samples(ports: int | list[int], name: str, ready, timeout: float = 60.0) -> list:
+    """Poll nodes' metrics until ready(samples of `name` from all of them) holds; gauges refresh every few seconds."""
+    ports = [ports] if isinstance(ports, int) else ports
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = [sample for port in ports for sample in metric_samples(read_metrics(port), name)]
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.5)
 
 
 class Lines:

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from clusters import REPO, VENV_BIN, Lines, metric_samples, read_metrics, start_cluster
+from clusters import REPO, VENV_BIN, Lines, metric_samples, read_metrics, start_cluster, wait_for_samples
 from rayline.data import write_digits
 from rayline.registry import Registry
 from rayline.runtime import free_port
@@ -69,10 +69,16 @@ def test_rayline_submit_searches_serves_exports_tune_metrics_and_stops(cluster, 
     logs = Lines(follow_logs(env, "tune-1"))
     running_seen = watch_trials_until(logs, cluster.nodes[0].metrics_port, "serving model")
 
-    trials = {labels["state"]: value for labels, value in tune_trials(cluster.nodes[0].metrics_port)}
-    assert trials["finished"] + trials["stopped"] == 3 and trials["errored"] == 0 and trials["running"] == 0
+    def all_ended(samples) -> bool:
+        by_state = {labels["state"]: value for labels, value in samples if labels["experiment"] == "digits-tune"}
+        return by_state.get("finished", 0) + by_state.get("stopped", 0) == 3
+
+    trials = wait_for_samples(cluster.nodes[0].metrics_port, "ray_rayline_tune_trials", all_ended)
+    by_state = {labels["state"]: value for labels, value in trials if labels["experiment"] == "digits-tune"}
+    assert by_state["finished"] + by_state["stopped"] == 3, trials
+    assert by_state["errored"] == 0 and by_state["running"] == 0
     assert running_seen, "the endpoint showed trials running during the search"
-    epochs = metric_samples(read_metrics(cluster.nodes[0].metrics_port), "ray_rayline_train_epoch")
+    epochs = wait_for_samples(cluster.nodes[0].metrics_port, "ray_rayline_train_epoch", lambda samples: samples)
     assert {labels["run"].split("/")[0] for labels, _ in epochs} == {"digits-tune"}, "per-trial training gauges"
     answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": [[0.0] * 64]}, timeout=30)
     assert answer.status_code == 200, answer.text

@@ -93,6 +93,9 @@ def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        # Serve holds a stopping replica open 30 s by default so an external load balancer can notice;
+        # HAProxy here health-checks every 250 ms, and a long hold makes every shutdown and redeploy crawl.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
     }
     return {"runtime_env": {"env_vars": env}}
 
