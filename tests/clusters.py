@@ -293,10 +293,11 @@ ForceCommand {base}/session.sh
 """
 
 # Every session of this sshd gets a throw-away HOME, so what the launcher writes to `~` (the project
-# copy, ray_bootstrap_config.yaml, the submitted script, .bashrc) never touches root's real home.
+# copy, ray_bootstrap_config.yaml, the submitted script, .bashrc) never touches root's real home,
+# and a marker that everything started over SSH (Ray nodes, drivers) inherits, to be stopped by.
 SESSION = """\
 #!/bin/sh
-export HOME={home}
+export HOME={home} RAYLINE_TEST_SSHD={base}
 cd "$HOME"
 exec /bin/bash -c "${{SSH_ORIGINAL_COMMAND:-exec /bin/bash --login}}"
 """
@@ -313,6 +314,7 @@ class Sshd:
 
     def stop(self) -> None:
         stop_process_group(self.process, grace=5)
+        kill_marked_processes(f"RAYLINE_TEST_SSHD={self.base}")
 
 
 def sshd_unavailable() -> str | None:
@@ -350,7 +352,7 @@ def start_sshd(base: Path, home: Path) -> Sshd:
     (base / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
     (base / "sshd_config").write_text(SSHD_CONFIG.format(base=base))
     session = base / "session.sh"
-    session.write_text(SESSION.format(home=home))
+    session.write_text(SESSION.format(home=home, base=base))
     session.chmod(0o755)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"

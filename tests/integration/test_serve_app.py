@@ -6,71 +6,50 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from rayline.config import FeatureConfig, ModelConfig, PipelineConfig, ServeConfig
-from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
-from rayline.models import build_model
-from rayline.registry import Registry, RegistryError, save_checkpoint
+from rayline.config import ServeConfig
+from serve_models import CLASSES, COLORS, FEATURES, make_registry, row
 
 PORT = 8126
-CLASSES = ["cat", "dog", "eel"]
-COLORS = ["red", "green", "blue"]
-NUMERIC = ["x1", "x2", "pixel_7"]
-FEATURES = [*NUMERIC, "color"]
-
-
-def make_registry(root, task: str) -> str:
-    """Register one small untrained model; returns the storage root."""
-    # pixel_7's small std makes huge but float32-valid inputs overflow once scaled.
-    stats = [NumericStat(n, mean=1.0, std=0.1 if n == "pixel_7" else 2.0) for n in NUMERIC]
-    stats.append(CategoricalStat("color", COLORS))
-    if task == "classification":
-        pre = Preprocessor(task, "animal", stats, CLASSES, None, None)
-    else:
-        pre = Preprocessor(task, "weight", stats, None, 50.0, 10.0)
-    config = PipelineConfig(
-        name=f"tiny-{task}",
-        data={
-            "source": "unused.csv",
-            "task": task,
-            "label": pre.label,
-            "features": [FeatureConfig(name=f["name"], kind=f["kind"]) for f in pre.feature_schema()],
-        },
-        model=ModelConfig(hidden_sizes=[8], dropout=0.5),
-    )
-    torch.manual_seed(0)
-    model = build_model(config.model, num_inputs=pre.num_inputs, num_outputs=pre.num_outputs)
-    ckpt = root / f"ckpt-{task}"
-    save_checkpoint(
-        ckpt,
-        model_state=model.state_dict(),
-        optimizer_state={},
-        epoch=0,
-        metrics={"val_loss": 1.25, "val_accuracy": float("nan")},
-        history=[],
-        preprocessor=pre,
-        config=config,
-    )
-    Registry(root).register(ckpt, run_name="t", data_fingerprint="sha256:test", test_metrics={"loss": 1.5})
-    return str(root)
+TINY = ServeConfig(
+    port=PORT,
+    route_prefix="/tiny",
+    app_name="tiny",
+    max_ongoing_requests=1,
+    max_queued_requests=1,
+    retry_after_s=2,
+    batch_wait_timeout_s=0.3,  # holds the one running request, so the queue stays full
+    cpus_per_replica=0.25,
+)
 
 
 @pytest.fixture(scope="module")
 def endpoints(ray_cluster, tmp_path_factory):
     from rayline.serve import deploy, shutdown
+    from rayline.serve.control import wait_until_running
 
     urls = {}
     for task, prefix in (("classification", "/clf"), ("regression", "/reg")):
         root = make_registry(tmp_path_factory.mktemp(task), task)
         # A long batch wait makes concurrent requests reliably share a batch.
-        cfg = ServeConfig(port=PORT, route_prefix=prefix, app_name=task, max_batch_size=32, batch_wait_timeout_s=0.05)
-        urls[task] = deploy(root, serve_cfg=cfg)
+        cfg = ServeConfig(
+            port=PORT,
+            route_prefix=prefix,
+            app_name=task,
+            max_batch_size=32,
+            batch_wait_timeout_s=0.05,
+            cpus_per_replica=0.25,
+        )
+        urls[task] = deploy(root, serve_cfg=cfg, wait=False)
+    urls["tiny"] = deploy(make_registry(tmp_path_factory.mktemp("tiny")), serve_cfg=TINY, wait=False)
+    for app in ("classification", "regression", "tiny"):  # their replicas start side by side
+        wait_until_running(app, timeout_s=180)
     yield urls
     shutdown()
 
@@ -79,10 +58,6 @@ def endpoints(ray_cluster, tmp_path_factory):
 def clf(endpoints):
     with httpx.Client(base_url=endpoints["classification"], timeout=30) as client:
         yield client
-
-
-def row(i: int = 0) -> dict:
-    return {"x1": 0.5 * i, "x2": -1.0, "pixel_7": 3, "color": COLORS[i % 3]}
 
 
 def test_predict_one_row(clf):
@@ -129,11 +104,12 @@ def test_model_info(clf):
     assert info["features"][3] == {"name": "color", "kind": "categorical", "categories": COLORS}
     assert info["created_at"]
     assert info["serving"]["max_batch_size"] == 32
+    assert info["serving"]["max_body_bytes"] == 1 << 20
 
 
 def test_openapi_documents_the_features(clf):
     spec = clf.get("/openapi.json").json()
-    assert {"/predict", "/healthz", "/v1/model"} <= set(spec["paths"])
+    assert {"/predict", "/v1/models/{version}/predict", "/healthz", "/v1/model", "/v1/models"} <= set(spec["paths"])
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     object_row = body["schema"]["properties"]["rows"]["items"]["anyOf"][0]
     assert object_row["required"] == FEATURES
@@ -234,13 +210,20 @@ def test_regression_round_trip(endpoints):
     assert all(set(p) == {"value"} and np.isfinite(p["value"]) for p in predictions)
 
 
-def test_build_checks_args_and_registry(tmp_path):
-    from rayline.serve import build
+def test_overload_is_refused_with_retry_after_and_nothing_hangs(endpoints):
+    """One request runs, one waits; the rest of a burst is refused at once with 503 and Retry-After."""
 
-    with pytest.raises(RegistryError, match="no models yet"):
-        build({"storage_root": str(tmp_path)})
-    with pytest.raises(ValueError, match="storag_root"):
-        build({"storag_root": str(tmp_path)})
-    root = make_registry(tmp_path, "regression")
-    app = build({"storage_root": root, "version": "v1"})
-    assert type(app).__name__ == "Application"
+    async def flood():
+        async with httpx.AsyncClient(base_url=endpoints["tiny"], timeout=20) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(24)))
+
+    began = time.monotonic()
+    responses = asyncio.run(flood())
+    assert time.monotonic() - began < 15
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    assert codes.count(200) >= 2
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "2"
+    # Once the burst is over, the app answers again.
+    assert httpx.post(f"{endpoints['tiny']}/predict", json={"rows": [row()]}, timeout=20).status_code == 200

@@ -57,5 +57,22 @@ def test_cluster_config_validates_with_rays_launcher(path):
     assert "--dashboard-host=127.0.0.1" in " ".join(raw["head_start_ray_commands"])
 
 
+@pytest.mark.parametrize("path", shipped("cluster*.yaml"), ids=lambda p: p.name)
+def test_cluster_config_installs_rayline_with_token_auth_and_metrics(path):
+    raw = yaml.safe_load(path.read_text())
+    assert raw["file_mounts"]["~/rayline"] == ".", "the project travels to every node"
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token", "every node shares your token"
+    assert any("pip install" in c and "-e ." in c for c in raw["setup_commands"]), "setup installs rayline"
+    assert any("RAY_ADDRESS=" in c for c in raw["head_setup_commands"]), "drivers on the head join the cluster"
+    starts = raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c and "--metrics-export-port=8080" in c for c in starts)
+    assert all("~/rayline/.venv/bin/ray start" in c for c in starts), "Ray from the venv that holds rayline"
+    if raw["provider"]["type"] == "local":
+        assert "available_node_types" not in raw, "the local provider rejects node types (head_ip/worker_ips)"
+    else:
+        types = raw["available_node_types"]
+        assert raw["head_node_type"] in types and len(types) >= 2, "a head type and worker types"
+
+
 def test_there_is_something_to_check():
     assert shipped("pipelines/*.yaml") and shipped("cluster*.yaml")

@@ -40,13 +40,15 @@ def deploy(
     version: str | None = None,
     serve_cfg: ServeConfig | None = None,
     *,
+    wait: bool = True,
     timeout_s: float = 180.0,
 ) -> str:
     """Start Serve (if needed), deploy one registry version (default: the serving one), return its base URL.
 
-    `serve_cfg` defaults to the `serve` section of the config the model was trained with. The host
-    and port only apply when this starts Serve; a Serve instance already running keeps its own.
-    The checkpoint is loaded and checked here first, so a bad one fails before anything starts.
+    `serve_cfg` defaults to the `serve` section of the config the model was trained with. The host,
+    port and ingress only apply when this starts Serve; a Serve instance already running keeps its
+    own. The checkpoint is loaded and checked here first, so a bad one fails before anything starts.
+    With wait=False this returns once Serve has the app; `wait_until_running` waits for it.
     """
     root = absolute(storage_root)
     served = ServedModel.load(root, version)
@@ -58,7 +60,8 @@ def deploy(
     )
     token = token_digest(os.environ.get(TOKEN_ENV))
     apply_apps({cfg.app_name: app_config(root, served.version, cfg, token)})
-    wait_until_running(cfg.app_name, timeout_s)
+    if wait:
+        wait_until_running(cfg.app_name, timeout_s)
     return endpoint_url(cfg)
 
 

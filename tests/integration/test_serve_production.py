@@ -1,0 +1,238 @@
+"""Production serving over real HTTP, with HAProxy in front of the replicas (ingress: haproxy).
+
+Zero-downtime swaps, several versions side by side, bearer token, body cap, timeout, overload,
+refused checkpoints and the metrics export. test_serve_app.py covers the same app behind Serve's
+own proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from rayline.config import ServeConfig
+from rayline.registry import Registry, RegistryError
+from serve_models import make_registry, row, tamper
+
+PORT = 8127
+TOKEN = "integration-test-token"
+COMMON = {"port": PORT, "ingress": "haproxy", "cpus_per_replica": 0.25}
+APPS = {
+    "swap": ServeConfig(route_prefix="/swap", app_name="swap", max_models_per_replica=1, **COMMON),
+    "secure": ServeConfig(route_prefix="/secure", app_name="secure", max_body_bytes=4096, **COMMON),
+    "slow": ServeConfig(
+        route_prefix="/slow", app_name="slow", request_timeout_s=0.2, batch_wait_timeout_s=3.0, **COMMON
+    ),
+    "tiny": ServeConfig(
+        route_prefix="/tiny",
+        app_name="tiny",
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+        retry_after_s=2,
+        batch_wait_timeout_s=0.3,
+        **COMMON,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def apps(ray_cluster, tmp_path_factory):
+    from rayline.serve import deploy, shutdown
+    from rayline.serve.control import wait_until_running
+
+    roots = {name: make_registry(tmp_path_factory.mktemp(name), versions=3 if name == "swap" else 1) for name in APPS}
+    Registry(roots["swap"]).set_serving("v1")
+    urls = {}
+    with pytest.MonkeyPatch.context() as env:
+        for name, cfg in APPS.items():
+            if name == "secure":
+                env.setenv("RAYLINE_API_TOKEN", TOKEN)
+            else:
+                env.delenv("RAYLINE_API_TOKEN", raising=False)
+            urls[name] = deploy(roots[name], serve_cfg=cfg, wait=False)
+    for name in APPS:
+        wait_until_running(name, timeout_s=180)
+    yield {"urls": urls, "roots": roots}
+    shutdown()
+
+
+def predict(url: str, path: str = "/predict", **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json={"rows": [row(1)]}, timeout=30, **kwargs)
+
+
+def replica_pids(app: str) -> set[int]:
+    from ray import serve
+
+    details = serve.context._get_global_client().get_serve_details()["applications"][app]
+    return {r["pid"] for r in details["deployments"]["ModelServer"]["replicas"]}
+
+
+class Stream:
+    """Requests back to back from a few threads until stopped; records (status or error, version)."""
+
+    def __init__(self, url: str, clients: int = 3):
+        self.url = url
+        self.results: list[tuple[object, str | None]] = []
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self.stopped.is_set():
+                try:
+                    r = client.post("/predict", json={"rows": [row(2)]})
+                    self.results.append((r.status_code, r.json().get("model_version")))
+                except Exception as err:  # a dropped connection is exactly what this test looks for
+                    self.results.append((repr(err), None))
+
+    def __enter__(self) -> Stream:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopped.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_promote_and_rollback_drop_no_request(apps):
+    from rayline.serve import promote, rollback
+
+    url, root = apps["urls"]["swap"], apps["roots"]["swap"]
+    assert httpx.get(f"{url}/v1/model").json()["model_version"] == "v1"
+    pids = replica_pids("swap")
+    with Stream(url) as stream:
+        time.sleep(1)
+        assert promote(root, "v2") == ["swap"]
+        time.sleep(1)
+        assert rollback(root) == ("v1", ["swap"])
+        time.sleep(1)
+        assert promote(root, "v3") == ["swap"]
+        time.sleep(1)
+    seen = Counter(stream.results)
+    assert {status for status, _ in seen} == {200}, seen
+    assert {version for _, version in seen} == {"v1", "v2", "v3"}, seen
+    assert httpx.get(f"{url}/v1/model").json()["model_version"] == "v3"
+    assert Registry(root).serving_version() == "v3"
+    assert replica_pids("swap") == pids, "the replica was reconfigured in place, not replaced"
+
+
+def test_versions_side_by_side(apps):
+    url = apps["urls"]["swap"]
+    answers = {}
+    # max_models_per_replica is 1, so alternating versions evicts and reloads; answers stay right.
+    for version in ("v1", "v2", "v1", "v3", "v2"):
+        r = predict(url, f"/v1/models/{version}/predict")
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == version
+        answers.setdefault(version, r.json()["predictions"])
+        assert r.json()["predictions"] == answers[version]
+    assert answers["v1"] != answers["v2"] != answers["v3"]  # each version has its own weights
+    for bad in ("v9", "latest", "v1x"):
+        r = predict(url, f"/v1/models/{bad}/predict")
+        assert r.status_code == 404, r.text
+        assert r.json()["detail"][0]["loc"] == "path.version"
+    listed = httpx.get(f"{url}/v1/models").json()
+    assert [m["model_version"] for m in listed["models"]] == ["v1", "v2", "v3"]
+
+
+def test_bearer_token(apps):
+    url = apps["urls"]["secure"]
+    assert predict(url).status_code == 401
+    assert predict(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.get(f"{url}/v1/model").status_code == 401
+    assert predict(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert predict(apps["urls"]["tiny"]).status_code == 200  # apps deployed without a token stay open
+
+
+def test_body_cap(apps):
+    url, auth = apps["urls"]["secure"], {"Authorization": f"Bearer {TOKEN}"}
+    big = b'{"rows": [' + b",".join([b'{"x1": 1, "x2": 2, "pixel_7": 3, "color": "red"}'] * 200) + b"]}"
+    assert len(big) > 4096
+    r = httpx.post(f"{url}/predict", content=big, headers={**auth, "content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+    assert "limit of 4096 bytes" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the cap applies to what arrives
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    r = httpx.post(f"{url}/predict", content=chunks(), headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 413
+    assert predict(url, headers=auth).status_code == 200
+
+
+def test_slow_request_gets_504(apps):
+    began = time.monotonic()
+    r = predict(apps["urls"]["slow"])
+    assert r.status_code == 504
+    assert "0.2 s limit" in r.json()["error"]
+    assert time.monotonic() - began < 2.5  # not the 3 s batch wait
+
+
+def test_overload_is_refused_with_retry_after(apps):
+    url = apps["urls"]["tiny"]
+
+    async def flood():
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(24)))
+
+    began = time.monotonic()
+    responses = asyncio.run(flood())
+    assert time.monotonic() - began < 15
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    assert next(r for r in responses if r.status_code == 503).headers["retry-after"] == "2"
+    assert predict(url).status_code == 200
+
+
+def test_bad_checkpoints_are_refused_before_anything_changes(apps, tmp_path):
+    from rayline.serve import deploy, promote
+
+    root = make_registry(tmp_path, versions=1)
+    tamper(root, "v1")
+    with pytest.raises(RegistryError, match="model.pt: contents do not match the checkpoint manifest"):
+        deploy(root, serve_cfg=ServeConfig(app_name="broken", route_prefix="/broken", **COMMON))
+    swap_root = apps["roots"]["swap"]
+    tamper(swap_root, "v2", "preprocessor.json")
+    with pytest.raises(RegistryError, match="preprocessor.json: contents do not match"):
+        promote(swap_root, "v2")
+    assert Registry(swap_root).serving_version() == "v3"
+    assert predict(apps["urls"]["swap"]).json()["model_version"] == "v3"
+    # Asking for it by name is a clear 503, and the replica keeps serving.
+    r = predict(apps["urls"]["swap"], "/v1/models/v2/predict")
+    assert r.status_code == 503 and "contents do not match" in r.json()["error"]
+    assert predict(apps["urls"]["swap"]).status_code == 200
+
+
+def test_metrics_reach_the_export_endpoint(apps):
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    swap = apps["urls"]["swap"]
+    for _ in range(3):
+        predict(swap)
+    predict(swap, "/v1/models/v9/predict")
+    # One sample per line; the route label itself holds braces ("/v1/models/{version}/predict").
+    wanted = {
+        "requests": r'ray_rayline_requests_total\{.*application="swap".*model_version="v3".*status="200"',
+        "errors": r'ray_rayline_request_errors_total\{.*application="swap".*status="404"',
+        "latency": r'ray_rayline_request_latency_ms_bucket\{.*application="swap".*model_version="v3"',
+        "batch size": r'ray_rayline_batch_size_bucket\{.*application="swap".*model_version="v1"',
+    }
+    deadline = time.monotonic() + 60  # Ray exports custom metrics every few seconds
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        missing = [name for name, pattern in wanted.items() if not re.search(pattern, text)]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"not exported after 60 s: {missing}"
+        time.sleep(2)

@@ -1,0 +1,147 @@
+"""Serving settings, the registry's serving marker, promote/rollback and checkpoint checks, without a cluster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from rayline.config import ServeConfig
+from rayline.registry import Registry, RegistryError
+from serve_models import make_registry, register, tamper
+
+
+def test_serving_history_and_rollback(tmp_path):
+    make_registry(tmp_path, versions=3)  # registering serves each in turn
+    registry = Registry(tmp_path)
+    assert registry.serving_version() == "v3"
+    assert registry.serving_history() == ["v1", "v2"]
+    registry.set_serving("v3")  # no change: no history entry
+    assert registry.serving_history() == ["v1", "v2"]
+    registry.set_serving("v1")
+    assert registry.serving_history() == ["v1", "v2", "v3"]
+    assert registry.rollback_serving() == "v3"
+    assert registry.rollback_serving() == "v2"
+    assert registry.rollback_serving() == "v1"
+    assert registry.serving_version() == "v1"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback_serving()
+    with pytest.raises(RegistryError, match="no model version 'v9'"):
+        registry.set_serving("v9")
+
+
+def test_promote_without_a_cluster_moves_the_marker(tmp_path):
+    from rayline.serve import promote, rollback
+    from rayline.serve.control import switch_summary
+
+    make_registry(tmp_path, versions=2)
+    assert promote(str(tmp_path), "v1") == []  # no running app serves this registry
+    assert Registry(tmp_path).serving_version() == "v1"
+    assert rollback(str(tmp_path)) == ("v2", [])
+    assert Registry(tmp_path).serving_version() == "v2"
+    assert "now serving model v2" in switch_summary(str(tmp_path), "v2", [])
+
+
+def test_a_tampered_version_is_refused_and_nothing_changes(tmp_path):
+    from rayline.serve import build, promote, rollback
+
+    make_registry(tmp_path, versions=2)
+    tamper(tmp_path, "v1")
+    with pytest.raises(RegistryError, match="model.pt: contents do not match the checkpoint manifest"):
+        promote(str(tmp_path), "v1")
+    assert Registry(tmp_path).serving_version() == "v2"
+    with pytest.raises(RegistryError, match="contents do not match"):
+        rollback(str(tmp_path))  # v1 is what it would go back to
+    assert Registry(tmp_path).serving_version() == "v2"
+    with pytest.raises(RegistryError, match="contents do not match"):
+        build({"storage_root": str(tmp_path), "version": "v1"})  # what `serve deploy` runs
+    assert type(build({"storage_root": str(tmp_path)})).__name__ == "Application"
+
+
+def test_a_partial_version_is_refused_at_build(tmp_path):
+    from rayline.serve import build
+
+    make_registry(tmp_path)
+    (tmp_path / "registry" / "models" / "v1" / "checkpoint" / "preprocessor.json").unlink()
+    with pytest.raises(RegistryError, match="partial, preprocessor.json is missing"):
+        build({"storage_root": str(tmp_path)})
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    from rayline.serve.model import ServedModel, require_finite_weights
+
+    make_registry(tmp_path)
+    model = ServedModel.load(tmp_path, "v1").model
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(RegistryError, match="NaN or infinite weights"):
+        require_finite_weights(model, "v1")
+
+
+def test_build_args_are_checked(tmp_path):
+    from rayline.serve import build
+
+    with pytest.raises(RegistryError, match="no models yet"):
+        build({"storage_root": str(tmp_path)})
+    with pytest.raises(ValidationError, match="storag_root"):
+        build({"storag_root": str(tmp_path)})
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        build({"storage_root": str(tmp_path), "serve": {"max_batch_size": 0}})
+
+
+def test_serve_config_replicas_and_limits():
+    assert ServeConfig().max_body_bytes == 1 << 20
+    assert ServeConfig().host == "127.0.0.1"
+    with pytest.raises(ValidationError, match="not both"):
+        ServeConfig(num_replicas=2, autoscaling={"max_replicas": 3})
+    with pytest.raises(ValidationError, match="above max_replicas"):
+        ServeConfig(autoscaling={"min_replicas": 3, "max_replicas": 2})
+    with pytest.raises(ValidationError, match="overload_status"):
+        ServeConfig(overload_status=500)
+
+
+def test_deployment_options_come_from_the_config():
+    from rayline.serve.app import deployment_options
+
+    cfg = ServeConfig(
+        autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+        max_ongoing_requests=16,
+        max_queued_requests=4,
+        overload_status=429,
+        retry_after_s=2.5,
+        max_batch_size=8,
+        batch_wait_timeout_s=0.01,
+        max_body_bytes=4096,
+        request_timeout_s=3.0,
+    )
+    options = deployment_options(cfg, "v2")
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"]["max_replicas"] == 4
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 8
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (16, 4)
+    assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 2.5}
+    assert options["user_config"] == {
+        "model_version": "v2",
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.01,
+        "max_body_bytes": 4096,
+        "request_timeout_s": 3.0,
+    }
+    assert deployment_options(ServeConfig(num_replicas=3), "v1")["num_replicas"] == 3
+
+
+def test_haproxy_ingress_gets_its_own_files_and_ports():
+    from rayline.serve.control import controller_options
+
+    assert controller_options(ServeConfig()) is None
+    env = controller_options(ServeConfig(ingress="haproxy", port=8555))["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert "rayline-haproxy-8555" in env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+
+
+def test_register_helper_uses_the_given_serve_section(tmp_path):
+    from rayline.serve.model import ServedModel
+
+    register(tmp_path, serve=ServeConfig(max_batch_size=7))
+    assert ServedModel.load(tmp_path, None).serve_config.max_batch_size == 7
