@@ -3,13 +3,18 @@
 Every Ray node serves what its processes record at http://<node>:<--metrics-export-port>/metrics
 (Prometheus text, no auth); the dashboard's Metrics view and monitoring/grafana-rayline.json read
 it from there. Ray prefixes custom metric names with `ray_`, so `rayline_train_epoch` is scraped as
-`ray_rayline_train_epoch`. Gauges live as long as the process that sets them: scrape while a run
-is going (Prometheus' default 15 s interval is enough for epochs of a second or more).
+`ray_rayline_train_epoch`.
+
+Ray's metrics agent forgets a gauge value that was not set again within two report intervals, so an
+epoch longer than that would leave gaps. A daemon thread therefore sets every recorded value again
+each second, for as long as the recording process (the driver) lives.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,10 +24,17 @@ TRAIN_GAUGES = {
     "rayline_train_loss": "Mean training loss over the last epoch",
 }
 VALIDATION_GAUGE = "rayline_train_validation"
+VALIDATION_DESCRIPTION = "Validation metrics of the last epoch, by name"
 TRIALS_GAUGE = "rayline_tune_trials"
+TRIALS_DESCRIPTION = "Trials of a hyperparameter search by state"
 TRIAL_STATES = ("running", "finished", "stopped", "errored")
 
+REFRESH_S = 1.0
+
 _gauges: dict[str, Any] = {}
+_latest: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+_lock = threading.Lock()
+_refresher: threading.Thread | None = None
 
 
 def gauge(name: str, description: str, tag_keys: tuple[str, ...]):
@@ -32,6 +44,38 @@ def gauge(name: str, description: str, tag_keys: tuple[str, ...]):
 
         _gauges[name] = Gauge(name, description=description, tag_keys=tag_keys)
     return _gauges[name]
+
+
+def set_gauge(name: str, description: str, value: float, tags: dict[str, str]) -> None:
+    """Set a gauge and remember the value, so the refresher keeps it alive in the agent."""
+    gauge(name, description, tuple(tags)).set(value, tags=tags)
+    with _lock:
+        _latest[(name, tuple(tags.items()))] = value
+    start_refresher()
+
+
+def start_refresher() -> None:
+    global _refresher
+    with _lock:
+        if _refresher is None:
+            _refresher = threading.Thread(target=refresh_forever, name="rayline-metrics", daemon=True)
+            _refresher.start()
+
+
+def refresh_forever() -> None:
+    while True:
+        time.sleep(REFRESH_S)
+        refresh()
+
+
+def refresh() -> None:
+    """Set every remembered value again (a no-op once this process has left Ray)."""
+    if not exporting():
+        return
+    with _lock:
+        latest = list(_latest.items())
+    for (name, tags), value in latest:
+        gauge(name, "", ()).set(value, tags=dict(tags))
 
 
 def exporting() -> bool:
@@ -52,20 +96,19 @@ def record_epoch(run: str, metrics: Mapping[str, Any]) -> None:
     }
     for name, value in values.items():
         if is_number(value):
-            gauge(name, TRAIN_GAUGES[name], ("run",)).set(float(value), tags={"run": run})
-    validation = gauge(VALIDATION_GAUGE, "Validation metrics of the last epoch, by name", ("run", "metric"))
+            set_gauge(name, TRAIN_GAUGES[name], float(value), {"run": run})
     for key, value in metrics.items():
         if key.startswith("val_") and is_number(value):
-            validation.set(float(value), tags={"run": run, "metric": key})
+            set_gauge(VALIDATION_GAUGE, VALIDATION_DESCRIPTION, float(value), {"run": run, "metric": key})
 
 
 def record_trials(experiment: str, counts: Mapping[str, int]) -> None:
     """Export how many trials of a search are running, finished, stopped early and errored."""
     if not exporting():
         return
-    trials = gauge(TRIALS_GAUGE, "Trials of a hyperparameter search by state", ("experiment", "state"))
     for state in TRIAL_STATES:
-        trials.set(float(counts.get(state, 0)), tags={"experiment": experiment, "state": state})
+        tags = {"experiment": experiment, "state": state}
+        set_gauge(TRIALS_GAUGE, TRIALS_DESCRIPTION, float(counts.get(state, 0)), tags)
 
 
 class TrialCounts:

@@ -60,9 +60,11 @@ def deploy(
     )
     token = token_digest(os.environ.get(TOKEN_ENV))
     apply_apps({cfg.app_name: app_config(root, served.version, cfg, token)})
+    url = endpoint_url(cfg)
     if wait:
         wait_until_running(cfg.app_name, timeout_s)
-    return endpoint_url(cfg)
+        wait_until_reachable(url, timeout_s)
+    return url
 
 
 def app_config(root: str, version: str, cfg: ServeConfig, token_sha256: str | None) -> dict[str, Any]:
@@ -247,6 +249,22 @@ def wait_until_running(app_name: str, timeout_s: float) -> Any:
         if time.monotonic() > deadline:
             state = status.status if status else "not deployed"
             raise ServeDeployError(f"Serve app {app_name!r} is still {state} after {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def wait_until_reachable(url: str, timeout_s: float) -> None:
+    """Until the app answers over HTTP: the proxy (or HAProxy) learns its routes a moment after RUNNING."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServeDeployError(f"{url}/healthz did not answer within {timeout_s:g} s")
         time.sleep(0.2)
 
 

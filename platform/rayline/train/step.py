@@ -83,7 +83,8 @@ def clip_grad_norm(pm: Parallelized, max_norm: float) -> float:
         squares = local(grad).float().pow(2).sum()
         if isinstance(grad, DTensor):
             assert not any(p.is_partial() for p in grad.placements), "gradients are reduced before clipping"
-            key = (grad.device_mesh, tuple(d for d, p in enumerate(grad.placements) if p.is_shard()))
+            # Not is_shard(): FSDP over tensor-parallel shards uses _StridedShard, which is no Shard.
+            key = (grad.device_mesh, tuple(d for d, p in enumerate(grad.placements) if not p.is_replicate()))
             sharded[key] = sharded.get(key, 0) + squares
         else:
             total += squares
