@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "benchmarks" / "results" / "serve_bench_runs"
 CONCURRENCY = (1, 8, 32)
@@ -105,13 +107,16 @@ def ceiling(root: Path, threads: int, seconds: float = 1.0) -> dict:
 # ---------------------------------------------------------------- (b) the bare server
 
 
+class Rows(BaseModel):
+    rows: list[list[float]]
+
+
 def bare_server(root: str, port: int) -> None:
     """FastAPI + uvicorn in this process: validate, scale, run the model for this one request, answer."""
     import numpy as np
     import torch
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     from rayline.registry import Registry
 
@@ -120,9 +125,6 @@ def bare_server(root: str, port: int) -> None:
     mean = np.array([f.mean for f in pre.features], dtype=np.float32)
     scale = np.array([f.scale for f in pre.features], dtype=np.float32)
     app = FastAPI()
-
-    class Rows(BaseModel):
-        rows: list[list[float]]
 
     @app.post("/predict")
     def predict(body: Rows) -> dict:
@@ -144,28 +146,35 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, concurrency:
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
-    errors = 0
+    errors = reconnects = 0
     left = total
 
     async def connection() -> None:
-        nonlocal errors, left
+        nonlocal errors, reconnects, left
         reader, writer = await asyncio.open_connection(host, port)
         while left > 0:
             left -= 1
             began = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as err:
+                if err.partial:
+                    raise
+                # The server closed this idle keep-alive connection (HAProxy does so when it reloads):
+                # like any HTTP client, open a new one and send the request again.
+                reconnects += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            await reader.readexactly(int(fields.get(b"content-length", b"0")))
             latencies.append(time.perf_counter() - began)
             errors += head[9:12] != b"200"
+            if fields.get(b"connection") == b"close":
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
         writer.close()
 
     cpu, began = time.process_time(), time.perf_counter()
@@ -179,6 +188,7 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, concurrency:
         "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 2),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3, 2),
         "errors": errors,
+        "reconnects": reconnects,
         "client_cpu_s": round(cpu, 3),
         "wall_s": round(wall, 2),
     }
