@@ -30,7 +30,7 @@ def load_rows(source: str, features: list[str], label: str, validation: float, t
     train = table.iloc[order[int(len(table) * (validation + test)) :]]
     x = train[features].to_numpy(np.float32)
     x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-    return torch.from_numpy(x), torch.from_numpy(train[label].to_numpy(np.int64))
+    return torch.from_numpy(x), torch.from_numpy(train[label].to_numpy(np.int64).copy())
 
 
 def main() -> None:

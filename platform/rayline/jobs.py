@@ -149,6 +149,7 @@ def follow(
 ) -> str:
     """Print the job's logs as they grow until it ends; return its final status."""
     jobs = client(address)
+    call(lambda _: jobs.get_job_status(submission_id), address, submission_id, jobs)  # a clear error if unknown
     shown = 0
     while True:
         state = jobs.get_job_status(submission_id)
@@ -161,8 +162,8 @@ def follow(
         time.sleep(poll_s)
 
 
-def call(action: Callable, address: str | None, submission_id: str):
-    jobs = client(address)
+def call(action: Callable, address: str | None, submission_id: str, jobs=None):
+    jobs = jobs or client(address)
     try:
         return action(jobs)
     except RuntimeError as err:

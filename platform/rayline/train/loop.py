@@ -42,54 +42,59 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(cfg.train.optimizer, pm.module.parameters())
     start_epoch, history = restore_latest(pm, optimizer, cfg)
     label_dtype = torch.int64 if classification else torch.float32
-    bf16 = cfg.train.precision == "bf16"
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     for epoch in range(start_epoch, cfg.train.epochs):
-        started = time.perf_counter()
-        pm.model.train()
-        train_sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * rows, rows (reporting ranks)
-        label_checksum = torch.zeros((), dtype=torch.float64)
-        epoch_started_at = time.time()
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            dtypes={"x": torch.float32, "y": label_dtype},
-            device=device,
-            local_shuffle_buffer_size=cfg.train.batch_size * 8,
-            local_shuffle_seed=cfg.train.seed + epoch,
-            # Pipeline stages exchange fixed-shape micro-batches.
-            drop_last=cfg.train.model_parallelism == "pipeline",
-        )
-        batches = own_batches(batches, pm, cfg.train, fill_last=False)
-        for step, ((batch, _), last_batch) in enumerate(flag_last(batches)):
-            x_bf, y_b = batch["x"], batch["y"]
-            # Replicas take equally many steps, so they agree on where an accumulation group ends.
-            sync = (step + 1) % accumulation == 0 or last_batch
-            loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
-            if sync:
-                optimizer_step(pm, optimizer, cfg.train.grad_clip_norm)
-            if pm.reports:  # summed on the device: no host sync per step
-                train_sums += torch.stack([loss.double() * len(y_b), loss.new_tensor(len(y_b), dtype=torch.float64)])
-            if pm.strategy not in ("ddp", "fsdp"):
-                label_checksum += checksum(y_b)
-        require_same_batches(label_checksum, pm)
-        train_sums = all_reduce(train_sums.cpu())
+        epoch_started_at, started = time.time(), time.perf_counter()
+        loss_sum, rows = train_epoch(pm, optimizer, train_shard, cfg.train, epoch, loss_fn, label_dtype, device)
         train_seconds = time.perf_counter() - started
-
         val_metrics = evaluate_parallel(pm, val_shard, preprocessor, cfg.train, device, label_dtype)
         metrics = {
             "epoch": epoch,
             "epochs_done": epoch + 1,
-            "train_loss": float(train_sums[0] / train_sums[1]),
+            "train_loss": loss_sum / rows,
             **val_metrics,
-            "samples_per_s": float(train_sums[1]) / train_seconds,
+            "samples_per_s": rows / train_seconds,
             "epoch_time_s": time.perf_counter() - started,
             "epoch_started_at": epoch_started_at,
             **memory_metrics(pm, optimizer, device),
         }
         history.append(metrics)
         report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
+
+
+def train_epoch(
+    pm: Parallelized, optimizer, shard, train: TrainConfig, epoch: int, loss_fn, label_dtype, device
+) -> tuple[float, float]:
+    """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas."""
+    pm.model.train()
+    accumulation, bf16 = train.grad_accumulation_steps, train.precision == "bf16"
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * rows, rows (reporting ranks)
+    label_checksum = torch.zeros((), dtype=torch.float64)
+    batches = shard.iter_torch_batches(
+        batch_size=train.batch_size,
+        dtypes={"x": torch.float32, "y": label_dtype},
+        device=device,
+        local_shuffle_buffer_size=train.batch_size * 8,
+        local_shuffle_seed=train.seed + epoch,
+        # Pipeline stages exchange fixed-shape micro-batches.
+        drop_last=train.model_parallelism == "pipeline",
+    )
+    for step, ((batch, _), last_batch) in enumerate(flag_last(own_batches(batches, pm, train, fill_last=False))):
+        x_bf, y_b = batch["x"], batch["y"]
+        # Replicas take equally many steps, so they agree on where an accumulation group ends.
+        sync = (step + 1) % accumulation == 0 or last_batch
+        loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
+        if sync:
+            optimizer_step(pm, optimizer, train.grad_clip_norm)
+        if pm.reports:  # summed on the device: no host sync per step
+            sums += torch.stack([loss.double() * len(y_b), loss.new_tensor(len(y_b), dtype=torch.float64)])
+        if pm.strategy not in ("ddp", "fsdp"):
+            label_checksum += checksum(y_b)
+    require_same_batches(label_checksum, pm)
+    loss_sum, rows = all_reduce(sums.cpu()).tolist()
+    return loss_sum, rows
 
 
 def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
