@@ -184,42 +184,6 @@ def block_model_calls(app: str, deployment: str = "ModelServer") -> int:
     return replica.pid
 
 
-HOLD_CPUS = """
-import sys, time, ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-@ray.remote
-class Holder:
-    def ready(self):
-        return True
-
-ray.init()  # RAY_ADDRESS; a driver attaches to the head node when several nodes share its address
-here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-holder = Holder.options(num_cpus=float(sys.argv[1]), scheduling_strategy=here).remote()
-ray.get(holder.ready.remote())
-print("holding", flush=True)
-time.sleep(3600)
-"""
-
-
-def hold_head_cpus(env: dict[str, str], cpus: float, timeout_s: float = 120) -> subprocess.Popen:
-    """Keep `cpus` CPUs of a cluster's head node busy, as other work keeps a real head busy, until killed.
-
-    Ray then places new actors that need no CPU on other nodes, as it does on a busy head.
-    """
-    import select
-    import sys
-
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_CPUS, str(cpus)], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    ready, _, _ = select.select([holder.stdout], [], [], timeout_s)
-    if not ready or holder.stdout.readline().strip() != "holding":
-        crash_process_group(holder)
-        raise RuntimeError(f"could not hold {cpus} CPUs of the head node within {timeout_s:.0f} s")
-    return holder
-
-
 # ---------------------------------------------------------------- files being written
 
 

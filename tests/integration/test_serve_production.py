@@ -27,7 +27,12 @@ APPS = {
     "swap": ServeConfig(route_prefix="/swap", app_name="swap", max_models_per_replica=1, **COMMON),
     "secure": ServeConfig(route_prefix="/secure", app_name="secure", max_body_bytes=4096, **COMMON),
     "slow": ServeConfig(
-        route_prefix="/slow", app_name="slow", request_timeout_s=0.2, batch_wait_timeout_s=3.0, **COMMON
+        route_prefix="/slow",
+        app_name="slow",
+        request_timeout_s=0.2,
+        batch_wait_timeout_s=3.0,
+        autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
+        **COMMON,
     ),
     "tiny": ServeConfig(
         route_prefix="/tiny",
@@ -66,11 +71,14 @@ def predict(url: str, path: str = "/predict", **kwargs) -> httpx.Response:
     return httpx.post(f"{url}{path}", json={"rows": [row(1)]}, timeout=30, **kwargs)
 
 
-def replica_pids(app: str) -> set[int]:
+def deployment_details(app: str) -> dict:
     from ray import serve
 
-    details = serve.context._get_global_client().get_serve_details()["applications"][app]
-    return {r["pid"] for r in details["deployments"]["ModelServer"]["replicas"]}
+    return serve.context._get_global_client().get_serve_details()["applications"][app]["deployments"]["ModelServer"]
+
+
+def replica_pids(app: str) -> set[int]:
+    return {r["pid"] for r in deployment_details(app)["replicas"]}
 
 
 class Stream:
@@ -168,6 +176,17 @@ def test_body_cap(apps):
     r = httpx.post(f"{url}/predict", content=chunks(), headers={**auth, "content-type": "application/json"})
     assert r.status_code == 413
     assert predict(url, headers=auth).status_code == 200
+
+
+def test_replica_and_queue_settings_reach_serve(apps):
+    autoscaled = deployment_details("slow")["deployment_config"]
+    assert autoscaled["autoscaling_config"]["min_replicas"] == 1
+    assert autoscaled["autoscaling_config"]["max_replicas"] == 2
+    assert autoscaled["autoscaling_config"]["target_ongoing_requests"] == 4
+    tiny = deployment_details("tiny")["deployment_config"]
+    assert (tiny["max_ongoing_requests"], tiny["max_queued_requests"]) == (1, 1)
+    assert tiny["backpressure_config"] == {"status_code": 503, "retry_after_s": 2.0}
+    assert tiny["user_config"]["batch_wait_timeout_s"] == 0.3
 
 
 def test_slow_request_gets_504(apps):
