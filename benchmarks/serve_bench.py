@@ -5,7 +5,9 @@
 The model is an MLP 64 -> 3072 -> 3072 -> 3072 -> 10 registered like any trained one; its
 single-row forward pass takes a few milliseconds here, so batching has something to win. Both
 servers answer the same one-row JSON requests from closed-loop clients at concurrency 1, 8 and
-32, a fixed number of requests each (after a warm-up), one server at a time:
+32, a fixed number of requests each (after a warm-up). Both are up for the whole run and are
+measured in turns, (b) then (a) at each concurrency, so each pair sees about the same machine load
+(on a shared machine that matters more than the idle Ray processes (b) shares the cores with):
 
   (a) rayline: `rayline.serve.deploy` on an embedded Ray cluster (no dashboard), HAProxy ingress,
       dynamic batching (max batch 32, 2 ms wait), one replica with one torch thread;
@@ -36,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -203,40 +206,53 @@ def client(url: str, concurrency: int, total: int, warmup: int) -> None:
     print(json.dumps(asyncio.run(closed_loop(host, int(port), "/predict", body, concurrency, total))))
 
 
-def measure(url: str, concurrency: int, total: int) -> dict:
+def measure(url: str, concurrency: int, total: int, server_cpu: Callable[[], float]) -> dict:
+    """One closed-loop run; also the server side's CPU time per request (robust to a busy machine)."""
     load = os.getloadavg()[0]
-    command = [sys.executable, __file__, "--client", url, str(concurrency), str(total), str(min(total, 200))]
+    warmup = min(total, 200)
+    command = [sys.executable, __file__, "--client", url, str(concurrency), str(total), str(warmup)]
+    cpu = server_cpu()
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    cpu = server_cpu() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["server_cpu_ms_per_request"] = round(cpu * 1e3 / (total + warmup), 3)
     result["load_avg_1m"] = round(load, 2)
     print(
         f"  c={concurrency:<3} {result['req_per_s']:>8.1f} req/s  p50 {result['p50_ms']:>7.2f} ms  "
-        f"p99 {result['p99_ms']:>7.2f} ms  errors {result['errors']}  (load {load:.1f})",
+        f"p99 {result['p99_ms']:>7.2f} ms  errors {result['errors']}  "
+        f"server CPU {result['server_cpu_ms_per_request']:.2f} ms/req  (load {load:.1f})",
         flush=True,
     )
     return result
 
 
+def cpu_seconds(processes: Callable[[], list]) -> Callable[[], float]:
+    """Summed user+system time of the processes the callable lists (those that exit in between are lost)."""
+    import psutil
+
+    def total() -> float:
+        seconds = 0.0
+        for process in processes():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            seconds += times.user + times.system
+        return seconds
+
+    return total
+
+
 # ---------------------------------------------------------------- the two runs
 
 
-def run_bare(root: Path, total: int) -> dict:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--bare-server", str(root), str(port)])
-    try:
-        wait_for_port(port, server)
-        print("(b) bare FastAPI + uvicorn, model per request")
-        return {str(c): measure(f"http://127.0.0.1:{port}", c, total) for c in CONCURRENCY}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def run_rayline(root: Path, total: int, args: argparse.Namespace) -> dict:
+def run_both(root: Path, args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Both servers up, measured in turns at each concurrency, so each pair sees about the same machine load."""
     import logging
 
+    import psutil
     import ray
 
     from rayline.config import ServeConfig
@@ -251,13 +267,31 @@ def run_rayline(root: Path, total: int, args: argparse.Namespace) -> dict:
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         max_ongoing_requests=64,
     )
+    bare_port = free_port()
+    bare_server = subprocess.Popen([sys.executable, __file__, "--bare-server", str(root), str(bare_port)])
     # A serving cluster needs no dashboard; its processes would take CPU from the two cores.
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         url = deploy(str(root), serve_cfg=cfg)
-        print(f"(a) rayline: {args.ingress} ingress, batch <= {cfg.max_batch_size} rows, {args.batch_wait_ms} ms wait")
-        return {"settings": cfg.model_dump(mode="json")} | {str(c): measure(url, c, total) for c in CONCURRENCY}
+        wait_for_port(bare_port, bare_server)
+        bare_process = psutil.Process(bare_server.pid)
+        # Ray's processes are this driver's descendants (raylet, GCS, Serve's actors, HAProxy); so is the bare
+        # server, which is counted apart, and the load generator, which reports its own CPU.
+        ray_processes = cpu_seconds(
+            lambda: [
+                p for p in psutil.Process().children(recursive=True) if p.pid != bare_server.pid and not is_client(p)
+            ]
+        )
+        bare_cpu = cpu_seconds(lambda: [bare_process])
+        bare, rayline = {}, {}
+        for c in CONCURRENCY:
+            print(f"concurrency {c}: (b) bare FastAPI, then (a) rayline")
+            bare[str(c)] = measure(f"http://127.0.0.1:{bare_port}", c, args.requests, bare_cpu)
+            rayline[str(c)] = measure(url, c, args.requests, ray_processes)
+        return bare, rayline, cfg.model_dump(mode="json")
     finally:
+        bare_server.terminate()
+        bare_server.wait(timeout=30)
         shutdown()
         ray.shutdown()
 
@@ -269,6 +303,9 @@ def summary(rayline: dict, bare: dict, ceiling_rows_per_s: float) -> dict:
     delta = a1["p50_ms"] - b1["p50_ms"]
     return {
         "c32_rayline_over_bare": round(ratio, 2),
+        "c32_server_cpu_per_request_bare_over_rayline": round(
+            b32["server_cpu_ms_per_request"] / a32["server_cpu_ms_per_request"], 2
+        ),
         "c32_fraction_of_ceiling": round(fraction, 3),
         "c1_p50_rayline_minus_bare_ms": round(delta, 2),
         "met": {
@@ -301,8 +338,7 @@ def main() -> None:
         f"model ceiling: {ceilings[0]['rows_per_s']:.0f} rows/s at batch {ceilings[0]['best_batch']} (1 thread), "
         f"{ceilings[1]['rows_per_s']:.0f} with 2 threads; one row: {1e3 / ceilings[0]['rows_per_s_by_batch'][1]:.2f} ms"
     )
-    bare = run_bare(root, args.requests)
-    rayline = run_rayline(root, args.requests, args)
+    bare, rayline, settings = run_both(root, args)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "model": {
@@ -313,6 +349,7 @@ def main() -> None:
         "ceiling": ceilings[0],
         "ceiling_2_threads": ceilings[1],
         "client": "closed-loop asyncio HTTP/1.1, keep-alive, one process; client_cpu_s is its CPU time",
+        "rayline_settings": settings,
         "bare_fastapi": bare,
         "rayline": rayline,
         "summary": summary(rayline, bare, ceilings[0]["rows_per_s"]),
@@ -324,6 +361,13 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def is_client(process) -> bool:
+    try:
+        return "--client" in process.cmdline()
+    except Exception:  # gone already
+        return True
 
 
 def free_port() -> int:

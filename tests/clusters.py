@@ -75,11 +75,21 @@ class RayCluster:
             return {}
         return {"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
 
-    def add_node(self, *, num_cpus: int, resources: dict[str, float] | None = None) -> RayNode:
-        node = start_node(self, head=not self.nodes, num_cpus=num_cpus, resources=resources or {})
-        self.nodes.append(node)
-        wait_for(lambda: self.alive_nodes() >= len(self.nodes), f"node {len(self.nodes)} to join", node)
-        return node
+    def add_node(self, *, num_cpus: int, resources: dict[str, float] | None = None, tries: int = 2) -> RayNode:
+        expected = len(self.nodes) + 1
+        for attempt in range(1, tries + 1):
+            node = start_node(self, head=not self.nodes, num_cpus=num_cpus, resources=resources or {})
+            try:
+                wait_for(lambda: self.alive_nodes() >= expected, f"node {expected} to join", node)
+            except RuntimeError:
+                # `ray start` gives its raylet 30 s to register; a busy 2-core machine can miss that once.
+                stop_process_group(node.process)
+                if attempt == tries:
+                    raise
+                continue
+            self.nodes.append(node)
+            return node
+        raise AssertionError("unreachable")
 
     def get(self, path: str):
         """GET a dashboard endpoint with this cluster's token; the parsed JSON."""
@@ -321,8 +331,9 @@ def sshd_unavailable() -> str | None:
     """Why an sshd on 127.0.0.1:22 cannot run here, or None. Installs openssh-server and rsync if missing."""
     if os.geteuid() != 0:
         return "the launcher test runs sshd as root on 127.0.0.1:22 (ray up has no SSH port setting)"
-    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which("rsync"):
-        reason = apt_install("openssh-server", "rsync")
+    tools = [shutil.which("sshd") or Path("/usr/sbin/sshd").exists(), *map(shutil.which, ("ssh", "rsync"))]
+    if not all(tools):
+        reason = apt_install("openssh-server", "openssh-client", "rsync")
         if reason:
             return reason
     from rayline.runtime import port_is_free
@@ -335,7 +346,8 @@ def sshd_unavailable() -> str | None:
 def apt_install(*packages: str) -> str | None:
     if not shutil.which("apt-get"):
         return f"{', '.join(packages)} missing and no apt-get to install them"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # RUNLEVEL=1: install only; Debian would otherwise start a system sshd on port 22.
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
