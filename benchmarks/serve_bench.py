@@ -228,21 +228,45 @@ def measure(url: str, concurrency: int, total: int, server_cpu: Callable[[], flo
     return result
 
 
-def cpu_seconds(processes: Callable[[], list]) -> Callable[[], float]:
-    """Summed user+system time of the processes the callable lists (those that exit in between are lost)."""
-    import psutil
+def cpu_seconds(pids: Callable[[], list[int]]) -> Callable[[], float]:
+    """Summed user+system time of the processes the callable lists, from /proc (those that exit are lost)."""
+    ticks = os.sysconf("SC_CLK_TCK")
 
     def total() -> float:
         seconds = 0.0
-        for process in processes():
+        for pid in pids():
             try:
-                times = process.cpu_times()
-            except psutil.Error:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
                 continue
-            seconds += times.user + times.system
+            seconds += (int(fields[11]) + int(fields[12])) / ticks
         return seconds
 
     return total
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def is_client(pid: int) -> bool:
+    try:
+        return b"--client" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 # ---------------------------------------------------------------- the two runs
@@ -252,7 +276,6 @@ def run_both(root: Path, args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """Both servers up, measured in turns at each concurrency, so each pair sees about the same machine load."""
     import logging
 
-    import psutil
     import ray
 
     from rayline.config import ServeConfig
@@ -274,20 +297,16 @@ def run_both(root: Path, args: argparse.Namespace) -> tuple[dict, dict, dict]:
     try:
         url = deploy(str(root), serve_cfg=cfg)
         wait_for_port(bare_port, bare_server)
-        bare_process = psutil.Process(bare_server.pid)
-        # Ray's processes are this driver's descendants (raylet, GCS, Serve's actors, HAProxy); so is the bare
-        # server, which is counted apart, and the load generator, which reports its own CPU.
-        ray_processes = cpu_seconds(
-            lambda: [
-                p for p in psutil.Process().children(recursive=True) if p.pid != bare_server.pid and not is_client(p)
-            ]
-        )
-        bare_cpu = cpu_seconds(lambda: [bare_process])
+        # Ray's processes are this driver's descendants (raylet, GCS, Serve's actors, HAProxy); so are the bare
+        # server, counted apart, and the load generator, which reports its own CPU.
+        bare_pids = {bare_server.pid}
+        ray_cpu = cpu_seconds(lambda: [p for p in descendants(os.getpid()) if p not in bare_pids and not is_client(p)])
+        bare_cpu = cpu_seconds(lambda: [bare_server.pid])
         bare, rayline = {}, {}
         for c in CONCURRENCY:
             print(f"concurrency {c}: (b) bare FastAPI, then (a) rayline")
             bare[str(c)] = measure(f"http://127.0.0.1:{bare_port}", c, args.requests, bare_cpu)
-            rayline[str(c)] = measure(url, c, args.requests, ray_processes)
+            rayline[str(c)] = measure(url, c, args.requests, ray_cpu)
         return bare, rayline, cfg.model_dump(mode="json")
     finally:
         bare_server.terminate()
@@ -361,13 +380,6 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def is_client(process) -> bool:
-    try:
-        return "--client" in process.cmdline()
-    except Exception:  # gone already
-        return True
 
 
 def free_port() -> int:

@@ -267,6 +267,12 @@ class SchedulerConfig(Section):
     reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
     """ASHA keeps 1/reduction_factor of the trials at each rung."""
 
+    @model_validator(mode="after")
+    def _grace_fits_budget(self) -> SchedulerConfig:
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period {self.grace_period} exceeds max_t {self.max_t}; no trial could be stopped")
+        return self
+
 
 class TuneConfig(Section):
     search_space: str = Field(min_length=1)

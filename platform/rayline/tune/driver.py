@@ -120,7 +120,7 @@ def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experim
             name=experiment_dir.name,
             storage_path=str(experiment_dir.parent),
             verbose=1 if verbose else 0,
-            callbacks=[] if verbose else [progress_printer(t)],
+            callbacks=[progress_printer(t)],  # also exports trial metrics, so keep it with --verbose
         ),
     )
 
