@@ -131,7 +131,6 @@ class WriteKill:
     cfg: PipelineConfig
     report: TrainReport
     seen: list[int]
-    killed_pid: int
     cut_file: Path
     """The file the worker was writing when it was killed."""
     partial: Path
@@ -166,7 +165,7 @@ def write_killed(ray_cluster, digits, tmp_path_factory) -> WriteKill:
     print(f"writer {fault['pid']} killed while writing {fault['path']}; epochs reported {seen}")
     cut_file = Path(fault["path"])
     partial = run_dir / cut_file.relative_to(run_dir).parts[0]
-    return WriteKill(cfg, report, seen, int(fault["pid"]), cut_file, partial)
+    return WriteKill(cfg, report, seen, cut_file, partial)
 
 
 def test_a_run_killed_inside_a_checkpoint_write_resumes_from_the_last_complete_one(write_killed):

@@ -42,6 +42,12 @@ IMPORT_PATH = "rayline.serve.app:build"
 DEPLOYMENT_NAME = "ModelServer"
 VERSION_NAME = re.compile(r"v[0-9]{1,9}")
 DEFAULTS = ServeConfig()
+REPLICA_ENV = {
+    # One event loop for HTTP and our code: by default Serve runs user code on a second loop in its own
+    # thread, and every request then crosses between the two loops (and fights over the GIL) twice. Our
+    # request path never blocks its loop (the forward pass runs in a worker thread), so one loop is safe.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+}
 
 
 class ReplicaSettings(BaseModel):
@@ -297,7 +303,7 @@ def deployment_options(cfg: ServeConfig, version: str) -> dict[str, Any]:
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "backpressure_config": {"status_code": cfg.overload_status, "retry_after_s": cfg.retry_after_s},
-        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "runtime_env": {"env_vars": REPLICA_ENV}},
         "user_config": settings.model_dump(),
     }
     if cfg.autoscaling is not None:

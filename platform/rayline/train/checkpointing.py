@@ -46,8 +46,13 @@ def full_model_state(pm: Parallelized) -> dict[str, torch.Tensor] | None:
     return {k: v for part in parts for k, v in part.items()} if rank == 0 else None
 
 
+# Optimizer state keyed by parameter name: with per-group lists, pipeline stages' entries would share keys
+# ("param_groups.0") and the sharded copy would keep one stage's.
+SHARDED_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
 def sharded_state(pm: Parallelized, optimizer: torch.optim.Optimizer) -> dict:
-    model_state, optimizer_state = get_state_dict(pm.module, optimizer)
+    model_state, optimizer_state = get_state_dict(pm.module, optimizer, options=SHARDED_OPTIONS)
     return {"model": model_state, "optimizer": optimizer_state}
 
 
@@ -101,7 +106,13 @@ def restore_latest(pm: Parallelized, optimizer: torch.optim.Optimizer, cfg: Pipe
             return epoch + 1, history
         state = sharded_state(pm, optimizer)
         epoch, history = load_sharded_state(directory, state)
-        set_state_dict(pm.module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(
+            pm.module,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=SHARDED_OPTIONS,
+        )
         return epoch + 1, history
 
 
