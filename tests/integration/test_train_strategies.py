@@ -118,16 +118,20 @@ def test_every_strategys_checkpoint_is_served_over_http(trained, store):
         shutdown()
 
 
-def test_sharded_run_resumes_with_its_strategy_only(ray_cluster, store):
+@pytest.mark.parametrize("name", ["fsdp", "pipeline"])
+def test_sharded_run_resumes_from_its_sharded_copy(ray_cluster, store, name):
     seen: list[dict] = []
-    first = shipped(store, "fsdp", "train.epochs=1", "storage.run_name=resume-fsdp")
-    train_and_register(first, on_epoch=seen.append, log=quiet)
-    resumed = shipped(store, "fsdp", "train.epochs=2", "storage.run_name=resume-fsdp")
+    run = f"storage.run_name=resume-{name}"
+    train_and_register(shipped(store, name, "train.epochs=1", run), on_epoch=seen.append, log=quiet)
+    resumed = shipped(store, name, "train.epochs=2", run)
     report = train_and_register(resumed, on_epoch=seen.append, log=quiet)
     assert [m["epoch"] for m in seen] == [0, 1], "the second run continues at epoch 1"
     assert seen[1]["train_loss"] < seen[0]["train_loss"], "from the saved weights and optimizer state"
     assert [m["epoch"] for m in Registry(resumed.storage.root).record(report.version)["history"]] == [0, 1]
 
-    switched = shipped(store, "tensor", "train.epochs=3", "storage.run_name=resume-fsdp")
+
+def test_a_sharded_run_does_not_resume_with_another_strategy(ray_cluster, store):
+    train_and_register(shipped(store, "fsdp", "train.epochs=1", "storage.run_name=switch"), log=quiet)
+    switched = shipped(store, "tensor", "train.epochs=2", "storage.run_name=switch")
     with pytest.raises(Exception, match="trained with train.strategy 'fsdp'; resuming it needs the same strategy"):
         train_and_register(switched, log=quiet)

@@ -53,7 +53,11 @@ def test_assignment_follows_the_shares_and_is_stable_per_row():
     [
         ((3, 3, 0, 0), SplitConfig(validation=0.1, test=0.0), r"the validation split is empty: .* 3 row\(s\)"),
         ((10, 8, 2, 0), SplitConfig(validation=0.2, test=0.01), r"the test split is empty: .* share is 0\.01"),
-        ((10, 8, 0, 2), SplitConfig.model_construct(validation=0.0, test=0.2, seed=0), r"the validation split is empty"),
+        (
+            (10, 8, 0, 2),
+            SplitConfig.model_construct(validation=0.0, test=0.2, seed=0),
+            r"the validation split is empty",
+        ),
         ((2, 0, 1, 1), SplitConfig(validation=0.45, test=0.45), r"the train split is empty: the source has 2"),
     ],
 )

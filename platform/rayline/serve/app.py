@@ -3,8 +3,9 @@
 A replica serves one version by default (`POST /predict`), named by its `user_config`, and loads
 others on demand for `POST /v1/models/{version}/predict` through Serve's model multiplexing, at most
 `max_models_per_replica` at a time. A request is validated and encoded on its own (so one bad
-request never fails its neighbours), then its rows join a `@serve.batch` queue; each forward pass
-runs one model over every queued row for it, and each request gets its own rows back.
+request never fails its neighbours), then its rows join the batching queue; each forward pass
+runs one model over every queued row for it, and each request gets its own rows back (batching.py
+says why this is not `@serve.batch`).
 
 Changing `user_config` (control.py's `promote`) swaps the default version in place: the new model
 loads in a thread while the old one keeps answering, then one assignment switches them.
@@ -31,6 +32,7 @@ from ray.serve import Application
 from rayline.config import ServeConfig
 from rayline.registry import Registry, RegistryError
 from rayline.serve.api import create_api
+from rayline.serve.batching import Batcher
 from rayline.serve.http import TOKEN_ENV, FrontDoor, Limits, error_body, token_digest
 from rayline.serve.metrics import ServeMetrics
 from rayline.serve.model import ServedModel
@@ -91,10 +93,6 @@ def multiplexed_loader(load: Callable[[str], Awaitable[ServedModel]], limit: int
     return serve.multiplexed(max_num_models_per_replica=limit)(load_version)
 
 
-def count_rows(items: list[tuple[ServedModel, np.ndarray]]) -> int:
-    return sum(len(x) for _, x in items)
-
-
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
 class ModelServer:
@@ -112,6 +110,9 @@ class ModelServer:
         self.token_sha256 = self.options.token_sha256 or token_digest(os.environ.get(TOKEN_ENV))
         self.metrics = ServeMetrics(serve.get_replica_context().app_name)
         self.counters = {"requests_served": 0, "rows_served": 0, "batches_served": 0}
+        self.batcher = Batcher(
+            self._run_batch, max_rows=self.settings.max_batch_size, wait_s=self.settings.batch_wait_timeout_s
+        )
         self._other_model = multiplexed_loader(self._load_other, self.options.max_models_per_replica)
 
     async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:
@@ -124,8 +125,8 @@ class ModelServer:
             logger.info("now serving model version %s", self.primary.version)
         self.settings = settings
         self.limits = Limits(settings.max_body_bytes, settings.request_timeout_s)
-        self._run_batch.set_max_batch_size(settings.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.batcher.max_rows = settings.max_batch_size
+        self.batcher.wait_s = settings.batch_wait_timeout_s
 
     def __serve_build_asgi_app__(self) -> FrontDoor:
         return FrontDoor(self, create_api(self), token_sha256=self.token_sha256)
@@ -178,19 +179,14 @@ class ModelServer:
         return ServedModel.load(self.storage_root, version, max_rows=self.options.max_rows)
 
     async def _infer(self, served: ServedModel, x_bf: np.ndarray) -> np.ndarray:
-        n = self.settings.max_batch_size
+        n = self.batcher.max_rows
         if len(x_bf) <= n:
-            return await self._run_batch((served, x_bf))
+            return await self.batcher.submit((served, x_bf), len(x_bf))
         # Cut big requests so that no forward pass holds more than max_batch_size rows.
         pieces = [x_bf[i : i + n] for i in range(0, len(x_bf), n)]
-        outputs = await asyncio.gather(*(self._run_batch((served, piece)) for piece in pieces))
+        outputs = await asyncio.gather(*(self.batcher.submit((served, p), len(p)) for p in pieces))
         return np.concatenate(outputs)
 
-    @serve.batch(
-        max_batch_size=DEFAULTS.max_batch_size,
-        batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s,
-        batch_size_fn=count_rows,
-    )
     async def _run_batch(self, items: list[tuple[ServedModel, np.ndarray]]) -> list[np.ndarray]:
         # A batch may mix versions (/predict and /v1/models/...): one forward pass per version.
         by_model: dict[int, list[int]] = {}
