@@ -71,3 +71,29 @@ def tamper(root: str | Path, version: str, name: str = "model.pt") -> None:
 
 def row(i: int = 0) -> dict:
     return {"x1": 0.5 * i, "x2": -1.0, "pixel_7": 3, "color": COLORS[i % 3]}
+
+
+async def flood(url: str, burst: int = 24) -> list:
+    """One request whose body trickles in for about a second holds the replica while `burst` more arrive.
+
+    Returns the responses, the slow one first.
+    """
+    import asyncio
+    import json
+
+    import httpx
+
+    body = json.dumps({"rows": [row(0)]}).encode()
+
+    async def trickle():
+        for i in range(0, len(body), 8):
+            yield body[i : i + 8]
+            await asyncio.sleep(0.1)
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        slow = asyncio.create_task(
+            client.post("/predict", content=trickle(), headers={"content-type": "application/json"})
+        )
+        await asyncio.sleep(0.3)
+        responses = await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(burst)))
+        return [await slow, *responses]

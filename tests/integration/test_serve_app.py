@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rayline.config import ServeConfig
-from serve_models import CLASSES, COLORS, FEATURES, make_registry, row
+from serve_models import CLASSES, COLORS, FEATURES, flood, make_registry, row
 
 PORT = 8126
 TINY = ServeConfig(
@@ -24,7 +24,6 @@ TINY = ServeConfig(
     max_ongoing_requests=1,
     max_queued_requests=1,
     retry_after_s=2,
-    batch_wait_timeout_s=0.3,  # holds the one running request, so the queue stays full
     cpus_per_replica=0.25,
 )
 
@@ -212,13 +211,8 @@ def test_regression_round_trip(endpoints):
 
 def test_overload_is_refused_with_retry_after_and_nothing_hangs(endpoints):
     """One request runs, one waits; the rest of a burst is refused at once with 503 and Retry-After."""
-
-    async def flood():
-        async with httpx.AsyncClient(base_url=endpoints["tiny"], timeout=20) as client:
-            return await asyncio.gather(*(client.post("/predict", json={"rows": [row(i)]}) for i in range(24)))
-
     began = time.monotonic()
-    responses = asyncio.run(flood())
+    responses = asyncio.run(flood(endpoints["tiny"]))
     assert time.monotonic() - began < 15
     codes = sorted(r.status_code for r in responses)
     assert set(codes) == {200, 503}, codes

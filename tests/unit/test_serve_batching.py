@@ -36,6 +36,23 @@ def test_concurrent_items_share_one_run_and_get_their_own_results():
     assert model.batches == [list(range(10))]
 
 
+def test_items_arriving_one_by_one_after_a_full_batch_are_waited_for():
+    model = Model()
+
+    async def main():
+        batcher = Batcher(model, max_rows=32, wait_s=0.2)
+        await asyncio.gather(*(batcher.submit(i, 1) for i in range(2)))  # requests come together now
+
+        async def late(i):
+            await asyncio.sleep(0.02 * i)
+            return await batcher.submit(i, 1)
+
+        return await asyncio.gather(*(late(i) for i in range(2, 6)))
+
+    asyncio.run(main())
+    assert model.batches == [[0, 1], [2, 3, 4, 5]]
+
+
 def test_batches_never_exceed_max_rows():
     model = Model()
 
@@ -64,17 +81,23 @@ def test_a_busy_model_runs_everything_that_queued_meanwhile():
     assert model.batches == [[0], list(range(1, 8))]
 
 
-def test_an_idle_model_waits_at_most_wait_s():
+def test_waiting_is_bounded_and_skipped_when_requests_come_one_at_a_time():
     model = Model()
 
     async def main():
         batcher = Batcher(model, max_rows=32, wait_s=0.1)
         loop = asyncio.get_running_loop()
         began = loop.time()
-        await batcher.submit(1, 1)
-        return loop.time() - began
+        await batcher.submit(1, 1)  # nothing ran before: no reason to wait
+        alone = loop.time() - began
+        await asyncio.gather(batcher.submit(2, 1), batcher.submit(3, 1))
+        began = loop.time()
+        await batcher.submit(4, 1)  # the last batch had two rows: waits for company, 0.1 s at most
+        return alone, loop.time() - began
 
-    assert 0.09 <= asyncio.run(main()) < 1.0
+    alone, after_pair = asyncio.run(main())
+    assert alone < 0.05
+    assert 0.09 <= after_pair < 1.0
 
 
 def test_cancelled_items_are_dropped_and_errors_reach_every_item():

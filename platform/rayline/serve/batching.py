@@ -4,8 +4,9 @@ Serve's `@serve.batch` closes a batch `batch_wait_timeout_s` after its first req
 the previous batch is still running, and queues it behind that one. With a busy model, batches
 then hold only what arrived in one short window: on two cores with 32 closed-loop clients they
 averaged 9 rows (of 32 allowed), and the model ran three times as often as it had to. This
-batcher takes everything that queued while the model ran, so a busy model runs full batches; only
-when fewer than `max_rows` rows wait does it wait, up to `wait_s`, for more.
+batcher takes everything that queued while the model ran, so a busy model runs full batches. When
+fewer than `max_rows` rows wait it waits up to `wait_s` for more, but only if the previous batch
+held more than one row: when requests come one at a time, waiting only adds latency.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Batcher:
         self._rows_waiting = 0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._last_rows = 0
 
     async def submit(self, item: Any, rows: int) -> Any:
         """The result for one item of `rows` rows (at most max_rows), once its batch has run."""
@@ -47,10 +49,12 @@ class Batcher:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            await self._fill()
+            if self._last_rows > 1:
+                await self._fill()
             batch = self._take()
             if not batch:
                 continue
+            self._last_rows = sum(n for _, n, _ in batch)
             try:
                 results = await self.run([item for item, _, _ in batch])
             except Exception as err:  # every request of the batch gets the error; the worker goes on
