@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -398,10 +406,13 @@ class PipelineConfig(Section):
     def run_name(self) -> str:
         return self.storage.run_name or self.name
 
-    @model_validator(mode="after")
-    def _model_fits_strategy(self) -> PipelineConfig:
-        check_parallel_plan(self.model, self.train)
-        return self
+    @field_validator("train")
+    @classmethod
+    def _model_fits_strategy(cls, train: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        # A field validator (model is validated before train) so the error is reported under `train`.
+        if "model" in info.data:
+            check_parallel_plan(info.data["model"], train)
+        return train
 
 
 # ---------------------------------------------------------------- loading

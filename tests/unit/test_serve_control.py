@@ -145,3 +145,12 @@ def test_register_helper_uses_the_given_serve_section(tmp_path):
 
     register(tmp_path, serve=ServeConfig(max_batch_size=7))
     assert ServedModel.load(tmp_path, None).serve_config.max_batch_size == 7
+
+
+def test_app_config_round_trips_through_build_args(tmp_path):
+    from rayline.serve.app import BuildArgs
+    from rayline.serve.control import app_config
+
+    cfg = ServeConfig(autoscaling={"max_replicas": 3}, port=8123)
+    args = app_config(str(tmp_path), "v1", cfg, token_sha256="ab")["args"]
+    assert BuildArgs.model_validate(args).serve == cfg

@@ -69,7 +69,9 @@ def deploy(
 
 def app_config(root: str, version: str, cfg: ServeConfig, token_sha256: str | None) -> dict[str, Any]:
     """One entry of a Serve config's `applications:` list for this model server."""
-    args: dict[str, Any] = {"storage_root": root, "version": version, "serve": cfg.model_dump(mode="json")}
+    # Only the fields set: a default num_replicas beside an autoscaling range would read as setting both.
+    serve = cfg.model_dump(mode="json", exclude_unset=True)
+    args: dict[str, Any] = {"storage_root": root, "version": version, "serve": serve}
     if token_sha256:
         args["token_sha256"] = token_sha256
     return {
@@ -101,6 +103,9 @@ def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
         # Serve holds a stopping replica open 30 s by default so an external load balancer can notice;
         # HAProxy here health-checks every 250 ms, and a long hold makes every shutdown and redeploy crawl.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+        # HAProxy's manager starts a subprocess before it reports ready; on a busy node that can take longer
+        # than Serve's 5 s ready check, three misses of which get the manager killed and serve.start failing.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     }
     return {"runtime_env": {"env_vars": env}}
 

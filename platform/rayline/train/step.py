@@ -51,8 +51,8 @@ def forward_backward(
     """Accumulate one batch's gradients (scaled by 1/accumulation); returns its mean loss where this rank has it.
 
     Pipeline stages run the schedule instead: its loss_fn already divides by `accumulation` (and the number of
-    micro-batches), and it reduces across data-parallel pipelines on every step (correct, only more often than
-    needed when accumulating).
+    micro-batches), and FSDP-sharded stages (hybrid fsdp+pipeline) reduce their gradients on every schedule
+    step (correct, only more often than needed when accumulating).
     """
     if pm.schedule is not None:
         losses: list[torch.Tensor] = []

@@ -167,9 +167,9 @@ def apply_hybrid(
     """2-D parallelism: fsdp+tensor shards tensor-parallel blocks over the data-parallel dimension;
     fsdp+pipeline shards each pipeline stage over it.
 
-    Pipelines are sharded rather than DDP-replicated: DDP's reducer rebuilds its buckets wrongly when a
-    pipeline schedule runs several micro-batch backwards per step (torch 2.13), while FSDP2 is the data
-    parallelism torch.distributed.pipelining coordinates (gradient sync on the last micro-batch only)."""
+    Pipelines are sharded rather than DDP-replicated: DDP-wrapped stages fail in torch 2.13 at the second
+    step with a reducer assertion (rebuilt parameter indices twice the parameters), while FSDP2 modules are
+    the data parallelism torch.distributed.pipelining coordinates (gradient sync on the last micro-batch)."""
     dp = mesh["dp"]
     if train.hybrid == "fsdp+tensor":
         tp = mesh["tp"]
@@ -189,7 +189,9 @@ def apply_hybrid(
     return pipeline_view(stage_module, runner, schedule, pp, "hybrid", dp.get_local_rank(), dp.size())
 
 
-def pipeline_view(stage_module, runner, schedule, pp: DeviceMesh, strategy: str, dp_rank: int, dp_size: int):
+def pipeline_view(
+    stage_module: nn.Module, runner: nn.Module, schedule, pp: DeviceMesh, strategy: str, dp_rank: int, dp_size: int
+) -> Parallelized:
     last = pp.get_local_rank() == pp.size() - 1
     return Parallelized(
         runner,
