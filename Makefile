@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint format bench-tune clean
+.PHONY: demo demo-tune test lint format bench-tune bench-serve clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 demo-tune: $(STAMP)
 	$(BIN)/rayline make-digits --output data/digits.parquet
 	$(BIN)/rayline demo pipelines/digits_tune.yaml --set storage.run_name=digits-tune-$$(date +%s)
+
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_bench.py
 
 bench-tune: $(STAMP)
 	$(BIN)/python benchmarks/tune_asha.py
