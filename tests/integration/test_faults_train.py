@@ -108,6 +108,7 @@ def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbe
     "(catch RayActorError; guard fit()'s final drain) and the queue pinned to the driver's node; today the run "
     "fails with ControllerError (_QueueActor died)",
 )
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the printer thread, today
 def test_losing_the_drivers_progress_queue_does_not_stop_training(ray_cluster, digits, tmp_path):
     """The queue that carries progress to the driver is an actor that needs no CPU, so on a multi-node cluster
     Ray puts it on a random node, and it dies with that node (seen in test_faults_cluster.py's scenario)."""

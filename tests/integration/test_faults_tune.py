@@ -121,7 +121,9 @@ def test_a_search_whose_driver_crashed_resumes_to_every_trial_and_one_best_model
                 command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         wait_until(one_done_one_running, 600, "one finished trial and one in flight")
+        at_crash = trial_epochs(runs)
         crashed = crash_process_group(first)
+        print(f"`rayline tune` crashed with {len(crashed)} processes, trials' epochs done {sorted(at_crash)}")
         assert len(crashed) > 5, "the driver and its embedded cluster went down together"
         assert not Registry(tmp_path / "store").versions(), "nothing was registered before the crash"
 
