@@ -58,7 +58,7 @@ def main() -> None:
     batch = cfg.train.batch_size
     epochs = []
     for epoch in range(args.epochs):
-        started_at, started = time.time(), time.perf_counter()
+        started_at, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
         order = torch.randperm(rows, generator=torch.Generator().manual_seed(epoch))
         loss_sum = torch.zeros((), dtype=torch.float64)
         for i in range(0, rows, batch):
@@ -70,11 +70,13 @@ def main() -> None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm)
             optimizer.step()
             loss_sum += loss.detach().double() * len(idx)
-        dist.all_reduce(loss_sum)
         seconds = time.perf_counter() - started
+        cpu_s = torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(cpu_s)
         epochs.append(
             {"epoch": epoch, "epoch_started_at": started_at, "samples_per_s": rows * world / seconds,
-             "train_loss": float(loss_sum) / (rows * world)}
+             "samples_per_cpu_s": rows * world / float(cpu_s), "train_loss": float(loss_sum) / (rows * world)}
         )  # fmt: skip
     if rank == 0:
         with open(args.output, "w") as f:

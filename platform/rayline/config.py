@@ -186,6 +186,9 @@ class TrainConfig(Section):
     """Passes over the training split."""
     batch_size: PositiveInt = 64
     """Rows per step on each data-parallel replica."""
+    cache_shard_mb: Annotated[float, Field(ge=0.0)] = 512.0
+    """A worker keeps its share of the data in memory after the first epoch when it is at most this many MiB, and
+    later epochs shuffle it in place instead of streaming it from Ray Data again; 0 streams every epoch."""
     seed: int = 0
     """Seed for weight initialisation and data order."""
     optimizer: OptimizerConfig = OptimizerConfig()

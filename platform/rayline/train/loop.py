@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import resource
 import time
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray.train
@@ -18,8 +17,9 @@ from torch.distributed.tensor import DTensor
 from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
+from rayline.train.batches import ShardCache, flag_last, replica_batches
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
-from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, make_loss_fn, replica_batches
+from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, make_loss_fn
 from rayline.train.strategies import Parallelized, parallelize
 
 
@@ -41,21 +41,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     pm = parallelize(model.to(device), cfg.train, loss_fn=lambda o, y: loss_fn(o, y) / accumulation, device=device)
     optimizer = make_optimizer(cfg.train.optimizer, pm.module.parameters())
     start_epoch, history = restore_latest(pm, optimizer, cfg)
-    label_dtype = torch.int64 if classification else torch.float32
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
+    dtypes = {"x": torch.float32, "y": torch.int64 if classification else torch.float32}
+    limit = int(cfg.train.cache_shard_mb * 2**20)
+    train_data, val_data = (
+        ShardCache(ray.train.get_dataset_shard(split), limit_bytes=limit, dtypes=dtypes, device=device)
+        for split in ("train", "validation")
+    )
     for epoch in range(start_epoch, cfg.train.epochs):
-        epoch_started_at, started = time.time(), time.perf_counter()
-        loss_sum, rows = train_epoch(pm, optimizer, train_shard, cfg.train, epoch, loss_fn, label_dtype, device)
+        epoch_started_at, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
+        loss_sum, rows = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn)
         train_seconds = time.perf_counter() - started
-        val_metrics = evaluate_parallel(pm, val_shard, preprocessor, cfg.train, device, label_dtype)
+        # Per CPU-second of all workers: a throughput measure that other load on the machine moves less.
+        train_cpu_s = float(all_reduce(torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)))
+        val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
         metrics = {
             "epoch": epoch,
             "epochs_done": epoch + 1,
             "train_loss": loss_sum / rows,
             **val_metrics,
             "samples_per_s": rows / train_seconds,
+            "samples_per_cpu_s": rows / train_cpu_s,
             "epoch_time_s": time.perf_counter() - started,
             "epoch_started_at": epoch_started_at,
             **memory_metrics(pm, optimizer, device),
@@ -65,22 +70,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def train_epoch(
-    pm: Parallelized, optimizer, shard, train: TrainConfig, epoch: int, loss_fn, label_dtype, device
+    pm: Parallelized, optimizer, data: ShardCache, train: TrainConfig, epoch: int, loss_fn
 ) -> tuple[float, float]:
     """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas."""
     pm.model.train()
     accumulation, bf16 = train.grad_accumulation_steps, train.precision == "bf16"
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * rows, rows (reporting ranks)
+    sums = torch.zeros(2, dtype=torch.float64, device=data.device)  # loss * rows, rows (reporting ranks)
     label_checksum = torch.zeros((), dtype=torch.float64)
-    batches = shard.iter_torch_batches(
-        batch_size=train.batch_size,
-        dtypes={"x": torch.float32, "y": label_dtype},
-        device=device,
-        local_shuffle_buffer_size=train.batch_size * 8,
-        local_shuffle_seed=train.seed + epoch,
-        # Pipeline stages exchange fixed-shape micro-batches.
-        drop_last=train.model_parallelism == "pipeline",
-    )
+    # Pipeline stages exchange fixed-shape micro-batches.
+    batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
     for step, ((batch, _), last_batch) in enumerate(flag_last(own_batches(batches, pm, train, fill_last=False))):
         x_bf, y_b = batch["x"], batch["y"]
         # Replicas take equally many steps, so they agree on where an accumulation group ends.
@@ -124,19 +122,6 @@ def own_batches(batches, pm: Parallelized, train: TrainConfig, *, fill_last: boo
     return replica_batches(batches, pm.dp_rank, pm.dp_size, fill_last=fill_last)
 
 
-def flag_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
-    """(item, is_last) pairs, looking one item ahead."""
-    iterator = iter(items)
-    previous = next(iterator, _END)
-    while previous is not _END:
-        current = next(iterator, _END)
-        yield previous, current is _END
-        previous = current
-
-
-_END = object()
-
-
 def checksum(y_b: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(1, len(y_b) + 1, dtype=torch.float64, device=y_b.device)
     return (y_b.double() * positions).sum().cpu()
@@ -155,16 +140,14 @@ def require_same_batches(label_checksum: torch.Tensor, pm: Parallelized) -> None
 
 
 @torch.no_grad()
-def evaluate_parallel(pm: Parallelized, shard, preprocessor: Preprocessor, train: TrainConfig, device, label_dtype):
+def evaluate_parallel(pm: Parallelized, data: ShardCache, preprocessor: Preprocessor, train: TrainConfig) -> dict:
     """Validation metrics of the parallelized model, summed across replicas so all ranks agree."""
     pm.model.eval()
     classification = preprocessor.task == "classification"
     sums = torch.zeros(3, dtype=torch.float64)
-    batches = shard.iter_torch_batches(
-        batch_size=train.batch_size, dtypes={"x": torch.float32, "y": label_dtype}, device=device
-    )
-    for batch, counts in own_batches(batches, pm, train, fill_last=True):
-        outputs = forward_eval(pm, batch["x"], batch["y"], batch_size=train.batch_size, bf16=train.precision == "bf16")
+    bf16 = train.precision == "bf16"
+    for batch, counts in own_batches(data.batches(train.batch_size, seed=None), pm, train, fill_last=True):
+        outputs = forward_eval(pm, batch["x"], batch["y"], batch_size=train.batch_size, bf16=bf16)
         if counts and pm.reports:
             sums += batch_sums(outputs, batch["y"], classification)
     return metrics_from_sums(all_reduce(sums), preprocessor)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -68,38 +67,41 @@ def forward_backward(
     return loss.detach()
 
 
-def clip_grad_norm(pm: Parallelized, max_norm: float) -> float:
+def clip_grad_norm(pm: Parallelized, max_norm: float) -> torch.Tensor:
     """Scale gradients so their global L2 norm is at most max_norm; returns the norm before clipping.
 
-    Sums of squares are taken over the local shards and added up across the mesh dimensions a gradient is
-    sharded on (replicated copies count once), one all-reduce per kind of layout rather than one per
-    parameter; pipeline stages hold disjoint parameters, so their sums are added too.
+    Gradients are grouped by layout; each group's sum of squares is taken over the local shards in one foreach
+    call and added up across the mesh dimensions the group is sharded on (replicated copies count once).
+    Pipeline stages hold disjoint parameters, so their sums are added too.
     """
-    grads = [p.grad for p in pm.module.parameters() if p.grad is not None]
-    assert grads, "clip after backward"
-    total = torch.zeros((), dtype=torch.float32, device=local(grads[0]).device)
-    sharded: dict[tuple, torch.Tensor] = {}
-    for grad in grads:
-        squares = local(grad).float().pow(2).sum()
-        if isinstance(grad, DTensor):
-            assert not any(p.is_partial() for p in grad.placements), "gradients are reduced before clipping"
-            # Not is_shard(): FSDP over tensor-parallel shards uses _StridedShard, which is no Shard.
-            key = (grad.device_mesh, tuple(d for d, p in enumerate(grad.placements) if not p.is_replicate()))
-            sharded[key] = sharded.get(key, 0) + squares
-        else:
-            total += squares
-    for (mesh, dims), squares in sharded.items():
-        for dim in dims:
-            dist.all_reduce(squares, group=mesh.get_group(dim))
-        total += squares
+    groups: dict[tuple | None, list[nn.Parameter]] = {}
+    for p in pm.module.parameters():
+        if p.grad is not None:
+            groups.setdefault(layout(p.grad), []).append(p)
+    assert groups, "clip after backward"
+    total = None
+    for key, params in groups.items():
+        squares = torch.nn.utils.get_total_norm([local(p.grad) for p in params], foreach=True) ** 2
+        if key is not None:
+            mesh, dims = key
+            for dim in dims:
+                dist.all_reduce(squares, group=mesh.get_group(dim))
+        total = squares if total is None else total + squares
     if pm.stage_group is not None:
         dist.all_reduce(total, group=pm.stage_group)
-    norm = float(total.sqrt())
-    scale = max_norm / (norm + 1e-6)
-    if scale < 1.0:
-        for grad in grads:
-            grad.mul_(scale)
+    norm = total.sqrt()
+    for params in groups.values():  # one layout per call: foreach cannot mix DTensors and tensors
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
     return norm
+
+
+def layout(grad: torch.Tensor) -> tuple | None:
+    """None for a plain tensor; for a DTensor its mesh and the mesh dimensions it is split over."""
+    if not isinstance(grad, DTensor):
+        return None
+    assert not any(p.is_partial() for p in grad.placements), "gradients are reduced before clipping"
+    # Not is_shard(): FSDP over tensor-parallel shards uses _StridedShard, which is no Shard.
+    return grad.device_mesh, tuple(d for d, p in enumerate(grad.placements) if not p.is_replicate())
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -126,21 +128,3 @@ def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     if missing <= 0:
         return t
     return torch.cat([t, t.new_zeros((missing, *t.shape[1:]))])
-
-
-def replica_batches(
-    batches: Iterable[Any], dp_rank: int, dp_size: int, *, fill_last: bool
-) -> Iterator[tuple[Any, bool]]:
-    """This replica's share of a stream that every rank reads in the same order: one batch of every dp_size.
-
-    Yields (batch, counts). Every replica gets the same number of batches, since their collectives must pair
-    up: a short last round is dropped, or with fill_last its missing slots repeat a batch that does not count.
-    """
-    round_: list[Any] = []
-    for batch in batches:
-        round_.append(batch)
-        if len(round_) == dp_size:
-            yield round_[dp_rank], True
-            round_ = []
-    if round_ and fill_last:
-        yield (round_[dp_rank], True) if dp_rank < len(round_) else (round_[0], False)

@@ -64,7 +64,10 @@ def make_mesh(train: TrainConfig, device_type: str) -> DeviceMesh:
 def apply_ddp(model: nn.Module, *, mesh: DeviceMesh, device: torch.device) -> nn.Module:
     """Replicate the model; gradients are averaged over the mesh in backward."""
     device_ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(model, process_group=mesh.get_group(), device_ids=device_ids)
+    # Gradients as views into the all-reduce buckets: one copy fewer per step (and less memory).
+    return DistributedDataParallel(
+        model, process_group=mesh.get_group(), device_ids=device_ids, gradient_as_bucket_view=True
+    )
 
 
 def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
