@@ -221,9 +221,7 @@ def train(cfg: PipelineConfig, args):
     from rayline.metrics import record_epoch
     from rayline.pipeline import format_epoch, train_and_register
 
-    print(
-        f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs"
-    )
+    print(f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs")
 
     def on_epoch(metrics: dict) -> None:
         print(format_epoch(metrics, cfg.train.epochs), flush=True)
@@ -235,9 +233,7 @@ def train(cfg: PipelineConfig, args):
 def search(cfg: PipelineConfig, args):
     from rayline.pipeline import search_and_register
 
-    print(
-        f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials"
-    )
+    print(f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials")
     return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)
 
 
@@ -295,9 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-serve", action="store_true", help="stop after registering")
     tune = command("tune", cmd_tune, "search hyperparameters with Ray Tune and register the best")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted search")
-    report = command(
-        "tune-report", cmd_tune_report, "redraw a search's table and learning curves", pipeline=False
-    )
+    report = command("tune-report", cmd_tune_report, "redraw a search's table and learning curves", pipeline=False)
     report.add_argument("results_dir", help="the search folder, <storage.root>/tune/<run name>")
     command("demo", cmd_demo, "train, serve, send one HTTP request, shut down")
     serve = command("serve", cmd_serve, "serve a registered model until Ctrl-C", pipeline=False)

@@ -367,6 +367,9 @@ class ServeConfig(Section):
     """Retry-After header (seconds, rounded up) sent with an overload refusal."""
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
     """Longest a predict request may take inside a replica, queueing included, before a 504."""
+    health_check_period_s: Annotated[float, Field(gt=0.0)] = 5.0
+    """How often Serve checks each replica; three failed checks in a row replace it. A replica fails the check
+    while a forward pass has run longer than request_timeout_s (a model call that never returns)."""
     max_body_bytes: PositiveInt = 1 << 20
     """Largest request body accepted (413 above it)."""
     max_models_per_replica: PositiveInt = 3

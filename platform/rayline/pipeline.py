@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rayline.config import PipelineConfig
+from rayline.config import ConfigError, PipelineConfig
 from rayline.data import PreparedData, prepare_datasets
 from rayline.registry import Registry, load_checkpoint
 from rayline.train import fit
@@ -31,6 +32,7 @@ def train_and_register(
     verbose: bool = False,
 ) -> TrainReport:
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
+    require_writable_storage(cfg.storage.root)
     data = prepare_datasets(cfg.data)
     log(
         f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation / "
@@ -48,6 +50,21 @@ def train_and_register(
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows)
 
 
+def require_writable_storage(root: str) -> None:
+    """Fail in a second, naming storage.root, rather than after data preparation inside Ray Train's controller."""
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+        filesystem.create_dir(path, recursive=True)
+        probe = f"{path.rstrip('/')}/.rayline-write-probe-{os.getpid()}"
+        with filesystem.open_output_stream(probe) as f:
+            f.write(b"ok")
+        filesystem.delete_file(probe)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"storage.root={root!r}: cannot write there ({err})") from None
+
+
 def search_and_register(
     cfg: PipelineConfig, *, resume: bool = False, log: Callable[[str], None] = print, verbose: bool = False
 ) -> TrainReport:
@@ -55,6 +72,7 @@ def search_and_register(
     from rayline.tune import run_search
     from rayline.tune.report import report_from_dir
 
+    require_writable_storage(cfg.storage.root)
     data = prepare_datasets(cfg.data)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
     outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from rayline.data import DataError, list_source_files
+from rayline.data.errors import read_failure, remote_data_error
 from rayline.data.read import open_dataset
 from rayline.registry import Registry, load_checkpoint
 
@@ -31,9 +32,7 @@ class BatchPredictor:
         result = batch.copy()
         if preprocessor.task == "classification":
             result["prediction"] = [d["label"] for d in decoded]
-            probabilities = np.asarray(
-                [[d["probabilities"][c] for c in preprocessor.classes] for d in decoded]
-            )
+            probabilities = np.asarray([[d["probabilities"][c] for c in preprocessor.classes] for d in decoded])
             for i, cls in enumerate(preprocessor.classes):
                 result[f"probability_{cls}"] = probabilities[:, i]
         else:
@@ -54,7 +53,13 @@ def predict_files(
     version = registry.resolve(version)
     out_fmt = output_format(output_path)
     filesystem, paths, fmt = list_source_files(input_path, None)
-    dataset = open_dataset(paths, filesystem, fmt)
+    try:
+        dataset = open_dataset(paths, filesystem, fmt)
+    except Exception as err:
+        failure = read_failure(err, input_path)
+        if failure is None:
+            raise
+        raise failure from None
     predictions = dataset.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={"checkpoint_dir": str(registry.checkpoint_dir(version))},
@@ -63,7 +68,17 @@ def predict_files(
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,
     )
-    getattr(predictions, WRITERS[out_fmt])(output_path)
+    try:
+        getattr(predictions, WRITERS[out_fmt])(output_path)
+    except Exception as err:
+        message = remote_data_error(err)
+        if message is not None:
+            raise DataError(message) from None
+        # Rows stream from the input to the output, so a bad input file fails here, as may the output path.
+        failure = read_failure(err, input_path, f"could not read it or write {output_path}")
+        if failure is None:
+            raise
+        raise failure from None
     return version, read_row_count(output_path, out_fmt)
 
 
@@ -71,9 +86,7 @@ def output_format(path: str) -> str:
     suffix = Path(path).suffix.lower().lstrip(".")
     fmt = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json", "jsonl": "json"}.get(suffix)
     if fmt is None:
-        raise DataError(
-            f"--output {path}: cannot tell the format from the extension; use .parquet, .csv or .jsonl"
-        )
+        raise DataError(f"--output {path}: cannot tell the format from the extension; use .parquet, .csv or .jsonl")
     return fmt
 
 

@@ -117,7 +117,13 @@ def verify_checkpoint(directory: str | Path) -> None:
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
         raise RegistryError(f"{directory}: not a complete rayline checkpoint (no {MANIFEST_FILE})")
-    expected = read_json(manifest_path).get("sha256", {})
+    try:
+        expected = json.loads(manifest_path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        # A write cut short leaves an empty or half-written manifest: the checkpoint is partial, not a crash.
+        raise RegistryError(f"{manifest_path}: checkpoint manifest is partial or corrupt ({err!r})") from err
+    if not isinstance(expected, dict):
+        raise RegistryError(f"{manifest_path}: checkpoint manifest is corrupt (sha256 is not a mapping)")
     for name in dict.fromkeys([*CHECKPOINT_FILES, *expected]):
         path = directory / name
         if not path.is_file():
@@ -251,7 +257,7 @@ class Registry:
         history = state.get("history", [])
         current = state.get("version")
         if current and current != version:
-            history = [*history, current][-SERVING_HISTORY :]
+            history = [*history, current][-SERVING_HISTORY:]
         self._write_serving(version, history)
 
     def rollback_serving(self) -> str:

@@ -93,15 +93,10 @@ def infinite_values(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-PARQUET_FOOTER = pytest.mark.xfail(
-    strict=True,
-    reason="needs data/read.py's read_source to open the dataset inside its try and read_failure to take a "
-    "reader error raised on the driver (ray.data.read_parquet reads the footer eagerly: ArrowInvalid escapes)",
-)
 HOSTILE = [
     # writer of the hostile source, a pattern the error must match, id
-    pytest.param(corrupt_parquet, "could not read it", id="corrupt Parquet", marks=PARQUET_FOOTER),
-    pytest.param(truncated_parquet, "could not read it", id="truncated Parquet", marks=PARQUET_FOOTER),
+    pytest.param(corrupt_parquet, "could not read it", id="corrupt Parquet"),
+    pytest.param(truncated_parquet, "could not read it", id="truncated Parquet"),
     pytest.param(truncated_csv, "could not read it", id="truncated CSV"),
     pytest.param(wrong_schema, "numeric feature column 'pixel_5' has type large_string", id="wrong schema"),
     pytest.param(strings_for_numbers, "pixel_9", id="strings for numbers"),
@@ -129,11 +124,6 @@ def test_hostile_training_data_is_refused_clearly_and_damages_nothing(ray_cluste
     assert not (tmp_path / "store" / "runs").exists(), "refused before any training run started"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a check, once the splits are counted, that train.batch_size fits the rows each data-parallel "
-    "worker gets (today a batch of 10**9 trains one useless step per epoch: test accuracy ~0.3)",
-)
 def test_a_batch_size_beyond_the_training_split_is_refused_before_training(ray_cluster, digits, tmp_path):
     source = tmp_path / "digits.parquet"
     digits.to_parquet(source, index=False)

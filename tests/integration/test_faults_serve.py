@@ -150,11 +150,6 @@ def test_requests_to_a_blocked_replica_get_a_timely_error_not_a_hang(blocked):
     assert report.slowest_s < BLOCKED_TIMEOUT_S + 3, report.summary()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs ModelServer.check_health to fail while a forward pass has run longer than request_timeout_s, "
-    "so that Serve replaces the replica",
-)
 def test_a_blocked_replica_is_detected_and_replaced(blocked):
     url, pid = blocked
     wait_until(lambda: pid not in (p := replica_pids(BLOCKED_APP)) and len(p) == 1, 45, "a replacement replica")

@@ -100,11 +100,6 @@ def test_bad_storage_stops_training_with_a_clear_error_and_earlier_checkpoints_i
     assert not Registry(storage_fault.cfg.storage.root).versions(), "nothing was registered from the failed run"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs registry.verify_checkpoint to raise RegistryError for an empty or unparsable manifest.json "
-    "(today json.JSONDecodeError escapes)",
-)
 @pytest.mark.parametrize("storage_fault", ["full"], indirect=True)
 def test_the_checkpoint_cut_short_by_bad_storage_is_refused_as_partial(storage_fault):
     cut = [p for p in storage_fault.run_dir.glob("checkpoint_*") if (p / "manifest.json").stat().st_size == 0]
@@ -113,11 +108,6 @@ def test_the_checkpoint_cut_short_by_bad_storage_is_refused_as_partial(storage_f
         verify_checkpoint(cut[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a storage.root writability check before data is read or Ray Train starts (today Train's "
-    "controller dies with ActorDiedError wrapping NotADirectoryError)",
-)
 def test_a_storage_root_that_cannot_be_created_is_refused_before_training(ray_cluster, tmp_path):
     digits = tmp_path / "digits.parquet"
     write_digits(str(digits))

@@ -102,13 +102,6 @@ def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbe
     assert abs(accuracy - baseline) <= 0.01, f"test accuracy {accuracy:.4f} vs {baseline:.4f} undisturbed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs train/driver.py's ProgressCallback.after_report to drop progress when its queue is gone "
-    "(catch RayActorError; guard fit()'s final drain) and the queue pinned to the driver's node; today the run "
-    "fails with ControllerError (_QueueActor died)",
-)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the printer thread, today
 def test_losing_the_drivers_progress_queue_does_not_stop_training(ray_cluster, digits, tmp_path):
     """The queue that carries progress to the driver is an actor that needs no CPU, so on a multi-node cluster
     Ray puts it on a random node, and it dies with that node (seen in test_faults_cluster.py's scenario)."""
@@ -203,11 +196,6 @@ def test_a_partial_checkpoint_is_never_loaded_registered_or_served(write_killed,
         build_app(str(scratch), write_killed.report.version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs tune/driver.py's best_checkpoint_in to skip checkpoints that fail verify_checkpoint "
-    "(it only checks that manifest.json exists)",
-)
 def test_a_search_never_picks_a_partial_checkpoint_however_good_it_looks(write_killed, tmp_path):
     """A kill inside the upload can leave manifest.json and state.json whole while model.pt is cut short (the
     files are copied in parallel); its reported metric may well be the run's best."""

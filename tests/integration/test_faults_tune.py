@@ -183,11 +183,6 @@ def test_only_the_trial_that_cannot_allocate_fails_and_keeps_its_cause(impossibl
     assert cpus_all_free(), "the failed trial's workers gave their CPUs back"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs tune/report.py's collect_trials to accept an errored trial, whose Result.config is None "
-    "(today the report raises TypeError after the search, so the best model is never registered)",
-)
 def test_a_search_with_a_failed_trial_still_registers_its_best_model(impossible_trial):
     assert impossible_trial.error is None, repr(impossible_trial.error)
     rows = table_rows(impossible_trial.experiment)
@@ -196,10 +191,6 @@ def test_a_search_with_a_failed_trial_still_registers_its_best_model(impossible_
     assert record["params"]["model.hidden_sizes"] in ([32], [64])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs tune/driver.py's progress callback to print the error's last line, not only the trial folder",
-)
 def test_the_failed_trials_cause_is_printed_where_the_user_looks(impossible_trial):
     failed = [line for line in impossible_trial.printed.splitlines() if "FAILED" in line]
     assert failed and "can't allocate memory" in failed[0], impossible_trial.printed[-2000:]

@@ -79,6 +79,15 @@ def test_batch_prediction_rejects_an_unknown_output_format(trained, tmp_path):
         predict_files(cfg.storage.root, None, cfg.data.source, str(tmp_path / "out.xlsx"))
 
 
+def test_batch_prediction_over_a_corrupt_file_names_it_and_writes_nothing(trained, tmp_path):
+    cfg, _, _ = trained
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1" + b"not parquet at all" * 100 + b"PAR1")
+    with pytest.raises(DataError, match=f"{corrupt}: could not read it"):
+        predict_files(cfg.storage.root, None, str(corrupt), str(tmp_path / "out.parquet"))
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_rerunning_a_run_name_resumes_the_epoch_count(ray_cluster, tmp_path):
     first = digits_config(tmp_path, epochs=2)
     seen = []

@@ -121,3 +121,21 @@ def test_version_without_record_is_invisible(tmp_path):
     write_checkpoint(tmp_path / "a")
     assert registry.register(tmp_path / "a", run_name="r", data_fingerprint="f") == "v2"
     assert json.loads((tmp_path / "registry" / "serving.json").read_text())["version"] == "v2"
+
+
+@pytest.mark.parametrize("manifest", [b"", b'{"sha256": {"model.pt"', b"[]", b'{"sha256": 3}'])
+def test_a_cut_short_or_garbled_manifest_is_a_partial_checkpoint(tmp_path, manifest):
+    write_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "manifest.json").write_bytes(manifest)
+    with pytest.raises(RegistryError, match="manifest.json: checkpoint manifest is (partial or )?corrupt"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_a_search_picks_the_best_checkpoint_that_verifies(tmp_path):
+    from rayline.tune.driver import best_checkpoint_in
+
+    write_checkpoint(tmp_path / "checkpoint_000000", epoch=0, val_loss=0.5)
+    write_checkpoint(tmp_path / "checkpoint_000001", epoch=1, val_loss=0.1)
+    cut = tmp_path / "checkpoint_000001" / "model.pt"
+    cut.write_bytes(cut.read_bytes()[:100])
+    assert best_checkpoint_in(tmp_path, "val_loss", "min") == tmp_path / "checkpoint_000000"

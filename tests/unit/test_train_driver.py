@@ -32,3 +32,26 @@ def test_cpu_training_uses_gloo():
 )
 def test_ray_data_splits_per_worker_only_when_every_worker_is_a_replica(train, split):
     assert dataset_config(train)._datasets_to_split == split
+
+
+def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
+    from ray.exceptions import RayActorError
+
+    from rayline.train.driver import ProgressCallback, remaining
+
+    class LostQueue:
+        puts = 0
+
+        def put(self, item):
+            self.puts += 1
+            raise RayActorError()
+
+        def qsize(self):
+            raise RayActorError()
+
+    queue = LostQueue()
+    callback = ProgressCallback(queue)
+    callback.after_report(None, [{"epoch": 0}], None)
+    callback.after_report(None, [{"epoch": 1}], None)
+    assert queue.puts == 1, "a lost queue is not called again"
+    assert remaining(queue) == []

@@ -20,16 +20,18 @@ def remote_data_error(err: BaseException) -> str | None:
     return found[-1].strip() if found else None
 
 
-def read_failure(err: BaseException, source: str) -> DataError | None:
-    """A DataError for a reader's failure in a Ray task (a malformed file), else None.
+def read_failure(err: BaseException, source: str, action: str = "could not read it") -> DataError | None:
+    """A DataError for a reader's failure (a malformed file), else None.
 
-    Readers raise ValueError (Arrow's parse errors are ValueErrors) or OSError; Ray keeps the remote
-    exception in RayTaskError.cause. Anything else (a lost worker, a full object store) is not the
-    user's file and is left alone.
+    Readers raise ValueError (Arrow's parse errors are ValueErrors) or OSError, on the driver (Parquet
+    footers) or in a Ray task, where Ray keeps the exception in RayTaskError.cause. Anything else (a lost
+    worker, a full object store) is not the user's file and is left alone.
     """
-    cause = getattr(err, "cause", None)
+    if isinstance(err, DataError):
+        return err
+    cause = getattr(err, "cause", err)
     if not isinstance(cause, (ValueError, OSError)):
         return None
     text = str(cause).strip()
     reason = text.splitlines()[0] if text else type(cause).__name__
-    return DataError(f"{source}: could not read it: {reason}")
+    return DataError(f"{source}: {action}: {reason}")

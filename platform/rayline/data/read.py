@@ -22,8 +22,9 @@ def read_source(data_cfg: DataConfig) -> ray.data.Dataset:
     """A lazy Dataset of the source's rows, after checks that it has rows and the configured columns."""
     source = data_cfg.source
     files = resolve_source(source, data_cfg.format)
-    ds = open_dataset(files.paths, files.filesystem, files.format)
     try:
+        # read_parquet reads the footers here, on the driver: a corrupt file fails in this call.
+        ds = open_dataset(files.paths, files.filesystem, files.format)
         # One row is enough to learn the schema and that the source is not empty, and is cheap to read.
         head = ds.limit(1).materialize()
     except Exception as err:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ class ModelServer:
             self._run_batch, max_rows=self.settings.max_batch_size, wait_s=self.settings.batch_wait_timeout_s
         )
         self._other_model = multiplexed_loader(self._load_other, self.options.max_models_per_replica)
+        self._forward_since: float | None = None
+        """When the forward pass now running began (monotonic), None between passes."""
 
     async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:
         # Taking `rank` makes Serve call this even without a user_config, so a replica always loads a model.
@@ -138,6 +141,13 @@ class ModelServer:
     def check_health(self) -> None:
         if self.primary is None:
             raise RuntimeError("no model loaded yet")
+        since = self._forward_since
+        # Every request waiting on a pass this old has had its 504 already: the replica is stuck, replace it.
+        if since is not None and time.monotonic() - since > self.settings.request_timeout_s:
+            raise RuntimeError(
+                f"a forward pass has run for {time.monotonic() - since:.0f} s, "
+                f"longer than request_timeout_s={self.settings.request_timeout_s}"
+            )
 
     # -------------------------------------------------------- request path
 
@@ -198,7 +208,11 @@ class ModelServer:
             parts = [items[i][1] for i in indices]
             x_bf = np.concatenate(parts) if len(parts) > 1 else parts[0]
             # In a thread: torch releases the GIL, so the next requests are parsed while the model runs.
-            out_bo = await asyncio.to_thread(served.forward, x_bf)
+            self._forward_since = time.monotonic()
+            try:
+                out_bo = await asyncio.to_thread(served.forward, x_bf)
+            finally:
+                self._forward_since = None
             self.metrics.observe_batch(served.version, len(x_bf))
             self.counters["batches_served"] += 1
             self.counters["rows_served"] += len(x_bf)
@@ -301,6 +315,7 @@ def deployment_options(cfg: ServeConfig, version: str) -> dict[str, Any]:
         "backpressure_config": {"status_code": cfg.overload_status, "retry_after_s": cfg.retry_after_s},
         "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "runtime_env": {"env_vars": REPLICA_ENV}},
         "user_config": settings.model_dump(),
+        "health_check_period_s": cfg.health_check_period_s,
     }
     if cfg.autoscaling is not None:
         options["autoscaling_config"] = cfg.autoscaling.model_dump()

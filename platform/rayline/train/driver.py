@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
+from ray.exceptions import RayActorError
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayline.config import PipelineConfig, TrainConfig
+from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.registry import checkpoint_metrics
 from rayline.train.loop import train_loop_per_worker
@@ -27,13 +30,21 @@ class TrainOutcome:
 
 
 class ProgressCallback(UserCallback):
-    """Runs on the Train controller; forwards rank-0 metrics to the driver through a Ray queue."""
+    """Runs on the Train controller; forwards rank-0 metrics to the driver through a Ray queue.
+
+    Progress is a convenience: if the queue is lost (its node died), reports are dropped and training goes on.
+    """
 
     def __init__(self, queue):
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint):
-        self.queue.put(dict(metrics[0]))
+        if self.queue is None:
+            return
+        try:
+            self.queue.put(dict(metrics[0]))
+        except RayActorError:
+            self.queue = None
 
 
 def fit(
@@ -51,7 +62,7 @@ def fit(
     if on_epoch is not None:
         from ray.util.queue import Queue
 
-        queue = Queue(actor_options={"num_cpus": 0})
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
         callbacks.append(ProgressCallback(queue))
         stop = threading.Event()
         printer = threading.Thread(target=drain, args=(queue, on_epoch, stop), daemon=True)
@@ -65,10 +76,22 @@ def fit(
             # is still in the queue: hand it over here, in order, before the queue goes away.
             stop.set()
             printer.join()
-            for metrics in queue.get_nowait_batch(queue.qsize()):
+            for metrics in remaining(queue):
                 on_epoch(metrics)
             queue.shutdown()
     return outcome_of(result, cfg)
+
+
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """A zero-CPU actor could land on any node and die with it; the driver's own node lives as long as we do."""
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+
+
+def remaining(queue) -> list[dict[str, Any]]:
+    try:
+        return queue.get_nowait_batch(queue.qsize())
+    except RayActorError:
+        return []
 
 
 def build_trainer(
@@ -82,6 +105,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever."""
+    check_batch_fits(cfg.train, data.num_rows["train"])
     keep = cfg.train.checkpoint
     return TorchTrainer(
         train_loop_per_worker,
@@ -108,6 +132,18 @@ def build_trainer(
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
+
+
+def check_batch_fits(train: TrainConfig, train_rows: int) -> None:
+    """Refuse a batch larger than a replica's share of the training split: it would train on nothing (a dropped
+    short batch) or on one step per epoch, and the run would look like it worked."""
+    share = train_rows // train.data_parallel_size
+    if train.batch_size > share:
+        raise ConfigError(
+            f"train.batch_size={train.batch_size} is more than the {share} training rows each of the "
+            f"{train.data_parallel_size} data-parallel replicas gets ({train_rows} rows in the training split); "
+            f"use at most {share}"
+        )
 
 
 def torch_config(train: TrainConfig) -> TorchConfig:
@@ -151,3 +187,5 @@ def drain(queue, on_epoch: Callable[[dict[str, Any]], None], stop: threading.Eve
             on_epoch(queue.get(timeout=0.5))
         except Empty:
             continue
+        except RayActorError:
+            return  # the queue is gone: no more progress, training itself goes on

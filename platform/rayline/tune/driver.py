@@ -10,8 +10,8 @@ from typing import Any
 
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
-from rayline.registry import checkpoint_metrics
-from rayline.train.driver import build_trainer
+from rayline.registry import RegistryError, checkpoint_metrics, verify_checkpoint
+from rayline.train.driver import build_trainer, check_batch_fits
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
 from rayline.tune.space import apply_params, decode_params, encode, load_search_space, to_tune_space
 
@@ -38,6 +38,7 @@ def run_search(
     space = to_tune_space(params, cfg.tune.searcher)
     check_points_to_evaluate(cfg, [p.path for p in params])
     plan = plan_trials(cfg, *cluster_resources())
+    check_batch_fits(cfg.train, data.num_rows["train"])
     log(f"search: {cfg.tune.num_samples} trials, {plan.describe()}")
 
     experiment_dir = Path(cfg.storage.root) / "tune" / cfg.run_name
@@ -157,11 +158,22 @@ def progress_printer(t: TuneConfig):
             self.export(trials, trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"  trial {trial.trial_id} FAILED: see {trial.local_path}", flush=True)
+            cause = last_error_line(trial)
+            print(f"  trial {trial.trial_id} FAILED: {cause} (full trace in {trial.local_path})", flush=True)
             self.counts.end(trial.trial_id, "errored")
             self.export(trials, trial)
 
     return TrialProgress()
+
+
+def last_error_line(trial) -> str:
+    """The line of a failed trial's trace that says what went wrong (its last), as Tune stored it."""
+    try:
+        trace = trial.get_error() or ""
+    except OSError as err:
+        return f"its error could not be read ({err})"
+    lines = [line.strip() for line in str(trace).splitlines() if line.strip()]
+    return lines[-1] if lines else "no error text was stored"
 
 
 def make_searcher(t: TuneConfig):
@@ -215,17 +227,25 @@ def best_of(results, t: TuneConfig, experiment_dir: Path) -> SearchOutcome:
     run_dir = Path(best.metrics["checkpoint_path"]).parent
     checkpoint = best_checkpoint_in(run_dir, t.metric, t.mode)
     params = decode_params(best.config)
-    return SearchOutcome(
-        experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint)
-    )
+    return SearchOutcome(experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint))
 
 
 def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:
-    candidates = [p for p in run_dir.glob("checkpoint_*") if (p / "manifest.json").is_file()]
+    """The best checkpoint of a trial by its own metric, among those that pass verification: a kill inside the
+    upload can leave whole metrics next to a cut-short model, and such a checkpoint must never win."""
+    candidates = [p for p in sorted(run_dir.glob("checkpoint_*")) if is_complete(p)]
     if not candidates:
         raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
     sign = 1 if mode == "max" else -1
     return max(candidates, key=lambda p: sign * checkpoint_metrics(p)[metric])
+
+
+def is_complete(checkpoint: Path) -> bool:
+    try:
+        verify_checkpoint(checkpoint)
+    except RegistryError:
+        return False
+    return True
 
 
 def write_summary(experiment_dir: Path, cfg: PipelineConfig) -> None:

@@ -35,9 +35,21 @@ def collect_trials(results, metric: str, mode: str, max_t: int) -> list[TrialRow
         status = "ERROR" if result.error else "OK"
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         rows.append(
-            TrialRow(trial_id, dict(result.config), best, epochs, status == "OK" and 0 < epochs < max_t, status, curve)
+            TrialRow(trial_id, trial_params(result), best, epochs, status == "OK" and 0 < epochs < max_t, status, curve)
         )
     return sorted(rows, key=lambda r: (r.best is None, -(r.best or 0) if mode == "max" else (r.best or 0)))
+
+
+def trial_params(result) -> dict[str, Any]:
+    """A trial's parameters; a trial that failed before reporting has no Result.config, but Tune wrote them to
+    params.json in its folder when it started."""
+    if result.config is not None:
+        return dict(result.config)
+    params = Path(result.path) / "params.json"
+    try:
+        return json.loads(params.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def format_table(rows: list[TrialRow], metric: str) -> str:
@@ -46,7 +58,7 @@ def format_table(rows: list[TrialRow], metric: str) -> str:
     lines = [header]
     for r in rows:
         shown = [format_value(r.params.get(n)) for n in names]
-        best = f"{r.best:.4f}" if r.best is not None else r.status
+        best = r.status if r.best is None else f"{r.best:.4f}" + (f" ({r.status})" if r.status != "OK" else "")
         lines.append([r.trial_id, *shown, best, str(r.epochs), "yes" if r.stopped_early else "no"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
