@@ -49,6 +49,9 @@ def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
         def qsize(self):
             raise RayActorError()
 
+        def get_nowait_batch(self, n):
+            raise RayActorError()
+
     queue = LostQueue()
     callback = ProgressCallback(queue)
     callback.after_report(None, [{"epoch": 0}], None)
