@@ -227,6 +227,56 @@ def freeze_writer(pids: Callable[[], list[int]], directory: Path, timeout_s: flo
     raise TimeoutError(f"no process wrote under {directory} within {timeout_s:.0f} s")
 
 
+@contextlib.contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP the processes for as long as the block runs (a fault lands between two of their steps)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for pid in pids:
+            wait_until(lambda pid=pid: process_state(pid) in ("T", ""), 10, f"process {pid} to stop", 0.001)
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def after_checkpoint(
+    run_dir: Path, epoch: int, pids: Callable[[], list[int]], fault: Callable[[], object], timeout_s: float = 600
+) -> threading.Thread:
+    """Start a thread that injects `fault` with the training processes paused, as soon as the checkpoint of
+    `epoch` is complete under `run_dir` and before the next one is written.
+
+    The driver hears of an epoch only after the workers have gone on to the next, so a fault injected from
+    progress reports can land one checkpoint late; watching the storage and pausing the writers cannot.
+    """
+    from rayline.registry import checkpoint_metrics, verify_checkpoint
+
+    def complete(directory: Path) -> bool:
+        try:
+            verify_checkpoint(directory)
+            return int(checkpoint_metrics(directory)["epoch"]) == epoch
+        except Exception:  # not there yet, or being written
+            return False
+
+    def watch() -> None:
+        workers: list[int] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not workers:
+                workers = pids()
+            elif any(complete(d) for d in run_dir.glob("checkpoint_*")):
+                with paused(workers):
+                    fault()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, name="after-checkpoint", daemon=True)
+    thread.start()
+    return thread
+
+
 # ---------------------------------------------------------------- storage
 
 

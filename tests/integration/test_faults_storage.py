@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from faults import fill, remount_read_only, tmpfs, tmpfs_unavailable
+from faults import after_checkpoint, fill, remount_read_only, tmpfs, tmpfs_unavailable, train_worker_pids
 from rayline.config import PipelineConfig, validate_config
 from rayline.data import write_digits
 from rayline.pipeline import train_and_register
@@ -70,16 +70,12 @@ def storage_fault(request, ray_cluster, tmp_path_factory) -> Iterator[StorageFau
     with tmpfs(tmp / "mount", 16 << 20) as mount:
         cfg = pipeline(digits, mount / "store")
         seen: list[int] = []
-
-        def on_epoch(metrics: dict) -> None:
-            seen.append(int(metrics["epoch"]))
-            if len(seen) == FAULT_AFTER and request.param == "full":
-                fill(mount)
-            elif len(seen) == FAULT_AFTER:
-                remount_read_only(mount)
-
+        fault = (lambda: fill(mount)) if request.param == "full" else (lambda: remount_read_only(mount))
+        both_workers = lambda: p if len(p := train_worker_pids()) == 2 else []  # noqa: E731
+        injector = after_checkpoint(mount / "store" / "runs" / "run", FAULT_AFTER - 1, both_workers, fault)
         with pytest.raises(Exception) as err:
-            train_and_register(cfg, on_epoch=on_epoch, log=quiet)
+            train_and_register(cfg, on_epoch=lambda m: seen.append(int(m["epoch"])), log=quiet)
+        injector.join(timeout=5)
         yield StorageFault(request.param, mount, cfg, seen, err.value)
 
 
