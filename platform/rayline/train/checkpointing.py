@@ -92,9 +92,15 @@ def report_with_checkpoint(
         ray.train.report(history[-1], checkpoint=checkpoint)
 
 
-def restore_latest(pm: Parallelized, optimizer: torch.optim.Optimizer, cfg: PipelineConfig) -> tuple[int, list[dict]]:
-    """Load the run's latest checkpoint if there is one; return the epoch to start from and the history."""
+def restore_latest(
+    pm: Parallelized, optimizer: torch.optim.Optimizer, cfg: PipelineConfig, fallback: str | None = None
+) -> tuple[int, list[dict]]:
+    """Load the run's latest checkpoint if there is one; return the epoch to start from and the history.
+
+    `fallback` is the run's last complete checkpoint when Ray Train's own record of the run was lost."""
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and fallback is not None:
+        checkpoint = ray.train.Checkpoint(fallback)
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as directory:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
-from rayline.registry import checkpoint_metrics
+from rayline.registry import RegistryError, checkpoint_metrics, verify_checkpoint
 from rayline.train.loop import train_loop_per_worker
 
 
@@ -112,6 +113,7 @@ def build_trainer(
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
             "preprocessor": data.preprocessor.to_dict(),
+            "resume_from": recover_run_state(Path(cfg.storage.root) / "runs" / run_name),
         },
         torch_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),
@@ -132,6 +134,35 @@ def build_trainer(
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
+
+
+RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def recover_run_state(run_dir: Path) -> str | None:
+    """Ray Train's record of a run's checkpoints, cut short by a full disk, stops the run from ever starting
+    again (its controller fails to parse it). Move it aside and name the run's last complete checkpoint, for
+    the loop to resume from; None when the record is fine or absent."""
+    snapshot = run_dir / RUN_SNAPSHOT
+    if not snapshot.is_file():
+        return None
+    try:
+        json.loads(snapshot.read_text())
+        return None
+    except ValueError:
+        snapshot.rename(snapshot.with_name(RUN_SNAPSHOT + ".corrupt"))
+    complete = [d for d in run_dir.glob("checkpoint_*") if d.is_dir() and is_complete(d)]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda d: int(checkpoint_metrics(d)["epoch"])))
+
+
+def is_complete(checkpoint: Path) -> bool:
+    try:
+        verify_checkpoint(checkpoint)
+    except RegistryError:
+        return False
+    return True
 
 
 def check_batch_fits(train: TrainConfig, train_rows: int) -> None:

@@ -40,7 +40,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Pipeline schedules run the loss themselves, so theirs carries the accumulation scale.
     pm = parallelize(model.to(device), cfg.train, loss_fn=lambda o, y: loss_fn(o, y) / accumulation, device=device)
     optimizer = make_optimizer(cfg.train.optimizer, pm.module.parameters())
-    start_epoch, history = restore_latest(pm, optimizer, cfg)
+    start_epoch, history = restore_latest(pm, optimizer, cfg, loop_config.get("resume_from"))
     dtypes = {"x": torch.float32, "y": torch.int64 if classification else torch.float32}
     limit = int(cfg.train.cache_shard_mb * 2**20)
     train_data, val_data = (

@@ -10,8 +10,8 @@ from typing import Any
 
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
-from rayline.registry import RegistryError, checkpoint_metrics, verify_checkpoint
-from rayline.train.driver import build_trainer, check_batch_fits
+from rayline.registry import checkpoint_metrics
+from rayline.train.driver import build_trainer, check_batch_fits, is_complete
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
 from rayline.tune.space import apply_params, decode_params, encode, load_search_space, to_tune_space
 
@@ -238,14 +238,6 @@ def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:
         raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
     sign = 1 if mode == "max" else -1
     return max(candidates, key=lambda p: sign * checkpoint_metrics(p)[metric])
-
-
-def is_complete(checkpoint: Path) -> bool:
-    try:
-        verify_checkpoint(checkpoint)
-    except RegistryError:
-        return False
-    return True
 
 
 def write_summary(experiment_dir: Path, cfg: PipelineConfig) -> None:
