@@ -37,3 +37,9 @@ def test_the_printed_cause_is_the_last_line_of_the_trace():
     trial = SimpleNamespace(get_error=lambda: "Traceback ...\n  File x\nMemoryError: can't allocate memory\n\n")
     assert last_error_line(trial) == "MemoryError: can't allocate memory"
     assert last_error_line(SimpleNamespace(get_error=lambda: None)) == "no error text was stored"
+
+
+def test_the_cause_is_read_from_the_trials_local_error_file_first(tmp_path):
+    (tmp_path / "error.txt").write_text("Traceback\nRuntimeError: can't allocate memory\n")
+    trial = SimpleNamespace(error_file=str(tmp_path / "error.txt"), get_error=lambda: None)
+    assert last_error_line(trial) == "RuntimeError: can't allocate memory"

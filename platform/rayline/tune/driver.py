@@ -167,9 +167,11 @@ def progress_printer(t: TuneConfig):
 
 
 def last_error_line(trial) -> str:
-    """The line of a failed trial's trace that says what went wrong (its last), as Tune stored it."""
+    """The line of a failed trial's trace that says what went wrong (its last), as Tune stored it: in the
+    trial's local folder at once, in storage only after the next sync."""
     try:
-        trace = trial.get_error() or ""
+        local = getattr(trial, "error_file", None)
+        trace = Path(local).read_text() if local and Path(local).is_file() else trial.get_error() or ""
     except OSError as err:
         return f"its error could not be read ({err})"
     lines = [line.strip() for line in str(trace).splitlines() if line.strip()]
