@@ -75,7 +75,7 @@ def steady(epochs: list[dict], key: str = "samples_per_s") -> float:
 
 def run_rayline(name: str, source: Path, root: Path, epochs: int) -> dict:
     from rayline.data import prepare_datasets
-    from rayline.registry import load_training_state
+    from rayline.registry import STATE_FILE, read_json
     from rayline.train import fit
 
     cfg = load(name, source, root, epochs)
@@ -85,7 +85,7 @@ def run_rayline(name: str, source: Path, root: Path, epochs: int) -> dict:
     # No live progress (it polls a queue actor on this 2-core machine): the metrics come from the last
     # checkpoint's history, the last one being the best by epochs_done.
     outcome = fit(cfg, data)
-    seen = load_training_state(outcome.best_checkpoint)[3]
+    seen = read_json(outcome.best_checkpoint / STATE_FILE)["history"]
     print(f"[{name}] {[round(m['samples_per_s']) for m in seen]} samples/s per epoch", flush=True)
     return {
         "workers": cfg.train.num_workers,

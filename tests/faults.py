@@ -251,14 +251,10 @@ def after_checkpoint(
     The driver hears of an epoch only after the workers have gone on to the next, so a fault injected from
     progress reports can land one checkpoint late; watching the storage and pausing the writers cannot.
     """
-    from rayline.registry import checkpoint_metrics, verify_checkpoint
+    from rayline.registry import checkpoint_metrics, complete_checkpoints
 
-    def complete(directory: Path) -> bool:
-        try:
-            verify_checkpoint(directory)
-            return int(checkpoint_metrics(directory)["epoch"]) == epoch
-        except Exception:  # not there yet, or being written
-            return False
+    def written() -> bool:
+        return any(int(checkpoint_metrics(d)["epoch"]) == epoch for d in complete_checkpoints(run_dir))
 
     def watch() -> None:
         workers: list[int] = []
@@ -266,7 +262,7 @@ def after_checkpoint(
         while time.monotonic() < deadline:
             if not workers:
                 workers = pids()
-            elif any(complete(d) for d in run_dir.glob("checkpoint_*")):
+            elif written():
                 with paused(workers):
                     fault()
                 return

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from rayline.data import DataError, list_source_files
-from rayline.data.errors import read_failure, remote_data_error
+from rayline.data.errors import reading
 from rayline.data.read import open_dataset
 from rayline.registry import Registry, load_checkpoint
 
@@ -53,13 +53,8 @@ def predict_files(
     version = registry.resolve(version)
     out_fmt = output_format(output_path)
     filesystem, paths, fmt = list_source_files(input_path, None)
-    try:
+    with reading(input_path):
         dataset = open_dataset(paths, filesystem, fmt)
-    except Exception as err:
-        failure = read_failure(err, input_path)
-        if failure is None:
-            raise
-        raise failure from None
     predictions = dataset.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={"checkpoint_dir": str(registry.checkpoint_dir(version))},
@@ -68,17 +63,9 @@ def predict_files(
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,
     )
-    try:
+    # Rows stream from the input to the output, so a bad input file fails here, as may the output path.
+    with reading(input_path, f"could not read it or write {output_path}"):
         getattr(predictions, WRITERS[out_fmt])(output_path)
-    except Exception as err:
-        message = remote_data_error(err)
-        if message is not None:
-            raise DataError(message) from None
-        # Rows stream from the input to the output, so a bad input file fails here, as may the output path.
-        failure = read_failure(err, input_path, f"could not read it or write {output_path}")
-        if failure is None:
-            raise
-        raise failure from None
     return version, read_row_count(output_path, out_fmt)
 
 

@@ -138,6 +138,21 @@ def verify_checkpoint(directory: str | Path) -> None:
         raise RegistryError(f"{sharded}: files not in the checkpoint manifest: {sorted(unlisted)}")
 
 
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints of a Train run that pass verify_checkpoint, by name (oldest first). One being written,
+    cut short, or pruned while it is looked at is left out."""
+    complete = []
+    for directory in sorted(Path(run_dir).glob("checkpoint_*")):
+        if not directory.is_dir():  # Ray Train's checkpoint_manager_snapshot.json
+            continue
+        try:
+            verify_checkpoint(directory)
+        except (RegistryError, OSError):
+            continue
+        complete.append(directory)
+    return complete
+
+
 def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:
     """(model state, optimizer state, epoch, history) of a checkpoint, for resuming training."""
     directory = Path(directory)

@@ -3,7 +3,7 @@ checkpoints (a real tmpfs mount), and a storage root that cannot be created at a
 
 from __future__ import annotations
 
-import contextlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +15,8 @@ from faults import after_checkpoint, fill, remount_read_only, tmpfs, tmpfs_unava
 from rayline.config import PipelineConfig, validate_config
 from rayline.data import write_digits
 from rayline.pipeline import train_and_register
-from rayline.registry import Registry, RegistryError, checkpoint_metrics, verify_checkpoint
+from rayline.registry import Registry, RegistryError, checkpoint_metrics, complete_checkpoints, verify_checkpoint
+from rayline.train.driver import RUN_SNAPSHOT
 
 pytestmark = pytest.mark.slow
 
@@ -81,12 +82,7 @@ def storage_fault(request, ray_cluster, tmp_path_factory) -> Iterator[StorageFau
 
 
 def readable_checkpoint_epochs(run_dir: Path) -> list[int]:
-    epochs = []
-    for directory in run_dir.glob("checkpoint_*"):
-        with contextlib.suppress(Exception):
-            verify_checkpoint(directory)
-            epochs.append(int(checkpoint_metrics(directory)["epoch"]))
-    return sorted(epochs)
+    return sorted(int(checkpoint_metrics(d)["epoch"]) for d in complete_checkpoints(run_dir))
 
 
 @pytest.mark.parametrize("storage_fault", ["full", "read-only"], indirect=True)
@@ -112,6 +108,16 @@ def test_the_checkpoint_cut_short_by_bad_storage_is_refused_as_partial(storage_f
             assert re.search("partial|corrupt|do not match", str(err)), err
             refused += 1
     assert refused == len(directories) - FAULT_AFTER, "only the complete checkpoints pass"
+    record = storage_fault.run_dir / RUN_SNAPSHOT
+    assert refused or not parses(record), "the fault cut a checkpoint, or Ray Train's record of them, short"
+
+
+def parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def test_a_storage_root_that_cannot_be_created_is_refused_before_training(ray_cluster, tmp_path):

@@ -23,7 +23,7 @@ from faults import crash_process_group, kill_processes_with_env, wait_until
 from rayline.config import load_config
 from rayline.data import write_digits
 from rayline.pipeline import TrainReport, search_and_register
-from rayline.registry import Registry, checkpoint_metrics, verify_checkpoint
+from rayline.registry import Registry, checkpoint_metrics, complete_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -72,12 +72,8 @@ def trial_epochs(runs: Path) -> list[int]:
     """Epochs each trial has checkpointed so far, from its Train run (Tune's own files reach storage late)."""
     found = []
     for run in runs.glob("search-*"):
-        epochs = [0]
-        for checkpoint in run.glob("checkpoint_*"):
-            with contextlib.suppress(Exception):  # one being written right now
-                verify_checkpoint(checkpoint)
-                epochs.append(int(checkpoint_metrics(checkpoint)["epoch"]) + 1)
-        found.append(max(epochs))
+        epochs = [int(checkpoint_metrics(c)["epoch"]) + 1 for c in complete_checkpoints(run)]
+        found.append(max(epochs, default=0))
     return found
 
 

@@ -96,6 +96,8 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=120)
     assert finished_trials(experiment) < 4, output[-2000:]
+    assert first.returncode == 130 and "--resume" in output, output[-2000:]
+    assert not Registry(tmp_path / "store").versions(), "an interrupted search registers nothing"
 
     resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

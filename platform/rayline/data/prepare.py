@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rayline.config import DataConfig
-from rayline.data.errors import DataError, read_failure, remote_data_error
+from rayline.data.errors import DataError, reading, remote_data_error
 from rayline.data.fingerprint import fingerprint_source
 from rayline.data.fit import fit_preprocessor
 from rayline.data.preprocess import Preprocessor
@@ -55,16 +55,12 @@ def prepare_datasets(data_cfg: DataConfig) -> PreparedData:
 
 def read_and_split(data_cfg: DataConfig) -> Splits:
     ds = read_source(data_cfg)
-    try:
-        return split_dataset(ds, data_cfg.split)
-    except DataError as err:
-        raise DataError(f"{data_cfg.source}: {err}") from None
-    except Exception as err:
-        # read_source read only the first row; a malformed file further on fails here.
-        failure = read_failure(err, data_cfg.source)
-        if failure is None:
-            raise
-        raise failure from None
+    # read_source read only the first row; a malformed file further on fails here.
+    with reading(data_cfg.source):
+        try:
+            return split_dataset(ds, data_cfg.split)
+        except DataError as err:
+            raise DataError(f"{data_cfg.source}: {err}") from None
 
 
 def transform(ds: ray.data.Dataset, preprocessor: Preprocessor, where: str) -> ray.data.Dataset:

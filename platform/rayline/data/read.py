@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayline.config import DataConfig
-from rayline.data.errors import DataError, read_failure
+from rayline.data.errors import DataError, reading
 from rayline.data.files import list_source_files, resolve_source
 from rayline.data.schema import check_schema
 
@@ -22,16 +22,11 @@ def read_source(data_cfg: DataConfig) -> ray.data.Dataset:
     """A lazy Dataset of the source's rows, after checks that it has rows and the configured columns."""
     source = data_cfg.source
     files = resolve_source(source, data_cfg.format)
-    try:
+    with reading(source):
         # read_parquet reads the footers here, on the driver: a corrupt file fails in this call.
         ds = open_dataset(files.paths, files.filesystem, files.format)
         # One row is enough to learn the schema and that the source is not empty, and is cheap to read.
         head = ds.limit(1).materialize()
-    except Exception as err:
-        failure = read_failure(err, source)
-        if failure is None:
-            raise
-        raise failure from None
     if head.count() == 0:
         names = ", ".join(files.paths[:5]) + (", ..." if len(files.paths) > 5 else "")
         raise DataError(f"{source}: no data rows (an empty table or only a header) in {names}")

@@ -141,12 +141,12 @@ class ModelServer:
     def check_health(self) -> None:
         if self.primary is None:
             raise RuntimeError("no model loaded yet")
-        since = self._forward_since
+        running_s = 0.0 if self._forward_since is None else time.monotonic() - self._forward_since
         # Every request waiting on a pass this old has had its 504 already: the replica is stuck, replace it.
-        if since is not None and time.monotonic() - since > self.settings.request_timeout_s:
+        if running_s > self.settings.request_timeout_s:
             raise RuntimeError(
-                f"a forward pass has run for {time.monotonic() - since:.0f} s, "
-                f"longer than request_timeout_s={self.settings.request_timeout_s}"
+                f"a forward pass has run for {running_s:.0f} s, longer than "
+                f"request_timeout_s={self.settings.request_timeout_s}"
             )
 
     # -------------------------------------------------------- request path

@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
-from rayline.registry import RegistryError, checkpoint_metrics, verify_checkpoint
+from rayline.registry import checkpoint_metrics, complete_checkpoints
 from rayline.train.loop import train_loop_per_worker
 
 
@@ -107,13 +107,14 @@ def build_trainer(
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever."""
     check_batch_fits(cfg.train, data.num_rows["train"])
+    resume_from = recover_run_state(Path(cfg.storage.root) / "runs" / run_name)
     keep = cfg.train.checkpoint
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
             "preprocessor": data.preprocessor.to_dict(),
-            "resume_from": recover_run_state(Path(cfg.storage.root) / "runs" / run_name),
+            "resume_from": resume_from,
         },
         torch_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),
@@ -151,18 +152,10 @@ def recover_run_state(run_dir: Path) -> str | None:
         return None
     except ValueError:
         snapshot.rename(snapshot.with_name(RUN_SNAPSHOT + ".corrupt"))
-    complete = [d for d in run_dir.glob("checkpoint_*") if d.is_dir() and is_complete(d)]
+    complete = complete_checkpoints(run_dir)
     if not complete:
         return None
     return str(max(complete, key=lambda d: int(checkpoint_metrics(d)["epoch"])))
-
-
-def is_complete(checkpoint: Path) -> bool:
-    try:
-        verify_checkpoint(checkpoint)
-    except RegistryError:
-        return False
-    return True
 
 
 def check_batch_fits(train: TrainConfig, train_rows: int) -> None:

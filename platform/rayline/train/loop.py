@@ -48,11 +48,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for split in ("train", "validation")
     )
     for epoch in range(start_epoch, cfg.train.epochs):
-        epoch_started_at, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
-        loss_sum, rows = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn)
+        epoch_started_at, started = time.time(), time.perf_counter()
+        loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn)
         train_seconds = time.perf_counter() - started
-        # Per CPU-second of all workers: a throughput measure that other load on the machine moves less.
-        train_cpu_s = float(all_reduce(torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)))
         val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
         metrics = {
             "epoch": epoch,
@@ -60,6 +58,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_loss": loss_sum / rows,
             **val_metrics,
             "samples_per_s": rows / train_seconds,
+            # Per CPU-second of all workers: a throughput measure that other load on the machine moves less.
             "samples_per_cpu_s": rows / train_cpu_s,
             "epoch_time_s": time.perf_counter() - started,
             "epoch_started_at": epoch_started_at,
@@ -71,8 +70,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def train_epoch(
     pm: Parallelized, optimizer, data: ShardCache, train: TrainConfig, epoch: int, loss_fn
-) -> tuple[float, float]:
-    """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas."""
+) -> tuple[float, float, float]:
+    """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas and
+    the CPU seconds all ranks spent on it."""
+    cpu_started = time.process_time()
     pm.model.train()
     accumulation, bf16 = train.grad_accumulation_steps, train.precision == "bf16"
     sums = torch.zeros(2, dtype=torch.float64, device=data.device)  # loss * rows, rows (reporting ranks)
@@ -91,8 +92,9 @@ def train_epoch(
         if pm.strategy not in ("ddp", "fsdp"):
             label_checksum += checksum(y_b)
     require_same_batches(label_checksum, pm)
-    loss_sum, rows = all_reduce(sums.cpu()).tolist()
-    return loss_sum, rows
+    cpu_s = torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)
+    loss_sum, rows, cpu_s = all_reduce(torch.cat([sums.cpu(), cpu_s])).tolist()  # one collective for all three
+    return loss_sum, rows, cpu_s
 
 
 def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:

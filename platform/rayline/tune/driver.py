@@ -10,8 +10,8 @@ from typing import Any
 
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
-from rayline.registry import checkpoint_metrics
-from rayline.train.driver import build_trainer, check_batch_fits, is_complete
+from rayline.registry import checkpoint_metrics, complete_checkpoints
+from rayline.train.driver import build_trainer, check_batch_fits
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
 from rayline.tune.space import apply_params, decode_params, encode, load_search_space, to_tune_space
 
@@ -58,7 +58,19 @@ def run_search(
         tuner = build_tuner(cfg, trainable, space, plan, experiment_dir, verbose)
     write_summary(experiment_dir, cfg)
     results = tuner.fit()
+    ended = results.num_terminated + results.num_errors
+    if ended < cfg.tune.num_samples:
+        # On Ctrl-C Tune saves its state and returns what it has, as if the search were over; registering its
+        # best so far would leave a second "best" model once the search is resumed.
+        raise SearchInterrupted(
+            f"search stopped after {ended} of {cfg.tune.num_samples} trials; its state is saved in "
+            f"{experiment_dir}: continue it with `rayline tune PIPELINE --resume`"
+        )
     return best_of(results, cfg.tune, experiment_dir)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search was stopped before every trial ended; nothing was registered."""
 
 
 def make_trainable(cfg: PipelineConfig, data: PreparedData, plan: Plan, verbose: bool):
@@ -235,7 +247,7 @@ def best_of(results, t: TuneConfig, experiment_dir: Path) -> SearchOutcome:
 def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:
     """The best checkpoint of a trial by its own metric, among those that pass verification: a kill inside the
     upload can leave whole metrics next to a cut-short model, and such a checkpoint must never win."""
-    candidates = [p for p in sorted(run_dir.glob("checkpoint_*")) if is_complete(p)]
+    candidates = complete_checkpoints(run_dir)
     if not candidates:
         raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
     sign = 1 if mode == "max" else -1
