@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/train_bench.py          # writes benchmarks/results/train_bench.json
 
-Data: scikit-learn's digits tiled --copies times into one Parquet file (so an epoch lasts long enough to
-measure), model and settings from pipelines/digits_transformer*.yaml.
+Data: scikit-learn's digits tiled --copies times into one Parquet file for the ddp/torchrun pairs (so an
+epoch lasts seconds, long enough that per-epoch costs such as the checkpoint do not decide the figure), and
+--strategy-copies times for the per-strategy runs (the slow strategies would otherwise take many minutes);
+model and settings from pipelines/digits_transformer*.yaml.
 
 (a) rayline DDP on 2 Ray Train workers against (b) `torchrun --nproc_per_node=2` running a hand-written DDP
 loop (benchmarks/torchrun_ddp.py) over the same file, model, optimizer and batch size. Steady-state
@@ -138,8 +140,13 @@ def worker_niceness() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=4, help="times the digits are repeated in the Parquet file")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is warm-up")
+    parser.add_argument(
+        "--copies", type=int, default=24, help="times the digits are repeated in the file the ddp/torchrun pairs read"
+    )
+    parser.add_argument(
+        "--strategy-copies", type=int, default=4, help="times the digits are repeated for the per-strategy runs"
+    )
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per run; the first is warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="alternating torchrun / rayline ddp pairs")
     parser.add_argument("--strategies", nargs="*", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "train_bench.json"))
@@ -153,8 +160,9 @@ def main() -> None:
     work = REPO / "benchmarks" / "results" / "train_bench_runs"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    source = work / "digits_tiled.parquet"
+    source, strategy_source = work / "digits_tiled.parquet", work / "digits_tiled_for_strategies.parquet"
     rows = write_tiled_digits(source, args.copies)
+    strategy_rows = write_tiled_digits(strategy_source, args.strategy_copies)
 
     cluster_started = time.perf_counter()
     connect()
@@ -175,7 +183,8 @@ def main() -> None:
                 }
             )
         strategies = {
-            name: run_rayline(name, source, work / name.replace(" ", "-"), args.epochs) for name in args.strategies
+            name: run_rayline(name, strategy_source, work / name.replace(" ", "-"), args.epochs)
+            for name in args.strategies
         }
     finally:
         ray.shutdown()
@@ -195,7 +204,11 @@ def main() -> None:
             "ray": ray.__version__,
             "worker_niceness": worker_niceness(),
         },
-        "data": {"source": f"digits x {args.copies}", "rows": rows, "epochs": args.epochs},
+        "data": {
+            "ddp_vs_torchrun": {"source": f"digits x {args.copies}", "rows": rows},
+            "strategies": {"source": f"digits x {args.strategy_copies}", "rows": strategy_rows},
+            "epochs": args.epochs,
+        },
         "ddp_vs_torchrun": {
             **comparison,
             "steady_state_ratio": statistics.median(r["ratio"] for r in rounds),

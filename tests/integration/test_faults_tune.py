@@ -1,5 +1,5 @@
-"""Faults in a hyperparameter search: the `rayline tune` driver crashes mid-search (its process group and
-every process it started SIGKILLed, like a machine losing power) and is resumed; and one trial's workers
+"""Faults in a hyperparameter search: the `rayline tune` driver is stopped with Ctrl-C, resumed, then crashes
+mid-search (its process group and every process it started SIGKILLed) and is resumed again; and one trial's workers
 hit a real failed allocation while the others train on."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,10 +93,14 @@ def cpus_all_free(timeout_s: float = 60) -> bool:
     return False
 
 
-# ---------------------------------------------------------------- 4. the driver crashes mid-search
+# ---------------------------------------------------------------- 4. the driver is stopped, then crashes
 
 
-def test_a_search_whose_driver_crashed_resumes_to_every_trial_and_one_best_model(tmp_path):
+def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model(tmp_path):
+    """One search, interrupted twice: `rayline tune` is stopped with Ctrl-C once a trial has finished and
+    resumed; the resumed driver then crashes with a trial in flight (its process group and every process it
+    started SIGKILLed, like a machine losing power) and is resumed again. Nothing is registered until the
+    search is whole; then exactly one best model is."""
     space = {"train.optimizer.lr": {"loguniform": [0.001, 0.01]}}
     pipeline = write_pipeline(tmp_path, space, num_samples=3, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
@@ -105,23 +110,46 @@ def test_a_search_whose_driver_crashed_resumes_to_every_trial_and_one_best_model
     env["RAY_TMPDIR"] = str(ray_tmp)
     command = [sys.executable, "-m", "rayline.cli", "tune", str(pipeline)]
     experiment, runs = tmp_path / "store" / "tune" / "search", tmp_path / "store" / "runs"
+    registry = Registry(tmp_path / "store")
 
-    def one_done_one_running() -> bool:
-        assert first.poll() is None, f"`rayline tune` exited early:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
-        epochs = trial_epochs(runs)
-        return 3 in epochs and any(0 < e < 3 for e in epochs)
+    def start(log_name: str, *flags: str) -> subprocess.Popen:
+        with (tmp_path / log_name).open("w") as out:
+            return subprocess.Popen(
+                [*command, *flags], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def running(process: subprocess.Popen, log_name: str) -> None:
+        assert process.poll() is None, f"`rayline tune` exited early:\n{(tmp_path / log_name).read_text()[-3000:]}"
 
     try:
-        with (tmp_path / "first.log").open("w") as out:
-            first = subprocess.Popen(
-                command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_until(one_done_one_running, 600, "one finished trial and one in flight")
+        first = start("first.log")
+
+        def a_trial_finished() -> bool:
+            running(first, "first.log")
+            return 3 in trial_epochs(runs)
+
+        wait_until(a_trial_finished, 600, "a finished trial")
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+        printed = (tmp_path / "first.log").read_text()
+        assert first.returncode == 130 and "--resume" in printed, printed[-3000:]
+        at_interrupt = trial_epochs(runs)
+        assert sum(at_interrupt) < 9, "the search was stopped before its end"
+        assert not registry.versions(), "an interrupted search registers nothing"
+
+        second = start("second.log", "--resume")
+
+        def progress_then_one_in_flight() -> bool:
+            running(second, "second.log")
+            epochs = trial_epochs(runs)
+            return sum(epochs) > sum(at_interrupt) and any(0 < e < 3 for e in epochs)
+
+        wait_until(progress_then_one_in_flight, 600, "progress after the resume and a trial in flight")
         at_crash = trial_epochs(runs)
-        crashed = crash_process_group(first)
-        print(f"`rayline tune` crashed with {len(crashed)} processes, trials' epochs done {sorted(at_crash)}")
+        crashed = crash_process_group(second)
+        print(f"stopped at epochs {sorted(at_interrupt)}; crashed with {len(crashed)} processes at {sorted(at_crash)}")
         assert len(crashed) > 5, "the driver and its embedded cluster went down together"
-        assert not Registry(tmp_path / "store").versions(), "nothing was registered before the crash"
+        assert not registry.versions(), "nothing was registered before the crash"
 
         resumed = subprocess.run(
             [*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
@@ -132,10 +160,10 @@ def test_a_search_whose_driver_crashed_resumes_to_every_trial_and_one_best_model
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     rows = table_rows(experiment)
-    assert len(rows) == 3, rows
+    assert len(rows) == 3, "the resumed search ran the remaining trials, not a new search"
     assert not [r for r in rows if "ERROR" in r], rows
     assert [t[-1]["epochs_done"] for t in trial_results(experiment)] == [3, 3, 3], "every trial finished"
-    registry = Registry(tmp_path / "store")
+    assert "registered model v1" in resumed.stdout
     assert registry.versions() == ["v1"], "exactly one best model"
     assert registry.serving_version() == "v1"
     best = max(t[-1]["val_accuracy"] for t in trial_results(experiment))

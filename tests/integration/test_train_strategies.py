@@ -9,7 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from rayline.config import PipelineConfig, ServeConfig, load_config
+from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
 from rayline.data import write_digits
 from rayline.pipeline import TrainReport, train_and_register
 from rayline.registry import MODEL_FILE, SHARDED_DIR, Registry, read_json
@@ -119,16 +119,19 @@ def test_every_strategys_checkpoint_is_served_over_http(trained, store):
 
 
 @pytest.mark.parametrize("name", ["fsdp", "pipeline"])
-def test_sharded_run_resumes_from_its_sharded_copy(ray_cluster, store, name):
+def test_a_sharded_run_rerun_resumes_from_its_sharded_copy(trained, store, name):
+    _, _, first_run = trained(name)
     seen: list[dict] = []
-    run = f"storage.run_name=resume-{name}"
-    train_and_register(shipped(store, name, "train.epochs=1", run), on_epoch=seen.append, log=quiet)
-    resumed = shipped(store, name, "train.epochs=2", run)
+    resumed = shipped(store, name, f"train.epochs={EPOCHS + 1}")
     report = train_and_register(resumed, on_epoch=seen.append, log=quiet)
-    assert [m["epoch"] for m in seen] == [0, 1], "the second run continues at epoch 1"
-    assert seen[1]["train_loss"] < seen[0]["train_loss"], "from the saved weights and optimizer state"
-    assert [m["epoch"] for m in Registry(resumed.storage.root).record(report.version)["history"]] == [0, 1]
-    if name == "fsdp":
-        switched = shipped(store, "tensor", "train.epochs=3", run)
-        with pytest.raises(Exception, match="trained with train.strategy 'fsdp'; resuming it needs the same strategy"):
-            train_and_register(switched, log=quiet)
+    assert [m["epoch"] for m in seen] == [EPOCHS], "the re-run continues after the last epoch"
+    assert seen[0]["train_loss"] < 0.5 * first_run[0]["train_loss"], "from the saved weights, not from scratch"
+    history = Registry(resumed.storage.root).record(report.version)["history"]
+    assert [m["epoch"] for m in history] == list(range(EPOCHS + 1)), "the learning curve carries on"
+
+
+def test_a_sharded_run_rerun_with_another_strategy_is_refused_before_training(trained, store):
+    trained("fsdp")
+    switched = shipped(store, "fsdp", "train.strategy=tensor", "train.epochs=9")
+    with pytest.raises(ConfigError, match="trained with train.strategy 'fsdp'; resuming it needs the same strategy"):
+        train_and_register(switched, log=quiet)

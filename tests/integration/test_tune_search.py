@@ -1,9 +1,6 @@
-"""Ray Tune over distributed trials on the shared cluster, and resume of an interrupted search."""
+"""Ray Tune over distributed trials on the shared cluster. Resuming a search stopped with Ctrl-C, and one whose
+driver crashed, is tested in test_faults_tune.py."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -81,47 +78,6 @@ def test_a_search_that_cannot_fit_is_rejected_before_any_trial(ray_cluster, tmp_
     with pytest.raises(PlanError, match="one trial needs 4.25 CPUs"):
         run_search(cfg, data=None, log=lambda _: None)
     assert not (Path(cfg.storage.root) / "tune").exists()
-
-
-def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
-    """`rayline tune` is stopped with Ctrl-C (SIGINT) mid-search, then continued with --resume."""
-    pipeline = write_pipeline(tmp_path, num_samples=4, max_concurrent_trials=1)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded cluster
-    command = [sys.executable, "-m", "rayline.cli", "tune", str(pipeline)]
-    first = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    experiment = tmp_path / "store" / "tune" / "search"
-    wait_for(lambda: len(list(experiment.glob("*/result.json"))) >= 1 and finished_trials(experiment) >= 1, 240)
-    first.send_signal(signal.SIGINT)
-    output, _ = first.communicate(timeout=120)
-    assert finished_trials(experiment) < 4, output[-2000:]
-    assert first.returncode == 130 and "--resume" in output, output[-2000:]
-    assert not Registry(tmp_path / "store").versions(), "an interrupted search registers nothing"
-
-    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "registered model v1" in resumed.stdout
-    table = (experiment / "trials.txt").read_text().splitlines()
-    assert len(table) == 1 + 4, "the resumed search ran the remaining trials, not a new search"
-
-
-def finished_trials(experiment: Path) -> int:
-    import json
-
-    done = 0
-    for result in experiment.glob("*/result.json"):
-        lines = result.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("done"):
-            done += 1
-    return done
-
-
-def wait_for(condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(1)
 
 
 def ray_cluster_is_idle() -> bool:

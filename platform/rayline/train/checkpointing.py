@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from rayline.config import PipelineConfig
+from rayline.config import ConfigError, PipelineConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.registry import (
     checkpoint_config,
@@ -125,7 +125,7 @@ def restore_latest(
 def require_same_strategy(directory: Path, cfg: PipelineConfig) -> None:
     saved = checkpoint_config(directory).train
     if strategy_label(saved) != strategy_label(cfg.train):
-        raise ValueError(
+        raise ConfigError(
             f"run {cfg.run_name!r} was trained with train.strategy {strategy_label(saved)!r}; resuming it needs "
             f"the same strategy, not {strategy_label(cfg.train)!r}. Keep the strategy, or start a new run with "
             "another storage.run_name"

@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.registry import checkpoint_metrics, complete_checkpoints
+from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
 
 
@@ -107,7 +108,9 @@ def build_trainer(
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever."""
     check_batch_fits(cfg.train, data.num_rows["train"])
-    resume_from = recover_run_state(Path(cfg.storage.root) / "runs" / run_name)
+    run_dir = Path(cfg.storage.root) / "runs" / run_name
+    require_resumable(run_dir, cfg)
+    resume_from = recover_run_state(run_dir)
     keep = cfg.train.checkpoint
     return TorchTrainer(
         train_loop_per_worker,
@@ -138,6 +141,14 @@ def build_trainer(
 
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def require_resumable(run_dir: Path, cfg: PipelineConfig) -> None:
+    """Re-running a run under another strategy is refused here, before its workers start (each worker checks
+    again on load: a remote storage path is not looked at from the driver)."""
+    complete = complete_checkpoints(run_dir)
+    if complete:
+        require_same_strategy(complete[-1], cfg)
 
 
 def recover_run_state(run_dir: Path) -> str | None:
