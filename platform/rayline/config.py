@@ -197,6 +197,10 @@ class TrainConfig(Section):
     """Which checkpoints to keep and which is best."""
     max_failures: Annotated[int, Field(ge=0)] = 0
     """Worker-group failures to recover from (restarting from the latest checkpoint)."""
+    poll_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 0.25
+    """How often Ray Train's controller collects the workers' reports and checks their health. A worker's
+    second report waits until its first is collected, so Ray's default (2 s) holds epochs shorter than that
+    back; each poll costs a few milliseconds."""
 
     @property
     def data_parallel_size(self) -> int:

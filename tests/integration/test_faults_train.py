@@ -71,9 +71,35 @@ def assert_epochs_continue(seen: list[int]) -> None:
 # ---------------------------------------------------------------- 1. a worker killed mid-epoch
 
 
-def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbed(ray_cluster, digits, tmp_path):
-    undisturbed = train_and_register(pipeline(digits, tmp_path, "undisturbed", hidden=[64]), log=quiet)
+@dataclass(frozen=True)
+class Baseline:
+    report: TrainReport
+    root: Path
 
+
+@pytest.fixture(scope="module")
+def undisturbed(ray_cluster, digits, tmp_path_factory) -> Baseline:
+    """A run whose training nothing disturbs: it loses only the queue that carries its progress to the driver,
+    an actor that needs no CPU, so on a multi-node cluster Ray puts it on a random node and it dies with that
+    node (seen in test_faults_cluster.py's scenario). Its model is the baseline a disturbed run must match."""
+    root = tmp_path_factory.mktemp("undisturbed")
+    seen: list[int] = []
+
+    def on_epoch(metrics: dict) -> None:
+        seen.append(int(metrics["epoch"]))
+        if len(seen) == 1:
+            sigkill([actor.pid for actor in live_actors("_QueueActor")])
+
+    report = train_and_register(pipeline(digits, root, "undisturbed", hidden=[64]), on_epoch=on_epoch, log=quiet)
+    return Baseline(report, root)
+
+
+def test_losing_the_drivers_progress_queue_does_not_stop_training(undisturbed):
+    history = Registry(undisturbed.root).record(undisturbed.report.version)["history"]
+    assert [m["epoch"] for m in history] == list(range(len(history)))
+
+
+def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbed(undisturbed, digits, tmp_path):
     seen: list[int] = []
     fault: dict[str, object] = {}
 
@@ -93,28 +119,13 @@ def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbe
     killed = pipeline(digits, tmp_path, "killed", hidden=[64], max_failures=1)
     report = train_and_register(killed, on_epoch=on_epoch, log=quiet)
 
-    accuracy, baseline = report.test_metrics["test_accuracy"], undisturbed.test_metrics["test_accuracy"]
+    accuracy, baseline = report.test_metrics["test_accuracy"], undisturbed.report.test_metrics["test_accuracy"]
     print(f"worker killed: {fault}, epochs reported {seen}, test accuracy {accuracy:.4f} vs {baseline:.4f}")
     assert "replaced_in_s" in fault, f"no worker was killed and replaced: {fault}"
     assert_epochs_continue(seen)
     history = Registry(tmp_path).record(report.version)["history"]
     assert [m["epoch"] for m in history] == list(range(len(history))), "the learning curve has no hole"
     assert abs(accuracy - baseline) <= 0.01, f"test accuracy {accuracy:.4f} vs {baseline:.4f} undisturbed"
-
-
-def test_losing_the_drivers_progress_queue_does_not_stop_training(ray_cluster, digits, tmp_path):
-    """The queue that carries progress to the driver is an actor that needs no CPU, so on a multi-node cluster
-    Ray puts it on a random node, and it dies with that node (seen in test_faults_cluster.py's scenario)."""
-    seen: list[int] = []
-
-    def on_epoch(metrics: dict) -> None:
-        seen.append(int(metrics["epoch"]))
-        if len(seen) == 1:
-            sigkill([actor.pid for actor in live_actors("_QueueActor")])
-
-    report = train_and_register(pipeline(digits, tmp_path, "queue-lost", hidden=[64]), on_epoch=on_epoch, log=quiet)
-    history = Registry(tmp_path).record(report.version)["history"]
-    assert [m["epoch"] for m in history] == list(range(len(history)))
 
 
 # ---------------------------------------------------------------- 2. killed while writing a checkpoint

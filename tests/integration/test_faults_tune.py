@@ -61,11 +61,14 @@ def write_pipeline(tmp_path: Path, space: dict, max_t: int = 3, **tune) -> Path:
 
 
 def trial_results(experiment: Path) -> list[list[dict]]:
-    """Each trial's results from Tune's result.json (which Tune may write only when the trial ends)."""
+    """Each trial's results from Tune's result.json (which Tune may write only when the trial ends). A trial
+    directory with none is left out: a crashed driver can leave one for a trial it created but never ran."""
     trials = []
     for result in experiment.glob("*/result.json"):
         with contextlib.suppress(ValueError):
-            trials.append([json.loads(line) for line in result.read_text().splitlines() if line.strip()])
+            lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            if lines:
+                trials.append(lines)
     return trials
 
 
@@ -102,7 +105,7 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     started SIGKILLed, like a machine losing power) and is resumed again. Nothing is registered until the
     search is whole; then exactly one best model is."""
     space = {"train.optimizer.lr": {"loguniform": [0.001, 0.01]}}
-    pipeline = write_pipeline(tmp_path, space, num_samples=3, max_concurrent_trials=1)
+    pipeline = write_pipeline(tmp_path, space, num_samples=2, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
     # crashed cluster's files, and any process it leaves, are told apart from every other Ray on the machine.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlf-", dir="/tmp"))
@@ -134,7 +137,7 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
         printed = (tmp_path / "first.log").read_text()
         assert first.returncode == 130 and "--resume" in printed, printed[-3000:]
         at_interrupt = trial_epochs(runs)
-        assert sum(at_interrupt) < 9, "the search was stopped before its end"
+        assert sum(at_interrupt) < 6, "the search was stopped before its end"
         assert not registry.versions(), "an interrupted search registers nothing"
 
         second = start("second.log", "--resume")
@@ -160,9 +163,9 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     rows = table_rows(experiment)
-    assert len(rows) == 3, "the resumed search ran the remaining trials, not a new search"
+    assert len(rows) == 2, "the resumed search ran the remaining trial, not a new search"
     assert not [r for r in rows if "ERROR" in r], rows
-    assert [t[-1]["epochs_done"] for t in trial_results(experiment)] == [3, 3, 3], "every trial finished"
+    assert [t[-1]["epochs_done"] for t in trial_results(experiment)] == [3, 3], "every trial finished"
     assert "registered model v1" in resumed.stdout
     assert registry.versions() == ["v1"], "exactly one best model"
     assert registry.serving_version() == "v1"
@@ -185,7 +188,7 @@ class ImpossibleTrial:
 @pytest.fixture(scope="module")
 def impossible_trial(ray_cluster, tmp_path_factory) -> ImpossibleTrial:
     tmp_path = tmp_path_factory.mktemp("impossible")
-    space = {"model.hidden_sizes": {"grid": [[32], [IMPOSSIBLE], [64]]}}
+    space = {"model.hidden_sizes": {"grid": [[32], [IMPOSSIBLE]]}}
     cfg = load_config(write_pipeline(tmp_path, space, searcher="grid", num_samples=1, max_t=2))
     printed = io.StringIO()
     report = error = None
@@ -200,7 +203,7 @@ def impossible_trial(ray_cluster, tmp_path_factory) -> ImpossibleTrial:
 def test_only_the_trial_that_cannot_allocate_fails_and_keeps_its_cause(impossible_trial):
     trials = trial_results(impossible_trial.experiment)
     finished = sorted(t[-1]["config"]["model.hidden_sizes"] for t in trials if t and t[-1]["epochs_done"] == 2)
-    assert finished == ["[32]", "[64]"], "the other trials trained to the end"
+    assert finished == ["[32]"], "the other trial trained to the end"
     errors = list(impossible_trial.experiment.glob("*/error.txt"))
     assert len(errors) == 1 and str(IMPOSSIBLE) in errors[0].parent.name, "only the impossible trial failed"
     assert f"you tried to allocate {64 * IMPOSSIBLE * 4} bytes" in errors[0].read_text()
@@ -210,9 +213,9 @@ def test_only_the_trial_that_cannot_allocate_fails_and_keeps_its_cause(impossibl
 def test_a_search_with_a_failed_trial_still_registers_its_best_model(impossible_trial):
     assert impossible_trial.error is None, repr(impossible_trial.error)
     rows = table_rows(impossible_trial.experiment)
-    assert len(rows) == 3 and len([r for r in rows if "ERROR" in r]) == 1, rows
+    assert len(rows) == 2 and len([r for r in rows if "ERROR" in r]) == 1, rows
     record = Registry(impossible_trial.experiment.parents[1]).record(impossible_trial.report.version)
-    assert record["params"]["model.hidden_sizes"] in ([32], [64])
+    assert record["params"]["model.hidden_sizes"] == [32]
 
 
 def test_the_failed_trials_cause_is_printed_where_the_user_looks(impossible_trial):

@@ -1,5 +1,7 @@
 """A real DDP run over 2 Ray Train workers on the digits data, then resume by run name."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +10,7 @@ from rayline.config import validate_config
 from rayline.data import DataError, write_digits
 from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
-from rayline.registry import Registry
+from rayline.registry import STATE_FILE, Registry, checkpoint_metrics, complete_checkpoints, read_json
 
 pytestmark = pytest.mark.slow
 
@@ -88,13 +90,15 @@ def test_batch_prediction_over_a_corrupt_file_names_it_and_writes_nothing(traine
     assert not (tmp_path / "out.parquet").exists()
 
 
-def test_rerunning_a_run_name_resumes_the_epoch_count(ray_cluster, tmp_path):
-    first = digits_config(tmp_path, epochs=2)
+def test_rerunning_a_run_name_resumes_the_epoch_count(trained):
+    """Last in this file: it adds an epoch to the shared run and registers (and serves) another version."""
+    cfg, _, first_run = trained
     seen = []
-    train_and_register(first, on_epoch=seen.append, log=lambda _: None)
-    resumed = digits_config(tmp_path, epochs=4)
+    resumed = digits_config(Path(cfg.data.source).parent, epochs=13)
     train_and_register(resumed, on_epoch=seen.append, log=lambda _: None)
-    assert [m["epoch"] for m in seen] == [0, 1, 2, 3], "the second run continues at epoch 2"
-    registry = Registry(resumed.storage.root)
-    history = registry.record(registry.serving_version())["history"]
-    assert [m["epoch"] for m in history][:2] == [0, 1], "the learning curve spans both runs"
+    assert [m["epoch"] for m in seen] == [12], "the re-run continues at epoch 12"
+    assert seen[0]["train_loss"] < 0.5 * first_run[0]["train_loss"], "from the saved weights, not from scratch"
+    run = Path(cfg.storage.root) / "runs" / cfg.run_name
+    latest = max(complete_checkpoints(run), key=lambda c: checkpoint_metrics(c)["epoch"])
+    history = read_json(latest / STATE_FILE)["history"]
+    assert [m["epoch"] for m in history] == list(range(13)), "the learning curve spans both runs"

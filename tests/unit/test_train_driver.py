@@ -34,6 +34,16 @@ def test_ray_data_splits_per_worker_only_when_every_worker_is_a_replica(train, s
     assert dataset_config(train)._datasets_to_split == split
 
 
+def test_the_poll_interval_reaches_the_run_controller(monkeypatch):
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from rayline.train.driver import POLL_INTERVAL_ENV, set_poll_interval
+
+    monkeypatch.setenv(POLL_INTERVAL_ENV, "2")  # restored after the test
+    set_poll_interval(TrainConfig(poll_interval_s=0.5))
+    assert get_env_vars_to_propagate()[POLL_INTERVAL_ENV] == "0.5"
+
+
 def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
     from ray.exceptions import RayActorError
 

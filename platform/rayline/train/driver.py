@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def build_trainer(
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever."""
     check_batch_fits(cfg.train, data.num_rows["train"])
+    set_poll_interval(cfg.train)
     run_dir = Path(cfg.storage.root) / "runs" / run_name
     require_resumable(run_dir, cfg)
     resume_from = recover_run_state(run_dir)
@@ -141,6 +143,13 @@ def build_trainer(
 
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+def set_poll_interval(train: TrainConfig) -> None:
+    """Ray Train reads it from the environment of the process that calls fit() (the driver or a Tune trial) and
+    passes it on to the run's controller."""
+    os.environ[POLL_INTERVAL_ENV] = str(train.poll_interval_s)
 
 
 def require_resumable(run_dir: Path, cfg: PipelineConfig) -> None:
