@@ -32,7 +32,7 @@ IMPOSSIBLE = 2**40
 """A hidden width whose first layer needs 64 x 2^40 float32 weights (256 TiB): no machine can allocate it."""
 
 
-def write_pipeline(tmp_path: Path, space: dict, max_t: int = 3, **tune) -> Path:
+def write_pipeline(tmp_path: Path, space: dict, max_t: int = 3, train: dict | None = None, **tune) -> Path:
     source = tmp_path / "digits.parquet"
     write_digits(str(source))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
@@ -45,7 +45,7 @@ def write_pipeline(tmp_path: Path, space: dict, max_t: int = 3, **tune) -> Path:
             "features": [f"pixel_{i}" for i in range(64)],
         },
         "model": {"kind": "mlp", "hidden_sizes": [32]},
-        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 64},
+        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 64, **(train or {})},
         "tune": {
             "search_space": str(tmp_path / "space.yaml"),
             "metric": "val_accuracy",
@@ -105,7 +105,9 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     started SIGKILLed, like a machine losing power) and is resumed again. Nothing is registered until the
     search is whole; then exactly one best model is."""
     space = {"train.optimizer.lr": {"loguniform": [0.001, 0.01]}}
-    pipeline = write_pipeline(tmp_path, space, num_samples=2, max_concurrent_trials=1)
+    # Epochs here take a fraction of a second; reports collected every 2 s keep a trial in flight long enough
+    # to be caught there.
+    pipeline = write_pipeline(tmp_path, space, train={"poll_interval_s": 2.0}, num_samples=2, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
     # crashed cluster's files, and any process it leaves, are told apart from every other Ray on the machine.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlf-", dir="/tmp"))
