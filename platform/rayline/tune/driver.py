@@ -126,7 +126,7 @@ def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experim
             mode=t.mode,
             num_samples=t.num_samples,
             max_concurrent_trials=plan.max_concurrent_trials,
-            search_alg=make_searcher(t),
+            search_alg=make_searcher(t, plan.max_concurrent_trials),
             scheduler=make_scheduler(t),
         ),
         run_config=tune.RunConfig(
@@ -190,7 +190,10 @@ def last_error_line(trial) -> str:
     return lines[-1] if lines else "no error text was stored"
 
 
-def make_searcher(t: TuneConfig):
+def make_searcher(t: TuneConfig, max_concurrent: int):
+    """Tune applies max_concurrent_trials to a Searcher (Optuna) itself but ignores it, with only a log warning,
+    for a search algorithm such as BasicVariantGenerator (random, grid): that one is given the cap directly, or
+    more trials start than the cluster holds and their worker groups time out."""
     if t.searcher == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -203,7 +206,9 @@ def make_searcher(t: TuneConfig):
         )
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=encoded_points(t) or None, random_state=t.seed)
+    return BasicVariantGenerator(
+        points_to_evaluate=encoded_points(t) or None, max_concurrent=max_concurrent, random_state=t.seed
+    )
 
 
 def encoded_points(t: TuneConfig) -> list[dict[str, Any]]:
