@@ -200,7 +200,7 @@ class TrainConfig(Section):
     poll_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 0.25
     """How often Ray Train's controller collects the workers' reports and checks their health. A worker's
     second report waits until its first is collected, so Ray's default (2 s) holds epochs shorter than that
-    back; each poll costs a few milliseconds."""
+    back. Each poll is one remote call to every worker."""
 
     @property
     def data_parallel_size(self) -> int:

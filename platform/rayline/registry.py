@@ -153,6 +153,11 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     return complete
 
 
+def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint of a Train run with the highest epoch; None when it has none."""
+    return max(complete_checkpoints(run_dir), key=lambda d: int(checkpoint_metrics(d)["epoch"]), default=None)
+
+
 def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:
     """(model state, optimizer state, epoch, history) of a checkpoint, for resuming training."""
     directory = Path(directory)

@@ -10,7 +10,7 @@ from rayline.config import validate_config
 from rayline.data import DataError, write_digits
 from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
-from rayline.registry import STATE_FILE, Registry, checkpoint_metrics, complete_checkpoints, read_json
+from rayline.registry import STATE_FILE, Registry, last_complete_checkpoint, read_json
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,5 @@ def test_rerunning_a_run_name_resumes_the_epoch_count(trained):
     assert [m["epoch"] for m in seen] == [12], "the re-run continues at epoch 12"
     assert seen[0]["train_loss"] < 0.5 * first_run[0]["train_loss"], "from the saved weights, not from scratch"
     run = Path(cfg.storage.root) / "runs" / cfg.run_name
-    latest = max(complete_checkpoints(run), key=lambda c: checkpoint_metrics(c)["epoch"])
-    history = read_json(latest / STATE_FILE)["history"]
+    history = read_json(last_complete_checkpoint(run) / STATE_FILE)["history"]
     assert [m["epoch"] for m in history] == list(range(13)), "the learning curve spans both runs"

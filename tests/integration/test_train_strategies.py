@@ -17,8 +17,7 @@ from rayline.registry import (
     SHARDED_DIR,
     STATE_FILE,
     Registry,
-    checkpoint_metrics,
-    complete_checkpoints,
+    last_complete_checkpoint,
     read_json,
 )
 
@@ -135,8 +134,7 @@ def test_a_sharded_run_rerun_resumes_from_its_sharded_copy(trained, store, name)
     assert [m["epoch"] for m in seen] == [EPOCHS], "the re-run continues after the last epoch"
     assert seen[0]["train_loss"] < 0.5 * first_run[0]["train_loss"], "from the saved weights, not from scratch"
     run = Path(resumed.storage.root) / "runs" / resumed.run_name
-    latest = max(complete_checkpoints(run), key=lambda c: checkpoint_metrics(c)["epoch"])
-    history = read_json(latest / STATE_FILE)["history"]
+    history = read_json(last_complete_checkpoint(run) / STATE_FILE)["history"]
     assert [m["epoch"] for m in history] == list(range(EPOCHS + 1)), "the learning curve carries on"
 
 

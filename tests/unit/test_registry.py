@@ -142,6 +142,7 @@ def test_a_search_picks_the_best_checkpoint_that_verifies(tmp_path):
 
 
 def test_a_cut_short_run_record_is_moved_aside_and_the_last_complete_checkpoint_named(tmp_path):
+    from rayline.registry import last_complete_checkpoint
     from rayline.train.driver import RUN_SNAPSHOT, recover_run_state
 
     write_checkpoint(tmp_path / "checkpoint_000000", epoch=0)
@@ -149,15 +150,16 @@ def test_a_cut_short_run_record_is_moved_aside_and_the_last_complete_checkpoint_
     write_checkpoint(tmp_path / "checkpoint_000002", epoch=2)
     (tmp_path / "checkpoint_000002" / "manifest.json").write_bytes(b"")  # the write the full disk cut short
     (tmp_path / RUN_SNAPSHOT).write_text('{"checkpoints": [')
-    assert recover_run_state(tmp_path) == str(tmp_path / "checkpoint_000001")
+    assert recover_run_state(tmp_path, last_complete_checkpoint(tmp_path)) == str(tmp_path / "checkpoint_000001")
     assert not (tmp_path / RUN_SNAPSHOT).exists() and (tmp_path / f"{RUN_SNAPSHOT}.corrupt").is_file()
 
 
 def test_a_sound_run_record_is_left_to_ray_train(tmp_path):
+    from rayline.registry import last_complete_checkpoint
     from rayline.train.driver import RUN_SNAPSHOT, recover_run_state
 
     write_checkpoint(tmp_path / "checkpoint_000000", epoch=0)
-    assert recover_run_state(tmp_path) is None, "no record: a new run"
+    assert recover_run_state(tmp_path, last_complete_checkpoint(tmp_path)) is None, "no record: a new run"
     (tmp_path / RUN_SNAPSHOT).write_text("{}")
-    assert recover_run_state(tmp_path) is None
+    assert recover_run_state(tmp_path, last_complete_checkpoint(tmp_path)) is None
     assert (tmp_path / RUN_SNAPSHOT).read_text() == "{}"

@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
-from rayline.registry import checkpoint_metrics, complete_checkpoints
+from rayline.registry import checkpoint_metrics, last_complete_checkpoint
 from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
 
@@ -111,8 +111,12 @@ def build_trainer(
     check_batch_fits(cfg.train, data.num_rows["train"])
     set_poll_interval(cfg.train)
     run_dir = Path(cfg.storage.root) / "runs" / run_name
-    require_resumable(run_dir, cfg)
-    resume_from = recover_run_state(run_dir)
+    last = last_complete_checkpoint(run_dir)  # listed (and hashed) once per start
+    if last is not None:
+        # Refused here, before any worker starts; each worker checks again on load (a remote storage path is
+        # not looked at from the driver).
+        require_same_strategy(last, cfg)
+    resume_from = recover_run_state(run_dir, last)
     keep = cfg.train.checkpoint
     return TorchTrainer(
         train_loop_per_worker,
@@ -152,15 +156,7 @@ def set_poll_interval(train: TrainConfig) -> None:
     os.environ[POLL_INTERVAL_ENV] = str(train.poll_interval_s)
 
 
-def require_resumable(run_dir: Path, cfg: PipelineConfig) -> None:
-    """Re-running a run under another strategy is refused here, before its workers start (each worker checks
-    again on load: a remote storage path is not looked at from the driver)."""
-    complete = complete_checkpoints(run_dir)
-    if complete:
-        require_same_strategy(complete[-1], cfg)
-
-
-def recover_run_state(run_dir: Path) -> str | None:
+def recover_run_state(run_dir: Path, last_complete: Path | None) -> str | None:
     """Ray Train's record of a run's checkpoints, cut short by a full disk, stops the run from ever starting
     again (its controller fails to parse it). Move it aside and name the run's last complete checkpoint, for
     the loop to resume from; None when the record is fine or absent."""
@@ -172,10 +168,7 @@ def recover_run_state(run_dir: Path) -> str | None:
         return None
     except ValueError:
         snapshot.rename(snapshot.with_name(RUN_SNAPSHOT + ".corrupt"))
-    complete = complete_checkpoints(run_dir)
-    if not complete:
-        return None
-    return str(max(complete, key=lambda d: int(checkpoint_metrics(d)["epoch"])))
+    return None if last_complete is None else str(last_complete)
 
 
 def check_batch_fits(train: TrainConfig, train_rows: int) -> None:
