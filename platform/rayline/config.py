@@ -37,11 +37,58 @@ PositiveFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 # ---------------------------------------------------------------- data
 
 
+class ConstantImputation(Section):
+    constant: float
+    """Value that replaces a missing numeric cell."""
+
+
+NumericImputation = Literal["median", "mean", "drop_row", "error"] | ConstantImputation
+"""How a missing numeric cell is filled: the training split's median or mean, a constant ({constant: X}),
+dropping the row (training and batch prediction; a served row with it is refused), or an error."""
+CategoricalMissing = Literal["category", "drop_row", "error"]
+"""category: a missing categorical cell is a category of its own (the default)."""
+FeatureKind = Literal["numeric", "categorical"]
+
+
 class FeatureConfig(Section):
     name: str = Field(min_length=1)
     """Column name in the source."""
-    kind: Literal["numeric", "categorical"] = "numeric"
-    """numeric columns are standardized; categorical ones are one-hot encoded."""
+    kind: FeatureKind = "numeric"
+    """numeric columns are standardized; categorical ones are one-hot encoded (or embedded, see encoding)."""
+    missing: NumericImputation | CategoricalMissing | None = None
+    """How missing cells of this column are handled; none = data.missing's rule for the column's kind."""
+    indicator: bool | None = None
+    """Add a 0/1 "was missing" input beside a numeric column; none = data.missing.indicator."""
+    max_categories: PositiveInt | None = None
+    """Most categories kept (most frequent first; the rest become one "other" category); none =
+    data.max_categories."""
+    encoding: Literal["auto", "onehot", "embedding"] = "auto"
+    """How a categorical column reaches the model: onehot, a learned embedding, or auto (embedding when it keeps
+    more than data.embedding_threshold categories)."""
+
+    @model_validator(mode="after")
+    def _missing_fits_kind(self) -> FeatureConfig:
+        categorical_only = self.missing == "category"
+        numeric_only = isinstance(self.missing, ConstantImputation) or self.missing in ("median", "mean")
+        if self.kind == "numeric" and categorical_only:
+            raise ValueError(f"missing 'category' is for categorical features; {self.name!r} is numeric")
+        if self.kind == "categorical" and numeric_only:
+            raise ValueError(
+                f"missing {self.missing!r} is for numeric features; categorical {self.name!r} takes "
+                "category, drop_row or error"
+            )
+        if self.kind == "categorical" and self.indicator:
+            raise ValueError(f"indicator is for numeric features; categorical {self.name!r} keeps missing apart")
+        return self
+
+
+class MissingConfig(Section):
+    numeric: NumericImputation = "median"
+    """Default rule for missing numeric cells: median, mean, {constant: X}, drop_row or error."""
+    categorical: CategoricalMissing = "category"
+    """Default rule for missing categorical cells: category (its own category), drop_row or error."""
+    indicator: bool = False
+    """Default for feature.indicator: add a 0/1 "was missing" input beside each numeric column."""
 
 
 class SplitConfig(Section):
@@ -63,15 +110,28 @@ class SplitConfig(Section):
 
 class DataConfig(Section):
     source: str = Field(min_length=1)
-    """A file, a directory or a glob; local path or a pyarrow-filesystem URI (s3://, gs://, ...)."""
+    """A file, a directory or a glob; local path or a pyarrow-filesystem URI (s3://, gs://, ...). A directory
+    written by Spark or Hive (part files, _SUCCESS, .crc, key=value/ partition folders) reads as one table."""
     format: Literal["parquet", "csv", "json"] | None = None
     """File format; inferred from the file extension when omitted. json means JSON lines."""
     task: Literal["classification", "regression"]
     """What the model predicts: a class (classification) or a number (regression)."""
     label: str = Field(min_length=1)
     """Column holding the target."""
-    features: list[FeatureConfig] = Field(min_length=1)
-    """Input columns, in the order the model sees them; a bare name means a numeric column."""
+    features: list[FeatureConfig] | Literal["auto"] = "auto"
+    """Input columns, in the order the model sees them (a bare name means a numeric column), or auto: every
+    column but the label and data.exclude, kinds inferred from the schema (`rayline validate --data` prints
+    them)."""
+    exclude: list[str] = []
+    """Columns features: auto leaves out (ids, leaks); columns that look like ids are left out anyway."""
+    missing: MissingConfig = MissingConfig()
+    """Data-wide rules for missing cells; a feature's own missing/indicator settings override them."""
+    max_categories: PositiveInt = 100
+    """Most categories a categorical column keeps (most frequent first); rarer values share one "other"."""
+    embedding_threshold: PositiveInt = 16
+    """A categorical column (encoding auto) keeping more categories than this gets a learned embedding."""
+    embedding_dim: PositiveInt | None = None
+    """Width of each embedding; none = min(16, round(1.6 * categories ** 0.56))."""
     split: SplitConfig = SplitConfig()
     """How rows are divided into train / validation / test."""
 
@@ -84,6 +144,14 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _columns_are_distinct(self) -> DataConfig:
+        if self.features == "auto":
+            if self.label in self.exclude:
+                raise ValueError(f"the label column {self.label!r} is in data.exclude; the label is never a feature")
+            return self
+        if not self.features:
+            raise ValueError("features is an empty list; name at least one column, or write features: auto")
+        if self.exclude:
+            raise ValueError("data.exclude is only read with features: auto; drop the columns from features instead")
         names = [f.name for f in self.features]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -91,6 +159,11 @@ class DataConfig(Section):
         if self.label in names:
             raise ValueError(f"the label column {self.label!r} is also listed as a feature")
         return self
+
+    @property
+    def resolved(self) -> bool:
+        """True once features is a list of columns (features: auto is resolved against the source's schema)."""
+        return self.features != "auto"
 
 
 # ---------------------------------------------------------------- model
@@ -150,6 +223,38 @@ class CheckpointConfig(Section):
     """Whether a lower (min) or higher (max) metric is better."""
 
 
+class LRScheduleConfig(Section):
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    """constant keeps optimizer.lr; cosine anneals it to min_lr_ratio * lr by the last epoch; step multiplies it
+    by gamma every step_epochs."""
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    """Epochs over which the learning rate rises linearly from lr / (warmup_epochs + 1) to lr, stepped per batch."""
+    step_epochs: PositiveInt = 10
+    """For kind step: epochs between reductions."""
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """For kind step: factor applied every step_epochs."""
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """For kind cosine: the final learning rate as a share of lr."""
+
+
+class EarlyStoppingConfig(Section):
+    metric: str = "val_loss"
+    """Reported validation metric watched, e.g. val_loss, val_accuracy, val_f1_macro, val_rmse, val_r2."""
+    mode: Literal["min", "max"] | None = None
+    """Whether lower or higher is better; none = max for accuracy, f1, auc and r2, min otherwise."""
+    patience: PositiveInt = 5
+    """Epochs without an improvement of at least min_delta before training stops."""
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    """Smallest change of the metric that counts as an improvement."""
+
+    @property
+    def direction(self) -> Literal["min", "max"]:
+        if self.mode is not None:
+            return self.mode
+        higher_is_better = ("accuracy", "f1", "auc", "r2")
+        return "max" if any(word in self.metric for word in higher_is_better) else "min"
+
+
 class PipelineParallelConfig(Section):
     microbatches: PositiveInt = 4
     """Micro-batches each batch is cut into as it flows through the stages; must divide train.batch_size."""
@@ -193,6 +298,16 @@ class TrainConfig(Section):
     """Seed for weight initialisation and data order."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """Optimizer settings."""
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    """How the learning rate changes over the epochs."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when a validation metric stops improving; the best checkpoint is still the one registered."""
+    class_weight: Literal["none", "balanced"] = "none"
+    """balanced weights each class's loss by n_rows / (n_classes * rows of that class) in the training split
+    (classification only), so rare classes count as much as common ones."""
+    baseline: bool = True
+    """Also fit a linear baseline (logistic or ridge regression) on the driver on the same preprocessed split,
+    and report the model against it on the test split."""
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Which checkpoints to keep and which is best."""
     max_failures: Annotated[int, Field(ge=0)] = 0
@@ -389,6 +504,12 @@ class ServeConfig(Section):
 # ---------------------------------------------------------------- storage and root
 
 
+class RegistryConfig(Section):
+    model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name the trained model is registered under; versions are numbered per name. Defaults to the pipeline
+    name."""
+
+
 class StorageConfig(Section):
     root: str = ".rayline"
     """Where runs and the model registry live; shared storage (or a URI) on multi-node clusters."""
@@ -411,10 +532,17 @@ class PipelineConfig(Section):
     """HTTP serving."""
     storage: StorageConfig = StorageConfig()
     """Run and registry storage."""
+    registry: RegistryConfig = RegistryConfig()
+    """How the trained model is named in the registry."""
 
     @property
     def run_name(self) -> str:
         return self.storage.run_name or self.name
+
+    @property
+    def model_name(self) -> str:
+        """The registry name this pipeline's models are versioned and served under."""
+        return self.registry.model_name or self.name
 
     @field_validator("train")
     @classmethod
