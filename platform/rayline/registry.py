@@ -235,9 +235,14 @@ class Registry:
         data_fingerprint: str,
         test_metrics: dict[str, float] | None = None,
         params: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        artifacts: dict[str, bytes] | None = None,
         serve: bool = True,
     ) -> str:
-        """Copy a checkpoint in as a new version, record how it was made, and (by default) serve it."""
+        """Copy a checkpoint in as a new version, record how it was made, and (by default) serve it.
+
+        `evaluation` (JSON-able: confusion matrix, baseline comparison, ...) is stored in the record under that
+        key; `artifacts` are files (name -> bytes, e.g. a PNG) written beside the record."""
         verify_checkpoint(checkpoint_dir)
         version, version_dir = self._claim_next_version()
         shutil.copytree(checkpoint_dir, version_dir / "checkpoint")
@@ -257,7 +262,10 @@ class Registry:
             "source_checkpoint": str(checkpoint_dir),
             "params": params or {},
             "history": state["history"],
+            "evaluation": evaluation or {},
         }
+        for name, content in (artifacts or {}).items():
+            (version_dir / name).write_bytes(content)
         write_json(version_dir / "record.json", record)  # written last: a version without it is not listed
         if serve:
             self.set_serving(version)
