@@ -42,7 +42,7 @@ def register(root: str | Path, task: str = "classification", *, seed: int = 0, s
         serve=serve or ServeConfig(),
     )
     torch.manual_seed(seed)
-    model = build_model(config.model, num_inputs=pre.num_inputs, num_outputs=pre.num_outputs)
+    model = build_model(config.model, **pre.model_shape())
     checkpoint = root / f"ckpt-{task}-{seed}"
     save_checkpoint(
         checkpoint,

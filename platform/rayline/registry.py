@@ -188,7 +188,7 @@ def load_checkpoint(directory: str | Path, version: str | None = None) -> Loaded
     verify_checkpoint(directory)
     config = PipelineConfig.model_validate(read_json(directory / CONFIG_FILE))
     preprocessor = Preprocessor.from_dict(read_json(directory / PREPROCESSOR_FILE))
-    model = build_model(config.model, num_inputs=preprocessor.num_inputs, num_outputs=preprocessor.num_outputs)
+    model = build_model(config.model, **preprocessor.model_shape())
     model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True, map_location="cpu"))
     model.eval()
     return LoadedModel(model, preprocessor, config, checkpoint_metrics(directory), version)

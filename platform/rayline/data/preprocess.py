@@ -55,6 +55,10 @@ class Preprocessor:
     def num_outputs(self) -> int:
         return len(self.classes) if self.classes is not None else 1
 
+    def model_shape(self) -> dict[str, Any]:
+        """Keyword arguments of build_model that depend on the data: build_model(cfg.model, **p.model_shape())."""
+        return {"num_inputs": self.num_inputs, "num_outputs": self.num_outputs}
+
     def feature_schema(self) -> list[dict[str, Any]]:
         """What a request must carry, one entry per input column, in model order."""
         schema = []

@@ -34,7 +34,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.train.seed)
 
-    model = build_model(cfg.model, num_inputs=preprocessor.num_inputs, num_outputs=preprocessor.num_outputs)
+    model = build_model(cfg.model, **preprocessor.model_shape())
     loss_fn = make_loss_fn(classification)
     accumulation = cfg.train.grad_accumulation_steps
     # Pipeline schedules run the loss themselves, so theirs carries the accumulation scale.
