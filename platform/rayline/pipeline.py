@@ -34,6 +34,7 @@ def train_and_register(
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
     require_writable_storage(cfg.storage.root)
     data = prepare_datasets(cfg.data)
+    cfg = cfg.model_copy(update={"data": data.data_cfg})  # features: auto resolved, for workers and checkpoints
     log(
         f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation / "
         f"{data.num_rows['test']} test rows, {data.preprocessor.num_inputs} inputs, "
@@ -74,6 +75,7 @@ def search_and_register(
 
     require_writable_storage(cfg.storage.root)
     data = prepare_datasets(cfg.data)
+    cfg = cfg.model_copy(update={"data": data.data_cfg})
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
     outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)
     log(report_from_dir(outcome.experiment_dir))

@@ -9,6 +9,7 @@ from rayline.config import DataConfig
 from rayline.data.errors import DataError, reading, remote_data_error
 from rayline.data.fingerprint import fingerprint_source
 from rayline.data.fit import fit_preprocessor
+from rayline.data.infer import resolve_features
 from rayline.data.preprocess import Preprocessor
 from rayline.data.read import read_source
 from rayline.data.split import Splits, split_dataset
@@ -30,10 +31,13 @@ class PreparedData:
     fingerprint: str
     num_rows: dict[str, int]
     """Rows per split: {"train": ..., "validation": ..., "test": ...} (0 for a switched-off test split)."""
+    data_cfg: DataConfig
+    """The data section as prepared: features: auto resolved to the concrete list of columns and kinds."""
 
 
 def prepare_datasets(data_cfg: DataConfig) -> PreparedData:
     """Model-ready, materialized splits; statistics come from the training split only."""
+    data_cfg = resolve_features(data_cfg)
     fingerprint = fingerprint_source(data_cfg)
     splits = read_and_split(data_cfg)
     preprocessor = fit_preprocessor(splits.train, data_cfg)
@@ -50,6 +54,7 @@ def prepare_datasets(data_cfg: DataConfig) -> PreparedData:
         preprocessor=preprocessor,
         fingerprint=fingerprint,
         num_rows=num_rows,
+        data_cfg=data_cfg,
     )
 
 
