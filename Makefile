@@ -30,7 +30,7 @@ bench-train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines
