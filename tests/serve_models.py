@@ -9,7 +9,7 @@ import torch
 from rayline.config import FeatureConfig, ModelConfig, PipelineConfig, ServeConfig
 from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
 from rayline.models import build_model
-from rayline.registry import Registry, save_checkpoint
+from rayline.registry import ModelVersion, Registry, save_checkpoint
 
 CLASSES = ["cat", "dog", "eel"]
 COLORS = ["red", "green", "blue"]
@@ -26,12 +26,44 @@ def preprocessor(task: str) -> Preprocessor:
     return Preprocessor(task, "weight", stats, None, 50.0, 10.0)
 
 
-def register(root: str | Path, task: str = "classification", *, seed: int = 0, serve: ServeConfig | None = None) -> str:
-    """Register one small untrained model under root (seed picks its weights); returns its version."""
+def model_name(task: str) -> str:
+    """The registry name `register` uses for a task."""
+    return f"tiny-{task}"
+
+
+def register(
+    root: str | Path,
+    task: str = "classification",
+    *,
+    seed: int = 0,
+    serve: ServeConfig | None = None,
+    name: str | None = None,
+    metrics: dict[str, float] | None = None,
+    evaluation: dict | None = None,
+) -> ModelVersion:
+    """Register one small untrained model under root (seed picks its weights); returns its version.
+
+    The model is registered as `name`, else `tiny-<task>` (model_name(task))."""
     root = Path(root)
+    checkpoint = write_checkpoint(root, task, seed=seed, serve=serve, name=name, metrics=metrics)
+    return Registry(root).register(
+        checkpoint, run_name="t", data_fingerprint="sha256:test", test_metrics={"loss": 1.5}, evaluation=evaluation
+    )
+
+
+def write_checkpoint(
+    root: Path,
+    task: str,
+    *,
+    seed: int = 0,
+    serve: ServeConfig | None = None,
+    name: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """A checkpoint of a small untrained model under root, written by a pipeline called `name`."""
     pre = preprocessor(task)
     config = PipelineConfig(
-        name=f"tiny-{task}",
+        name=name or model_name(task),
         data={
             "source": "unused.csv",
             "task": task,
@@ -43,29 +75,62 @@ def register(root: str | Path, task: str = "classification", *, seed: int = 0, s
     )
     torch.manual_seed(seed)
     model = build_model(config.model, **pre.model_shape())
-    checkpoint = root / f"ckpt-{task}-{seed}"
+    checkpoint = root / f"ckpt-{config.name}-{seed}"
     save_checkpoint(
         checkpoint,
         model_state=model.state_dict(),
         optimizer_state={},
         epoch=0,
-        metrics={"val_loss": 1.25, "val_accuracy": float("nan")},
+        metrics=metrics or {"val_loss": 1.25, "val_accuracy": float("nan")},
         history=[],
         preprocessor=pre,
         config=config,
     )
-    return Registry(root).register(checkpoint, run_name="t", data_fingerprint="sha256:test", test_metrics={"loss": 1.5})
+    return checkpoint
+
+
+def make_unnamed_registry(root: str | Path, task: str = "classification") -> str:
+    """A registry as rayline wrote it before model names: models/v1/{checkpoint/, record.json} and one
+    serving.json beside models/. Returns root."""
+    import json
+    import shutil
+
+    root = Path(root)
+    source = write_checkpoint(root, task)
+    version_dir = root / "registry" / "models" / "v1"
+    shutil.copytree(source, version_dir / "checkpoint")
+    record = {
+        "version": "v1",
+        "pipeline": model_name(task),
+        "run_name": "t",
+        "created_at": "2026-11-30T10:00:00+00:00",
+        "epoch": 0,
+        "metrics": {"val_loss": 1.25},
+        "test_metrics": {},
+        "selected_by": {"metric": "val_loss", "mode": "min"},
+        "data_fingerprint": "sha256:test",
+        "code_version": "before-names",
+        "source_checkpoint": str(source),
+        "params": {},
+        "history": [],
+    }
+    (version_dir / "record.json").write_text(json.dumps(record))
+    marker = {"version": "v1", "history": [], "changed_at": "2026-11-30T10:00:00+00:00"}
+    (root / "registry" / "serving.json").write_text(json.dumps(marker))
+    return str(root)
 
 
 def make_registry(root: str | Path, task: str = "classification", versions: int = 1) -> str:
-    """A registry with `versions` models (v1 ... vN, each with other weights), serving the last; returns root."""
+    """A registry with `versions` versions of model_name(task) (v1 ... vN, each with other weights), serving
+    the last; returns root."""
     for seed in range(versions):
         register(root, task, seed=seed)
     return str(root)
 
 
-def tamper(root: str | Path, version: str, name: str = "model.pt") -> None:
-    path = Path(root) / "registry" / "models" / version / "checkpoint" / name
+def tamper(root: str | Path, version: str, name: str = "model.pt", task: str = "classification") -> None:
+    """Change one file of a registered version of model_name(task)."""
+    path = Registry(root).model(model_name(task)).path / version / "checkpoint" / name
     path.write_bytes(path.read_bytes() + b"\0")
 
 

@@ -101,42 +101,82 @@ def cmd_demo(args) -> int:
 
 def cmd_serve(args) -> int:
     from rayline.registry import Registry
+    from rayline.registry_layout import split_model_spec
 
     cfg = load_config(args.pipeline, args.set) if args.pipeline else None
     root = cfg.storage.root if cfg else args.root
+    name, version = split_model_spec(args.model) if args.model else (None, None)
+    if cfg is not None:
+        if name is not None and name != cfg.model_name:
+            raise ConfigError(f"--model {args.model}: {args.pipeline} serves model {cfg.model_name!r}; drop one")
+        name = cfg.model_name  # this pipeline's model, never another's
+    if version is not None and args.version is not None and version != args.version:
+        raise ConfigError(f"--model {args.model} and --version {args.version} name two versions; give one")
     registry = Registry(root)
-    version = registry.resolve(args.version)
+    model = registry.resolve(name, version or args.version)
     dashboard = start(args)
-    return serve_until_interrupted(root, version, cfg or registry.load(version).config, dashboard)
+    return serve_until_interrupted(root, model, cfg or registry.load(model).config, dashboard)
 
 
 def cmd_predict(args) -> int:
     from rayline.predict import predict_files
 
     start(args)
-    version, rows = predict_files(args.root, args.model, args.input, args.output)
-    print(f"predicted {rows} rows with model {version} into {args.output}")
+    model, rows = predict_files(args.root, args.model, args.input, args.output)
+    print(f"predicted {rows} rows with model {model} into {args.output}")
     return 0
 
 
 def cmd_models(args) -> int:
     from rayline.registry import Registry
+    from rayline.registry_layout import check_name
 
     registry = Registry(args.root)
-    records = registry.records()
-    if not records:
+    names = [registry.require(check_name(args.name))] if args.name else registry.names()
+    if not names:
         print(f"no models registered under {registry.path}")
         return 0
-    serving = registry.serving_version()
-    print(f"{'':2}{'version':9}{'pipeline':16}{'epoch':>6}  {'metrics':44}{'created'}")
-    for r in records:
-        shown = {**r["metrics"], **r["test_metrics"]}
-        keys = [k for k in ("val_loss", "val_accuracy", "test_accuracy", "test_rmse") if k in shown]
-        text = " ".join(f"{k}={shown[k]:.4f}" for k in keys)
-        mark = "* " if r["version"] == serving else "  "
-        print(f"{mark}{r['version']:9}{r['pipeline'][:15]:16}{r['epoch'] + 1:>6}  {text:44}{r['created_at']}")
-    print("* = the version served by default (`rayline serve`)")
+    serving = {name: registry.model(name).serving_version() for name in names}
+    print(models_table(registry.records(args.name), serving))
+    print("* = the version of its name served by default (`rayline serve`)")
     return 0
+
+
+def models_table(records: list[dict], serving: dict[str, str | None]) -> str:
+    """Registered versions in aligned columns: name, version, epoch, the key metrics present, created."""
+    metrics = [
+        f"{split}_{key}"
+        for key in ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2")
+        for split in ("val", "test")
+        if any(f"{split}_{key}" in {**r.get("metrics", {}), **r.get("test_metrics", {})} for r in records)
+    ]
+    rows = [["", "name", "version", "epoch", *metrics, "created"]]
+    for r in records:
+        shown = {**r.get("metrics", {}), **r.get("test_metrics", {})}
+        name = r.get("name") or r["pipeline"]
+        rows.append(
+            [
+                "*" if serving.get(name) == r["version"] else "",
+                name,
+                r["version"],
+                str(r["epoch"] + 1),
+                *(format_metric(shown.get(k)) for k in metrics),
+                r.get("created_at", ""),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {3, *range(4, 4 + len(metrics))}  # numbers line up on the right
+    lines = [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_metric(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def cmd_promote(args) -> int:
@@ -148,19 +188,21 @@ def cmd_rollback(args) -> int:
 
 
 def switch_served_version(args, version: str | None) -> int:
+    from rayline.registry import ModelVersion
     from rayline.serve import control
 
     if args.address or os.environ.get("RAY_ADDRESS"):
         start(args)
     try:
         if version is None:
-            version, apps = control.rollback(args.root)
+            model, apps = control.rollback(args.root, args.name)
         else:
-            apps = control.promote(args.root, version)
+            apps = control.promote(args.root, args.name, version)
+            model = ModelVersion(args.name, version)
     except control.ServeDeployError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(control.switch_summary(args.root, version, apps))
+    print(control.switch_summary(args.root, model, apps))
     return 0
 
 
@@ -221,6 +263,8 @@ def train(cfg: PipelineConfig, args):
     from rayline.metrics import record_epoch
     from rayline.pipeline import format_epoch, train_and_register
 
+    check_model_name(cfg)
+
     print(f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs")
 
     def on_epoch(metrics: dict) -> None:
@@ -233,8 +277,17 @@ def train(cfg: PipelineConfig, args):
 def search(cfg: PipelineConfig, args):
     from rayline.pipeline import search_and_register
 
+    check_model_name(cfg)
+
     print(f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials")
     return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)
+
+
+def check_model_name(cfg: PipelineConfig) -> None:
+    """Refuse a name the registry cannot hold before training, not after it."""
+    from rayline.registry_layout import check_name
+
+    check_name(cfg.model_name, "registry.model_name (default: the pipeline name)")
 
 
 def describe_prediction(prediction: dict) -> str:
@@ -252,11 +305,11 @@ def print_report(report) -> None:
     print(f"registered model {report.version}; test: {shown or '(no test split)'}")
 
 
-def serve_until_interrupted(root: str, version: str, cfg: PipelineConfig, dashboard: str) -> int:
+def serve_until_interrupted(root: str, model, cfg: PipelineConfig, dashboard: str) -> int:
     from rayline import serve as serving
 
-    url = serving.deploy(root, version, cfg.serve)
-    print(f"serving model {version} at {url}/predict  (docs: {url}/docs)")
+    url = serving.deploy(root, model, cfg.serve)
+    print(f"serving model {model} at {url}/predict  (docs: {url}/docs)")
     print(f"dashboard: {dashboard}")
     print("press Ctrl-C to stop")
     try:
@@ -295,20 +348,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir", help="the search folder, <storage.root>/tune/<run name>")
     command("demo", cmd_demo, "train, serve, send one HTTP request, shut down")
     serve = command("serve", cmd_serve, "serve a registered model until Ctrl-C", pipeline=False)
-    serve.add_argument("pipeline", nargs="?", help="pipeline YAML (for storage and serve settings)")
+    serve.add_argument("pipeline", nargs="?", help="pipeline YAML: serves its model (storage and serve settings too)")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    serve.add_argument("--version", help="model version (default: the serving one)")
+    serve.add_argument("--model", metavar="NAME[/vN]", help="model name to serve, without a pipeline")
+    serve.add_argument("--version", help="version of the model, e.g. v3 (default: its serving one)")
     serve.add_argument("--root", default=DEFAULT_ROOT, help="storage root (without a pipeline)")
     predict = command("predict", cmd_predict, "batch prediction over a file with Ray Data", pipeline=False)
-    predict.add_argument("--model", help="model version (default: the serving one)")
+    predict.add_argument(
+        "--model", metavar="NAME[/vN]", help="model name, or one version of it (default: the serving version)"
+    )
     predict.add_argument("--input", required=True, help="file, directory or glob of Parquet/CSV/JSON lines")
     predict.add_argument("--output", required=True, help="output directory; its extension picks the format")
     predict.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
     models = command("models", cmd_models, "list registered model versions", pipeline=False)
+    models.add_argument("name", nargs="?", help="only this model name's versions")
     models.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
     promote = command("promote", cmd_promote, "serve a registered version, switching running apps", pipeline=False)
-    promote.add_argument("version", help="registry version, e.g. v3 (see `rayline models`)")
-    rollback = command("rollback", cmd_rollback, "serve the previously served version again", pipeline=False)
+    promote.add_argument("name", help="model name (see `rayline models`)")
+    promote.add_argument("version", help="version of that model, e.g. v3")
+    rollback = command("rollback", cmd_rollback, "serve the model's previously served version again", pipeline=False)
+    rollback.add_argument("name", help="model name (see `rayline models`)")
     for p in (promote, rollback):
         p.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
         p.add_argument("--address", help="Ray cluster whose running apps to switch (default: $RAY_ADDRESS)")

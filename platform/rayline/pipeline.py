@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from rayline import baseline as linear
 from rayline.config import ConfigError, PipelineConfig
 from rayline.data import PreparedData, prepare_datasets
-from rayline.registry import Registry, load_checkpoint
-from rayline.train import fit
-from rayline.train.loop import evaluate
+from rayline.evaluation import confusion_matrix_png
+from rayline.registry import Registry, checkpoint_config, load_checkpoint
+from rayline.train import TrainOutcome, fit
+from rayline.train.evaluate import SplitResult, evaluate
+from rayline.train.weights import class_weights_for
+
+CONFUSION_PNG = "confusion_matrix.png"
+"""The held-out split's confusion matrix, written beside the registry record."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,10 @@ class TrainReport:
     best_metrics: dict[str, float]
     test_metrics: dict[str, float]
     num_rows: dict[str, int]
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """What the registry record holds under "evaluation": confusion matrix, baseline, early stopping."""
+    summary: list[str] = field(default_factory=list)
+    """The lines printed after training: early stopping, model vs baseline, and a warning if it is worse."""
 
 
 def train_and_register(
@@ -40,15 +50,22 @@ def train_and_register(
         f"{data.num_rows['test']} test rows, {data.preprocessor.num_inputs} inputs, "
         f"fingerprint {data.fingerprint[:19]}…"
     )
-    outcome = fit(cfg, data, on_epoch=on_epoch, verbose=verbose)
-    test_metrics = score_checkpoint(outcome.best_checkpoint, data)
+    class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)  # counted once: model, baseline
+    outcome = fit(cfg, data, on_epoch=on_epoch, verbose=verbose, class_weights=class_weights)
+    summary = early_stopping_summary(outcome, cfg)
+    test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
+    evaluation.update(training_notes(outcome, cfg, class_weights, data))
+    for line in summary:
+        log(line)
     version = Registry(cfg.storage.root).register(
         outcome.best_checkpoint,
         run_name=cfg.run_name,
         data_fingerprint=data.fingerprint,
         test_metrics=test_metrics,
+        evaluation=evaluation,
+        artifacts=artifacts,
     )
-    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows)
+    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 
 def require_writable_storage(root: str) -> None:
@@ -80,40 +97,122 @@ def search_and_register(
     outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)
     log(report_from_dir(outcome.experiment_dir))
     log(f"report: {outcome.experiment_dir / 'trials.txt'}, {outcome.experiment_dir / 'learning_curves.png'}")
-    test_metrics = score_checkpoint(outcome.best_checkpoint, data)
+    best_cfg = checkpoint_config(outcome.best_checkpoint)  # the best trial's own settings
+    class_weights = class_weights_for(best_cfg, data.train, data.preprocessor.classes)
+    summary: list[str] = []
+    test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
+    for line in summary:
+        log(line)
     version = Registry(cfg.storage.root).register(
         outcome.best_checkpoint,
         run_name=f"{cfg.run_name}/{outcome.best_trial_id}",
         data_fingerprint=data.fingerprint,
         test_metrics=test_metrics,
         params=outcome.best_params,
+        evaluation=evaluation,
+        artifacts=artifacts,
     )
     log(f"best trial {outcome.best_trial_id}: {outcome.best_params}")
-    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows)
+    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 
 def score_checkpoint(checkpoint_dir, data: PreparedData) -> dict[str, float]:
-    """Test-split metrics of a checkpoint, streamed through the same evaluation as validation."""
-    if data.test is None or data.num_rows.get("test", 0) == 0:
-        return {}
+    """Test-split metrics of a checkpoint (test_loss, test_accuracy, test_f1_macro, ...); {} without a test
+    split."""
+    scored = score_split(checkpoint_dir, data, "test")
+    return {} if scored is None else scored.named("test")
+
+
+def score_split(checkpoint_dir, data: PreparedData, split: str) -> SplitResult | None:
+    """Metrics (and confusion matrix) of a checkpoint on one prepared split, streamed through the same
+    evaluation as validation; None when the split is empty."""
+    dataset = getattr(data, split)
+    if dataset is None or data.num_rows.get(split, 0) == 0:
+        return None
     loaded = load_checkpoint(checkpoint_dir)
-    label_dtype = torch.int64 if loaded.preprocessor.task == "classification" else torch.float32
-    metrics = evaluate(
-        loaded.model,
-        data.test,
-        loaded.preprocessor,
-        batch_size=1024,
-        device=torch.device("cpu"),
-        label_dtype=label_dtype,
-    )
-    return {name.replace("val_", "test_", 1): value for name, value in metrics.items()}
+    return evaluate(loaded.model, dataset, loaded.preprocessor, batch_size=1024, device=torch.device("cpu"))
+
+
+def held_out_split(data: PreparedData) -> str:
+    """Where the final model is judged: the test split, or validation when data.split.test is 0."""
+    return "test" if data.test is not None and data.num_rows.get("test", 0) > 0 else "validation"
+
+
+def assess(
+    checkpoint_dir, cfg: PipelineConfig, data: PreparedData, class_weights: list[float] | None, summary: list[str]
+) -> tuple[dict[str, float], dict[str, Any], dict[str, bytes]]:
+    """Score the checkpoint on the held-out split and set it against the linear baseline.
+
+    Returns (test metrics, the record's evaluation, artifacts beside the record); appends what to print to
+    `summary`."""
+    split = held_out_split(data)
+    scored = score_split(checkpoint_dir, data, split)
+    test_metrics = scored.named("test") if split == "test" else {}
+    evaluation: dict[str, Any] = {"split": split, "metrics": scored.named(split)}
+    artifacts: dict[str, bytes] = {}
+    classes = data.preprocessor.classes
+    if scored.confusion is not None:
+        evaluation["confusion_matrix"] = {"labels": classes, "counts": scored.confusion.tolist()}
+        title = f"{cfg.name}: {split} split ({int(scored.confusion.sum())} rows)"
+        artifacts[CONFUSION_PNG] = confusion_matrix_png(scored.confusion, classes, title)
+    if cfg.train.baseline:
+        evaluation.update(baseline_comparison(scored.named(split), data, split, class_weights, cfg, summary))
+    return test_metrics, evaluation, artifacts
+
+
+def baseline_comparison(
+    model_metrics: dict[str, float],
+    data: PreparedData,
+    split: str,
+    class_weights: list[float] | None,
+    cfg: PipelineConfig,
+    summary: list[str],
+) -> dict[str, Any]:
+    """Fit the linear baseline on the training split, score it on `split`, and compare."""
+    train = linear.split_arrays(data.train, total_rows=data.num_rows["train"], seed=cfg.data.split.seed)
+    held_out = linear.split_arrays(getattr(data, split), total_rows=data.num_rows[split], seed=cfg.data.split.seed)
+    fitted = linear.fit_baseline(train, held_out, data.preprocessor, split=split, class_weights=class_weights)
+    comparison = linear.compare(model_metrics, fitted, data.preprocessor.task)
+    summary.append(linear.describe(comparison))
+    if comparison["worse_than_baseline"]:
+        summary.append(linear.warning(comparison, fitted))
+    return {
+        "baseline": fitted.to_dict(),
+        "comparison": comparison,
+        "worse_than_baseline": comparison["worse_than_baseline"],
+    }
+
+
+def early_stopping_summary(outcome: TrainOutcome, cfg: PipelineConfig) -> list[str]:
+    line = outcome.early_stopping_line(cfg)
+    return [line] if line else []
+
+
+def training_notes(
+    outcome: TrainOutcome, cfg: PipelineConfig, class_weights: list[float] | None, data: PreparedData
+) -> dict[str, Any]:
+    """How training ran, for the record: early stopping's verdict and the class weights used."""
+    notes: dict[str, Any] = {"validation_loss": "unweighted"}
+    if cfg.train.early_stopping is not None:
+        last = outcome.last_metrics or {}
+        notes["early_stopping"] = {
+            **cfg.train.early_stopping.model_dump(),
+            "stopped_early": outcome.stopped_early,
+            "epochs_run": int(last.get("epochs_done", 0)),
+            "best_epoch": last.get("best_epoch"),
+        }
+    if class_weights is not None:
+        notes["class_weights"] = dict(zip(data.preprocessor.classes, class_weights, strict=True))
+    return notes
 
 
 def format_epoch(metrics: dict[str, Any], total_epochs: int) -> str:
     """One progress line a person can follow."""
     shown = [f"epoch {int(metrics['epoch']) + 1}/{total_epochs}"]
-    for key in ("train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae"):
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc", "val_rmse", "val_r2"):
         if key in metrics:
             shown.append(f"{key} {metrics[key]:.4f}")
+    if "lr" in metrics:
+        shown.append(f"lr {metrics['lr']:.2g}")
     shown.append(f"{metrics['samples_per_s']:,.0f} samples/s")
     return "  ".join(shown)

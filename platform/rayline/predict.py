@@ -11,7 +11,7 @@ import torch
 from rayline.data import DataError, list_source_files
 from rayline.data.errors import reading
 from rayline.data.read import open_dataset
-from rayline.registry import Registry, load_checkpoint
+from rayline.registry import ModelVersion, Registry, load_checkpoint
 
 WRITERS = {"parquet": "write_parquet", "csv": "write_csv", "json": "write_json"}
 
@@ -41,16 +41,17 @@ class BatchPredictor:
 
 
 def predict_files(
-    storage_root: str, version: str | None, input_path: str, output_path: str, *, batch_size: int = 1024
-) -> tuple[str, int]:
+    storage_root: str, model: str | None, input_path: str, output_path: str, *, batch_size: int = 1024
+) -> tuple[ModelVersion, int]:
     """Predict every row of `input_path` into `output_path`, a directory of part files.
 
+    `model` is "NAME" (its serving version) or "NAME/vN"; None means the registry's only name.
     Returns the model version used and the number of rows written.
     """
     import ray.data
 
     registry = Registry(storage_root)
-    version = registry.resolve(version)
+    version = registry.find(model)
     out_fmt = output_format(output_path)
     filesystem, paths, fmt = list_source_files(input_path, None)
     with reading(input_path):

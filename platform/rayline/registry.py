@@ -11,14 +11,14 @@ A checkpoint directory holds everything serving, batch prediction and evaluation
                        shards, each written by the rank that holds it, for resuming with the same strategy
     manifest.json      sha256 of every file above (each shard included), written last
 
-The registry lives under `<storage.root>/registry/`: `models/<version>/` holds a copy of a run's
-best checkpoint plus `record.json` (metrics, config, data fingerprint, code version), and
-`serving.json` names the version to serve.
+The registry lives under `<storage.root>/registry/` and holds named models, the way MLflow's registry
+does: `models/<name>/<version>/` holds a copy of a run's best checkpoint plus `record.json` (metrics,
+config, data fingerprint, code version), and `models/<name>/serving.json` names the version of that
+name to serve. Versions are numbered per name (registry_layout.py has the formats and files).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import shutil
@@ -33,6 +33,20 @@ from torch import nn
 from rayline.config import PipelineConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
+from rayline.registry_layout import (
+    RECORD_FILE,
+    ModelVersion,
+    RegisteredModel,
+    RegistryError,
+    check_name,
+    claim_next_version,
+    is_name,
+    migrate_unnamed_layout,
+    now,
+    read_json,
+    split_model_spec,
+    write_json,
+)
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -42,12 +56,6 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 SHARDED_DIR = "sharded"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, PREPROCESSOR_FILE, CONFIG_FILE)
-SERVING_HISTORY = 20
-"""Earlier serving versions kept in serving.json for rollback."""
-
-
-class RegistryError(ValueError):
-    """A missing, partial or tampered checkpoint, or an unknown model version."""
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -180,10 +188,11 @@ class LoadedModel:
     preprocessor: Preprocessor
     config: PipelineConfig
     metrics: dict[str, float]
-    version: str | None = None
+    version: ModelVersion | None = None
+    """The registry version it was loaded as; None for a checkpoint loaded from a run directory."""
 
 
-def load_checkpoint(directory: str | Path, version: str | None = None) -> LoadedModel:
+def load_checkpoint(directory: str | Path, version: ModelVersion | None = None) -> LoadedModel:
     directory = Path(directory)
     verify_checkpoint(directory)
     config = PipelineConfig.model_validate(read_json(directory / CONFIG_FILE))
@@ -198,34 +207,68 @@ def load_checkpoint(directory: str | Path, version: str | None = None) -> Loaded
 
 
 class Registry:
-    """Versions of trained models under `<root>/registry`, and which one is served."""
+    """Named models under `<root>/registry`, each with its own versions and serving marker (registry_layout.py)."""
 
     def __init__(self, root: str | Path):
         self.path = Path(root) / "registry"
+        self._migrate()
 
-    @property
-    def models_dir(self) -> Path:
-        return self.path / "models"
-
-    def versions(self) -> list[str]:
-        if not self.models_dir.is_dir():
+    def names(self) -> list[str]:
+        models = self.path / "models"
+        if not models.is_dir():
             return []
-        found = [p.name for p in self.models_dir.iterdir() if (p / "record.json").is_file()]
-        return sorted(found, key=version_number)
+        return sorted(
+            p.name for p in models.iterdir() if p.is_dir() and is_name(p.name) and self.model(p.name).versions()
+        )
 
-    def record(self, version: str) -> dict[str, Any]:
-        path = self.models_dir / version / "record.json"
-        if not path.is_file():
-            known = ", ".join(self.versions()) or "none yet"
-            raise RegistryError(f"no model version {version!r} in {self.path} (known: {known})")
-        return read_json(path)
+    def model(self, name: str) -> RegisteredModel:
+        """One name's versions and marker (which may have none yet)."""
+        return RegisteredModel(self.path, name)
 
-    def records(self) -> list[dict[str, Any]]:
-        return [self.record(v) for v in self.versions()]
+    def versions(self) -> list[ModelVersion]:
+        """Every version of every name, by name then number."""
+        return [ModelVersion(name, v) for name in self.names() for v in self.model(name).versions()]
 
-    def checkpoint_dir(self, version: str) -> Path:
-        self.record(version)
-        return self.models_dir / version / "checkpoint"
+    def records(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The records of one name's versions, or of every name's."""
+        names = [self.require(name)] if name else self.names()
+        return [record for n in names for record in self.model(n).records()]
+
+    def record(self, ref: ModelVersion) -> dict[str, Any]:
+        return self.model(self.require(ref.name)).record(ref.version)
+
+    def checkpoint_dir(self, ref: ModelVersion) -> Path:
+        return self.model(self.require(ref.name)).checkpoint_dir(ref.version)
+
+    def require(self, name: str) -> str:
+        """`name` if the registry holds versions of it; else a RegistryError listing the names it holds."""
+        check_name(name)
+        names = self.names()
+        if name not in names:
+            raise RegistryError(f"no model named {name!r} in {self.path} (models: {', '.join(names) or 'none yet'})")
+        return name
+
+    def resolve(self, name: str | None = None, version: str | None = None) -> ModelVersion:
+        """The version to use: of `name`, or of the registry's only name; the one asked for, else the serving
+        one, else the newest."""
+        if name is None:
+            names = self.names()
+            if not names:
+                raise RegistryError(f"the registry at {self.path} has no models yet; run `rayline train` first")
+            if len(names) > 1:
+                raise RegistryError(
+                    f"the registry at {self.path} holds several models ({', '.join(names)}); name the one to use"
+                )
+            name = names[0]
+        return self.model(self.require(name)).resolve(version)
+
+    def find(self, spec: str | None) -> ModelVersion:
+        """`NAME` or `NAME/vN` as a user writes it (None: the only name's serving version)."""
+        return self.resolve(*split_model_spec(spec)) if spec else self.resolve()
+
+    def load(self, ref: ModelVersion | None = None) -> LoadedModel:
+        ref = self.resolve(ref.name, ref.version) if ref else self.resolve()
+        return load_checkpoint(self.checkpoint_dir(ref), version=ref)
 
     def register(
         self,
@@ -238,21 +281,25 @@ class Registry:
         evaluation: dict[str, Any] | None = None,
         artifacts: dict[str, bytes] | None = None,
         serve: bool = True,
-    ) -> str:
-        """Copy a checkpoint in as a new version, record how it was made, and (by default) serve it.
+    ) -> ModelVersion:
+        """Copy a checkpoint in as the next version of its model name, record how it was made, and (by default)
+        serve it. The name is the checkpoint config's `registry.model_name`, else its pipeline name.
 
         `evaluation` (JSON-able: confusion matrix, baseline comparison, ...) is stored in the record under that
         key; `artifacts` are files (name -> bytes, e.g. a PNG) written beside the record."""
         verify_checkpoint(checkpoint_dir)
-        version, version_dir = self._claim_next_version()
-        shutil.copytree(checkpoint_dir, version_dir / "checkpoint")
         config = read_json(Path(checkpoint_dir) / CONFIG_FILE)
+        name = check_name(registered_name(config), f"{checkpoint_dir}: registry.model_name")
+        entry = self.model(name)
+        version, version_dir = claim_next_version(entry.path)
+        shutil.copytree(checkpoint_dir, version_dir / "checkpoint")
         state = read_json(Path(checkpoint_dir) / STATE_FILE)
         record = {
+            "name": name,
             "version": version,
             "pipeline": config["name"],
             "run_name": run_name,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": now(),
             "epoch": state["epoch"],
             "metrics": state["metrics"],
             "test_metrics": test_metrics or {},
@@ -264,80 +311,31 @@ class Registry:
             "history": state["history"],
             "evaluation": evaluation or {},
         }
-        for name, content in (artifacts or {}).items():
-            (version_dir / name).write_bytes(content)
-        write_json(version_dir / "record.json", record)  # written last: a version without it is not listed
+        for file_name, content in (artifacts or {}).items():
+            (version_dir / file_name).write_bytes(content)
+        write_json(version_dir / RECORD_FILE, record)  # written last: a version without it is not listed
         if serve:
-            self.set_serving(version)
-        return version
+            entry.serve_registered(version)
+        return ModelVersion(name, version)
 
-    def serving_version(self) -> str | None:
-        return self._serving_state().get("version")
+    def _migrate(self) -> None:
+        try:
+            message = migrate_unnamed_layout(self.path)
+        except OSError as err:
+            raise RegistryError(
+                f"the registry at {self.path} uses the layout from before model names and could not be moved "
+                f"to the named one ({err}); open it once with write access (e.g. `rayline models --root ...`)"
+            ) from err
+        if message:
+            print(message, flush=True)
 
-    def serving_history(self) -> list[str]:
-        """Versions served before the current one, oldest first: what `rollback_serving` walks back through."""
-        return list(self._serving_state().get("history", []))
 
-    def set_serving(self, version: str) -> None:
-        """Mark a version as the one to serve; the one it replaces joins the history."""
-        self.record(version)
-        state = self._serving_state()
-        history = state.get("history", [])
-        current = state.get("version")
-        if current and current != version:
-            history = [*history, current][-SERVING_HISTORY:]
-        self._write_serving(version, history)
-
-    def rollback_serving(self) -> str:
-        """Serve the previously served version again (dropping it from the history); returns it."""
-        history = self.serving_history()
-        if not history:
-            raise RegistryError(f"nothing to roll back to: {self.path} records no earlier serving version")
-        previous = history[-1]
-        self.record(previous)
-        self._write_serving(previous, history[:-1])
-        return previous
-
-    def _serving_state(self) -> dict[str, Any]:
-        path = self.path / "serving.json"
-        return read_json(path) if path.is_file() else {}
-
-    def _write_serving(self, version: str, history: list[str]) -> None:
-        changed_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        write_json(self.path / "serving.json", {"version": version, "history": history, "changed_at": changed_at})
-
-    def resolve(self, version: str | None) -> str:
-        """The version to use: the one asked for, else the serving one, else the newest."""
-        if version:
-            self.record(version)
-            return version
-        chosen = self.serving_version() or (self.versions() or [None])[-1]
-        if chosen is None:
-            raise RegistryError(f"the registry at {self.path} has no models yet; run `rayline train` first")
-        return chosen
-
-    def load(self, version: str | None = None) -> LoadedModel:
-        version = self.resolve(version)
-        return load_checkpoint(self.checkpoint_dir(version), version=version)
-
-    def _claim_next_version(self) -> tuple[str, Path]:
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        taken = [version_number(p.name) for p in self.models_dir.iterdir()]
-        number = max(taken, default=0) + 1
-        while True:  # mkdir is atomic, so two registering drivers never share a version
-            candidate = self.models_dir / f"v{number}"
-            try:
-                candidate.mkdir()
-                return candidate.name, candidate
-            except FileExistsError:
-                number += 1
+def registered_name(config: dict[str, Any]) -> str:
+    """The name a checkpoint's config registers under (checkpoints from before names have no registry key)."""
+    return (config.get("registry") or {}).get("model_name") or config["name"]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def version_number(name: str) -> int:
-    return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else 0
 
 
 def code_version() -> str:
@@ -371,16 +369,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float))
-    tmp.replace(path)

@@ -88,17 +88,18 @@ def test_predict_many_rows_as_objects_and_lists(clf):
 def test_healthz(clf):
     r = clf.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model_version": "v1"}
+    assert r.json() == {"status": "ok", "model_name": "tiny-classification", "model_version": "v1"}
 
 
 def test_model_info(clf):
     info = clf.get("/v1/model").json()
-    assert info["model_version"] == "v1"
+    assert (info["model_name"], info["model_version"]) == ("tiny-classification", "v1")
     assert info["pipeline"] == "tiny-classification"
     assert info["task"] == "classification"
     assert info["classes"] == CLASSES
     assert info["metrics"] == {"val_loss": 1.25, "val_accuracy": None}  # NaN is not JSON
     assert info["test_metrics"] == {"loss": 1.5}
+    assert info["evaluation"] == {}
     assert [f["name"] for f in info["features"]] == FEATURES
     assert info["features"][3] == {"name": "color", "kind": "categorical", "categories": COLORS}
     assert info["created_at"]
@@ -108,7 +109,8 @@ def test_model_info(clf):
 
 def test_openapi_documents_the_features(clf):
     spec = clf.get("/openapi.json").json()
-    assert {"/predict", "/v1/models/{version}/predict", "/healthz", "/v1/model", "/v1/models"} <= set(spec["paths"])
+    routes = {"/predict", "/v1/models/{version}/predict", "/v1/models/{name}/{version}/predict", "/v1/model"}
+    assert routes | {"/healthz", "/v1/models"} <= set(spec["paths"])
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     object_row = body["schema"]["properties"]["rows"]["items"]["anyOf"][0]
     assert object_row["required"] == FEATURES

@@ -17,7 +17,7 @@ import yaml
 
 from clusters import REPO, VENV_BIN, start_cluster
 from rayline.registry import Registry
-from serve_models import make_registry, row
+from serve_models import make_registry, model_name, row
 
 PORT = 8128
 pytestmark = pytest.mark.slow
@@ -60,12 +60,13 @@ def test_serve_deploy_serves_the_registrys_model_and_cli_switches_it(tmp_path):
         assert r.status_code == 200 and r.json()["model_version"] == "v2"
 
         rayline = [str(VENV_BIN / "rayline")]
-        out = run([*rayline, "promote", "v1", "--root", root, "--address", cluster.address], env)
-        assert "switched running app(s) rayline to v1 in place" in out
+        name = model_name("classification")
+        out = run([*rayline, "promote", name, "v1", "--root", root, "--address", cluster.address], env)
+        assert f"switched running app(s) rayline to {name}/v1 in place" in out
         assert served_version(url) == "v1"
-        assert Registry(root).serving_version() == "v1"
-        out = run([*rayline, "rollback", "--root", root, "--address", cluster.address], env)
-        assert "now serving model v2" in out
+        assert Registry(root).model(name).serving_version() == "v1"
+        out = run([*rayline, "rollback", name, "--root", root, "--address", cluster.address], env)
+        assert f"now serving model {name}/v2" in out
         assert served_version(url) == "v2"
     finally:
         cluster.stop()
@@ -75,4 +76,4 @@ def test_the_shipped_configs_name_the_app_builder():
     for path in sorted(Path(REPO / "serve").glob("*.yaml")):
         app = yaml.safe_load(path.read_text())["applications"][0]
         assert app["import_path"] == "rayline.serve.app:build"
-        assert set(app["args"]) <= {"storage_root", "version", "serve", "token_sha256"}
+        assert set(app["args"]) <= {"storage_root", "model_name", "version", "serve", "token_sha256"}

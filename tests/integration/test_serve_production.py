@@ -17,10 +17,11 @@ import httpx
 import pytest
 
 from rayline.config import ServeConfig
-from rayline.registry import Registry, RegistryError
-from serve_models import flood, make_registry, row, tamper
+from rayline.registry import ModelVersion, Registry, RegistryError
+from serve_models import flood, make_registry, model_name, row, tamper
 
 PORT = 8127
+NAME = model_name("classification")
 TOKEN = "integration-test-token"
 COMMON = {"port": PORT, "ingress": "haproxy", "cpus_per_replica": 0.25}
 APPS = {
@@ -51,7 +52,7 @@ def apps(ray_cluster, tmp_path_factory):
     from rayline.serve.control import wait_until_running
 
     roots = {name: make_registry(tmp_path_factory.mktemp(name), versions=3 if name == "swap" else 1) for name in APPS}
-    Registry(roots["swap"]).set_serving("v1")
+    Registry(roots["swap"]).model(NAME).set_serving("v1")
     urls = {}
     with pytest.MonkeyPatch.context() as env:
         for name, cfg in APPS.items():
@@ -117,17 +118,17 @@ def test_promote_and_rollback_drop_no_request(apps):
     pids = replica_pids("swap")
     with Stream(url) as stream:
         time.sleep(1)
-        assert promote(root, "v2") == ["swap"]
+        assert promote(root, NAME, "v2") == ["swap"]
         time.sleep(1)
-        assert rollback(root) == ("v1", ["swap"])
+        assert rollback(root, NAME) == (ModelVersion(NAME, "v1"), ["swap"])
         time.sleep(1)
-        assert promote(root, "v3") == ["swap"]
+        assert promote(root, NAME, "v3") == ["swap"]
         time.sleep(1)
     seen = Counter(stream.results)
     assert {status for status, _ in seen} == {200}, seen
     assert {version for _, version in seen} == {"v1", "v2", "v3"}, seen
     assert httpx.get(f"{url}/v1/model").json()["model_version"] == "v3"
-    assert Registry(root).serving_version() == "v3"
+    assert Registry(root).model(NAME).serving_version() == "v3"
     assert replica_pids("swap") == pids, "the replica was reconfigured in place, not replaced"
 
 
@@ -148,6 +149,7 @@ def test_versions_side_by_side(apps):
         assert r.json()["detail"][0]["loc"] == "path.version"
     listed = httpx.get(f"{url}/v1/models").json()
     assert [m["model_version"] for m in listed["models"]] == ["v1", "v2", "v3"]
+    assert {m["model_name"] for m in listed["models"]} == {NAME}
 
 
 def test_bearer_token(apps):
@@ -217,8 +219,8 @@ def test_bad_checkpoints_are_refused_before_anything_changes(apps, tmp_path):
     swap_root = apps["roots"]["swap"]
     tamper(swap_root, "v2", "preprocessor.json")
     with pytest.raises(RegistryError, match="preprocessor.json: contents do not match"):
-        promote(swap_root, "v2")
-    assert Registry(swap_root).serving_version() == "v3"
+        promote(swap_root, NAME, "v2")
+    assert Registry(swap_root).model(NAME).serving_version() == "v3"
     assert predict(apps["urls"]["swap"]).json()["model_version"] == "v3"
     # Asking for it by name is a clear 503, and the replica keeps serving.
     r = predict(apps["urls"]["swap"], "/v1/models/v2/predict")

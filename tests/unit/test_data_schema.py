@@ -71,3 +71,20 @@ def test_every_type_problem_is_reported_at_once():
     message = str(err.value)
     assert "'size' has type timestamp[s]" in message
     assert "'label' has type binary" in message
+
+
+def test_a_column_without_values_is_named_as_empty_not_as_a_wrong_type():
+    with pytest.raises(DataError) as err:
+        check_schema(schema(size=pa.null(), label=pa.null()), config(), SOURCE)
+    assert str(err.value) == (
+        f"{SOURCE}: numeric feature column 'size' has no values in the rows read first (every cell is empty, "
+        "so its Arrow type is null); fill it or leave it out of data.features; label column 'label' has no "
+        "values in the rows read first (every cell is empty, so its Arrow type is null)"
+    )
+
+
+def test_features_auto_checks_only_the_label_before_features_are_resolved():
+    auto = DataConfig(source=SOURCE, task="regression", label="label")
+    check_schema(schema(size=pa.timestamp("s"), zone=pa.list_(pa.int8())), auto, SOURCE)
+    with pytest.raises(DataError, match=r"column\(s\) \['price'\] not found"):
+        check_schema(schema(), DataConfig(source=SOURCE, task="regression", label="price"), SOURCE)

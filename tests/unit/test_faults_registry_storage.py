@@ -71,7 +71,7 @@ def test_registering_onto_bad_storage_fails_clearly_and_damages_nothing(small_di
         registry.register(tmp_path / "second", run_name="r", data_fingerprint="sha256:2")
 
     assert registry.versions() == [v1], "a version whose copy failed is not listed"
-    assert registry.serving_version() == v1
+    assert registry.model(v1.name).serving_version() == v1.version
     after = digests(registry.path)
     assert {path: after.get(path) for path in before} == before, "every file written before is unchanged"
     assert registry.load().version == v1

@@ -7,6 +7,7 @@ from rayline.config import validate_config
 from rayline.data.preprocess import NumericStat, Preprocessor
 from rayline.models import build_model
 from rayline.registry import (
+    ModelVersion,
     Registry,
     RegistryError,
     load_checkpoint,
@@ -91,19 +92,24 @@ def test_registry_versions_records_and_serving(tmp_path):
     write_checkpoint(tmp_path / "b", epoch=2, val_loss=0.4)
     v1 = registry.register(tmp_path / "a", run_name="r1", data_fingerprint="sha256:aa", test_metrics={"x": 1})
     v2 = registry.register(tmp_path / "b", run_name="r2", data_fingerprint="sha256:bb", serve=False)
-    assert (v1, v2) == ("v1", "v2")
-    assert registry.versions() == ["v1", "v2"]
-    assert registry.serving_version() == "v1"
-    record = registry.record("v2")
+    assert (v1, v2) == (ModelVersion("reg", "v1"), ModelVersion("reg", "v2"))
+    assert (str(v1), v2.name, v2.version) == ("reg/v1", "reg", "v2")
+    assert registry.versions() == [v1, v2]
+    reg = registry.model("reg")
+    assert reg.versions() == ["v1", "v2"]
+    assert reg.serving_version() == "v1"
+    record = registry.record(v2)
+    assert record == reg.record("v2")
+    assert record["name"] == "reg" and record["version"] == "v2"
     assert record["pipeline"] == "reg" and record["epoch"] == 2
     assert record["metrics"]["val_loss"] == 0.4
     assert record["data_fingerprint"] == "sha256:bb"
     assert record["code_version"]
     assert record["history"] == [{"epoch": 2, "val_loss": 0.4}]
-    registry.set_serving("v2")
-    assert registry.load().version == "v2"
-    with pytest.raises(RegistryError, match=r"no model version 'v9'.*known: v1, v2"):
-        registry.load("v9")
+    reg.set_serving("v2")
+    assert registry.load().version == v2
+    with pytest.raises(RegistryError, match=r"no model version 'v9' of 'reg'.*known: v1, v2"):
+        registry.load(ModelVersion("reg", "v9"))
 
 
 def test_registered_copy_survives_the_run_directory(tmp_path):
@@ -115,12 +121,13 @@ def test_registered_copy_survives_the_run_directory(tmp_path):
 
 
 def test_version_without_record_is_invisible(tmp_path):
-    (tmp_path / "registry" / "models" / "v1").mkdir(parents=True)
+    (tmp_path / "registry" / "models" / "reg" / "v1").mkdir(parents=True)
     registry = Registry(tmp_path)
-    assert registry.versions() == []
+    assert registry.versions() == [] and registry.names() == []
     write_checkpoint(tmp_path / "a")
-    assert registry.register(tmp_path / "a", run_name="r", data_fingerprint="f") == "v2"
-    assert json.loads((tmp_path / "registry" / "serving.json").read_text())["version"] == "v2"
+    assert registry.register(tmp_path / "a", run_name="r", data_fingerprint="f") == ModelVersion("reg", "v2")
+    marker = json.loads((tmp_path / "registry" / "models" / "reg" / "serving.json").read_text())
+    assert (marker["name"], marker["version"]) == ("reg", "v2")
 
 
 @pytest.mark.parametrize("manifest", [b"", b'{"sha256": {"model.pt"', b"[]", b'{"sha256": 3}'])

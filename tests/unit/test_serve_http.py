@@ -19,18 +19,19 @@ class FakeServer:
 
     def __init__(self, limits: Limits):
         self.limits = limits
-        self.observed: list[tuple[str, str, int]] = []
+        self.observed: list[tuple[str, str | None, int]] = []
 
-    async def answer(self, version, body, content_type):
+    async def answer(self, name, version, body, content_type):
         if body == b"sleep":
             await asyncio.sleep(10)
         if body == b"boom":
             raise RuntimeError("kaput")
-        return 200, {"version": version, "size": len(body), "content_type": content_type}, version or "v1"
+        payload = {"name": name, "version": version, "size": len(body), "content_type": content_type}
+        return 200, payload, f"{name or 'm'}/{version or 'v1'}"
 
-    def observe(self, route, version, status, seconds):
+    def observe(self, route, model, status, seconds):
         assert seconds >= 0
-        self.observed.append((route, version, status))
+        self.observed.append((route, model, status))
 
 
 def docs_app() -> FastAPI:
@@ -67,10 +68,17 @@ def test_predict_routes_reach_the_server_and_are_observed():
         call(app, "POST", "/predict", content=b'{"rows": []}', headers={"content-type": "application/json"})
     )
     assert r.status_code == 200
-    assert r.json() == {"version": None, "size": 12, "content_type": "application/json"}
+    assert r.json() == {"name": None, "version": None, "size": 12, "content_type": "application/json"}
     r = asyncio.run(call(app, "POST", "/v1/models/v7/predict", content=b"{}"))
-    assert r.json()["version"] == "v7"
-    assert server.observed == [("/predict", "v1", 200), ("/v1/models/{version}/predict", "v7", 200)]
+    assert (r.json()["name"], r.json()["version"]) == (None, "v7")
+    r = asyncio.run(call(app, "POST", "/v1/models/housing/v2/predict", content=b"{}"))
+    assert (r.json()["name"], r.json()["version"]) == ("housing", "v2")
+    assert server.observed == [
+        ("/predict", "m/v1", 200),
+        ("/v1/models/{version}/predict", "m/v7", 200),
+        ("/v1/models/{name}/{version}/predict", "housing/v2", 200),
+    ]
+    assert asyncio.run(call(app, "POST", "/v1/models/a/b/c/predict", content=b"{}")).status_code == 404
     # Everything else goes on to FastAPI.
     assert asyncio.run(call(app, "GET", "/v1/model")).json() == {"model_version": "v1"}
     assert asyncio.run(call(app, "GET", "/predict")).status_code == 404  # the fake FastAPI app has no such route
@@ -80,6 +88,8 @@ def test_route_prefix_is_stripped():
     app, _ = door()
     r = asyncio.run(call(app, "POST", "/v1/models/v2/predict", root_path="/clf", content=b"{}"))
     assert r.status_code == 200 and r.json()["version"] == "v2"
+    r = asyncio.run(call(app, "POST", "/v1/models/reg/v2/predict", root_path="/clf", content=b"{}"))
+    assert r.status_code == 200 and (r.json()["name"], r.json()["version"]) == ("reg", "v2")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +159,7 @@ def test_slow_request_times_out_with_504():
     r = asyncio.run(call(app, "POST", "/predict", content=b"sleep"))
     assert r.status_code == 504
     assert "0.05 s limit" in r.json()["error"]
-    assert server.observed == [("/predict", "", 504)]
+    assert server.observed == [("/predict", None, 504)]  # no model answered
 
 
 def test_unexpected_error_is_a_json_500():

@@ -10,14 +10,18 @@ from rayline.data.fit import fit_preprocessor
 from rayline.data.prepare import PreparedData, prepare_datasets
 from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
 from rayline.data.read import check_schema, list_source_files, read_source
-from rayline.data.split import Splits, split_dataset
+from rayline.data.split import LeaveOut, LeftOut, Splits, split_dataset
+from rayline.data.values import RefusedValue
 
 __all__ = [
     "CategoricalStat",
     "DataError",
+    "LeaveOut",
+    "LeftOut",
     "NumericStat",
     "PreparedData",
     "Preprocessor",
+    "RefusedValue",
     "Splits",
     "check_schema",
     "fingerprint_source",

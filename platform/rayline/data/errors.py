@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterator
 
 # Ray re-raises a failed task's exception as text inside a RayTaskError; the DataError object is lost.
-_REMOTE_DATA_ERROR = re.compile(r"DataError: (.+)")
+# RefusedValue is the DataError for one refused cell.
+_REMOTE_DATA_ERROR = re.compile(r"(?:DataError|RefusedValue): (.+)")
 
 
 class DataError(ValueError):

@@ -1,11 +1,18 @@
-"""Turn a source (file, directory or glob; local path or URI) into a sorted list of files and a format."""
+"""Turn a source (file, directory or glob; local path or URI) into a sorted list of files and a format.
+
+A directory as Spark or Hive writes it reads as one table: part files are data files, `_SUCCESS`, `.crc`
+and other hidden or underscore names are skipped, and `key=value/` folders are partition columns whose
+types are inferred from every folder name, as Spark infers them.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from typing import NamedTuple
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayline.data.errors import DataError
@@ -18,7 +25,13 @@ EXTENSIONS = {
     ".jsonl": "json",
     ".ndjson": "json",
 }
+COMPRESSIONS = (".gz", ".bz2", ".zst")
+"""Suffixes after a CSV or JSON extension that pyarrow decompresses while reading (Spark's part-*.csv.gz)."""
 GLOB_CHARS = "*?["
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+"""The folder value Hive and Spark write for a null partition value (key=__HIVE_DEFAULT_PARTITION__)."""
+_INT = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+_FLOAT = re.compile(r"[-+]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\Z")
 
 
 class SourceFiles(NamedTuple):
@@ -27,6 +40,8 @@ class SourceFiles(NamedTuple):
     """Directory the files are named relative to (fingerprints use relative names)."""
     paths: list[str]
     format: str
+    partitions: dict[str, pa.DataType]
+    """Partition columns from key=value folders below base, in folder order, with their inferred types."""
 
 
 def list_source_files(source: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str], str]:
@@ -48,7 +63,7 @@ def resolve_source(source: str, fmt: str | None = None) -> SourceFiles:
         if info.size == 0:
             raise DataError(f"{source}: file {info.path} is empty (0 bytes)")
     paths = sorted(info.path for info in infos)
-    return SourceFiles(fs, base, paths, fmt or infer_format(source, paths))
+    return SourceFiles(fs, base, paths, fmt or infer_format(source, paths), partition_types(source, base, paths))
 
 
 def path_files(source: str, fmt: str | None) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
@@ -59,7 +74,10 @@ def path_files(source: str, fmt: str | None) -> tuple[pafs.FileSystem, str, list
     if info.type == pafs.FileType.File:
         return fs, parent(path), [info]
     infos = [i for i in list_files(fs, path, recursive=True, source=source) if visible(i.path, path)]
-    wanted = fmt or only_format(source, infos)
+    if fmt is not None:
+        # Hive names its part files 000000_0, without an extension: a named format reads them too.
+        return fs, path, [i for i in infos if format_of(i.path) == fmt or "." not in basename(i.path)]
+    wanted = only_format(source, infos)
     return fs, path, [i for i in infos if format_of(i.path) == wanted]
 
 
@@ -140,7 +158,11 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def format_of(path: str) -> str | None:
-    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    stem, extension = os.path.splitext(path.lower())
+    if extension in COMPRESSIONS:
+        stem, inner = os.path.splitext(stem)
+        return EXTENSIONS.get(inner) if EXTENSIONS.get(inner) in ("csv", "json") else None
+    return EXTENSIONS.get(extension)
 
 
 def only_format(source: str, infos: list[pafs.FileInfo]) -> str:
@@ -178,3 +200,41 @@ def relative(path: str, base: str) -> str:
 
 def parent(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def partition_values(path: str, base: str) -> dict[str, str | None]:
+    """The key=value folders between base and the file, values URL-decoded as Spark escapes them; an empty
+    value or Hive's null marker is None. Folders without one "=" are not partitions (Ray Data's rule too)."""
+    folders = relative(path, base).split("/")[:-1]
+    pairs = [folder.split("=") for folder in folders if folder.count("=") == 1]
+    values = {key: urllib.parse.unquote(value) for key, value in pairs if key}
+    return {key: None if value in ("", HIVE_NULL) else value for key, value in values.items()}
+
+
+def partition_types(source: str, base: str, paths: list[str]) -> dict[str, pa.DataType]:
+    """Each partition column's type from all of its folder values, as Spark infers it: int64 when every value
+    is a whole number, float64 when every value is a number, else string (so is a number with a leading zero,
+    such as the zip code 00501, and a date). Null values (None) do not count."""
+    found = {path: partition_values(path, base) for path in paths}
+    first = paths[0]
+    for path, values in found.items():
+        if list(values) != list(found[first]):
+            raise DataError(
+                f"{source}: files are partitioned differently: {relative(first, base)} has partition keys "
+                f"{list(found[first])}, {relative(path, base)} has {list(values)} (from its key=value folders); "
+                "Spark and Hive put every file of a table under the same keys"
+            )
+    return {key: partition_type({values[key] for values in found.values()}) for key in found[first]}
+
+
+def partition_type(values: set[str | None]) -> pa.DataType:
+    present = [v for v in values if v is not None]
+    if present and all(_INT.match(v) and -(2**63) <= int(v) < 2**63 for v in present):
+        return pa.int64()
+    if present and all(_FLOAT.match(v) for v in present):
+        return pa.float64()
+    return pa.string()

@@ -1,48 +1,55 @@
-"""Fit the preprocessor on the training split with Ray Data aggregates (one pass, no to_pandas)."""
+"""Fit the preprocessor on the training split with Ray Data aggregates (one pass, no to_pandas).
+
+The median is exact: Ray Data's Quantile aggregate gathers the column's non-missing training values (8 bytes
+each) and takes their median as numpy.median does (the mean of the two middle values for an even count).
+Category frequencies come from ValueCounter over the cells' keys.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pyarrow as pa
 
-from rayline.config import DataConfig
+from rayline.config import ConstantImputation, DataConfig, FeatureConfig
 from rayline.data.errors import DataError
-from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor, sorted_keys
+from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
+from rayline.data.values import keys_of, numeric_column, order_keys
 
 if TYPE_CHECKING:
     import ray.data
 
 
+def missing_rule(f: FeatureConfig, data_cfg: DataConfig) -> tuple[str, float | None]:
+    """(rule, constant) for a feature: its own `missing`, else data.missing's rule for its kind."""
+    rule = f.missing
+    if rule is None:
+        rule = data_cfg.missing.numeric if f.kind == "numeric" else data_cfg.missing.categorical
+    if isinstance(rule, ConstantImputation):
+        return "constant", rule.constant
+    return rule, None
+
+
+def drop_row_columns(data_cfg: DataConfig) -> dict[str, bool]:
+    """{column: is numeric} of the features whose missing cells leave their row out."""
+    return {f.name: f.kind == "numeric" for f in data_cfg.features if missing_rule(f, data_cfg)[0] == "drop_row"}
+
+
 def fit_preprocessor(train_ds: ray.data.Dataset, data_cfg: DataConfig) -> Preprocessor:
-    """Means and standard deviations of numeric columns, categories and classes, from train_ds only."""
-    from ray.data.aggregate import Mean, Std, Unique
-
-    numeric = [f.name for f in data_cfg.features if f.kind == "numeric"]
-    categorical = [f.name for f in data_cfg.features if f.kind == "categorical"]
-    if data_cfg.task == "regression":
-        numeric.append(data_cfg.label)
-    else:
-        categorical.append(data_cfg.label)
-    aggregates = [agg for name in numeric for agg in (Mean(name), Std(name, ddof=0))]
-    aggregates += [Unique(name) for name in categorical]
-    # Arrow's arithmetic has no bool or decimal kernels for Std; float64 is what the model sees anyway.
-    columns = train_ds.select_columns(numeric + categorical)
-    floats = columns.map_batches(cast_to_float, fn_kwargs={"names": numeric}, batch_format="pyarrow")
-    result = floats.aggregate(*aggregates)
-
+    """Statistics of every feature and the label, from train_ds only (rows missing the label are already out)."""
+    numeric, categorical = fitted_columns(data_cfg)
+    prepared = train_ds.select_columns(numeric + categorical).map_batches(
+        fit_columns, fn_kwargs={"numeric": numeric, "categorical": categorical}, batch_format="pandas"
+    )
+    result = prepared.aggregate(*aggregates(numeric, categorical, medians(data_cfg)))
     where = data_cfg.source
-    features: list[NumericStat | CategoricalStat] = []
-    for f in data_cfg.features:
-        if f.kind == "numeric":
-            features.append(NumericStat(f.name, *moments(result, f.name, where)))
-        else:
-            features.append(CategoricalStat(f.name, categories(result, f.name, where)))
+    features = [fit_feature(f, data_cfg, result, where) for f in data_cfg.features]
     if data_cfg.task == "regression":
         mean, std = moments(result, data_cfg.label, where)
         return Preprocessor("regression", data_cfg.label, features, None, mean, std)
-    classes = categories(result, data_cfg.label, where)
+    classes = order_keys(counts(result, data_cfg.label))  # rows missing the label were left out before
     if len(classes) < 2:
         raise DataError(
             f"{where}: label column {data_cfg.label!r} holds only {classes} in the training split; "
@@ -51,24 +58,78 @@ def fit_preprocessor(train_ds: ray.data.Dataset, data_cfg: DataConfig) -> Prepro
     return Preprocessor("classification", data_cfg.label, features, classes, None, None)
 
 
-def cast_to_float(table: pa.Table, names: list[str]) -> pa.Table:
-    for name in names:
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, table.column(i).cast(pa.float64()))
-    return table
+def fitted_columns(data_cfg: DataConfig) -> tuple[list[str], list[str]]:
+    numeric = [f.name for f in data_cfg.features if f.kind == "numeric"]
+    categorical = [f.name for f in data_cfg.features if f.kind == "categorical"]
+    (numeric if data_cfg.task == "regression" else categorical).append(data_cfg.label)
+    return numeric, categorical
+
+
+def medians(data_cfg: DataConfig) -> list[str]:
+    return [f.name for f in data_cfg.features if f.kind == "numeric" and missing_rule(f, data_cfg)[0] == "median"]
+
+
+def fit_columns(batch: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pa.Table:
+    """Numeric columns as float64 (null where missing; RefusedValue for text or infinity), categorical ones
+    as their keys (null where missing), so the aggregates count what the preprocessor will see."""
+    columns = {name: pa.array(numeric_column(batch[name], "feature"), from_pandas=True) for name in numeric}
+    columns.update({name: pa.array(keys_of(batch[name]), pa.string()) for name in categorical})
+    return pa.table(columns)
+
+
+def aggregates(numeric: list[str], categorical: list[str], median: list[str]) -> list[Any]:
+    from ray.data.aggregate import Count, Mean, Quantile, Std, ValueCounter
+
+    aggs: list[Any] = [Count(alias_name="rows")]
+    for name in numeric:
+        aggs += [Mean(name, alias_name=f"mean({name})"), Std(name, ddof=0, alias_name=f"std({name})")]
+    aggs += [Quantile(name, q=0.5, alias_name=f"median({name})") for name in median]
+    aggs += [ValueCounter(name, alias_name=f"counts({name})") for name in categorical]
+    return aggs
+
+
+def fit_feature(f: FeatureConfig, data_cfg: DataConfig, result: dict[str, Any], where: str):
+    rule, constant = missing_rule(f, data_cfg)
+    if f.kind == "numeric":
+        mean, std = moments(result, f.name, where)
+        fill = {"median": lambda: median_of(result, f.name), "mean": lambda: mean, "constant": lambda: constant}
+        indicator = f.indicator if f.indicator is not None else data_cfg.missing.indicator
+        return NumericStat(f.name, mean, std, rule, fill[rule]() if rule in fill else None, indicator)
+    found = counts(result, f.name)
+    if not found:
+        raise DataError(f"{where}: column {f.name!r} has no values in the training split (all missing)")
+    limit = f.max_categories or data_cfg.max_categories
+    # Most frequent first, ties broken by the key; the kept ones then take the usual (numeric-aware) order.
+    kept = order_keys(sorted(found, key=lambda k: (-found[k], k))[:limit])
+    missing_count = result["rows"] - sum(found.values())
+    embed = f.encoding == "embedding" or (f.encoding == "auto" and len(kept) > data_cfg.embedding_threshold)
+    missing_slot = rule == "category" and missing_count > 0
+    slots = len(kept) + (len(found) > limit) + missing_slot
+    dim = (data_cfg.embedding_dim or embedding_width(slots)) if embed else None
+    return CategoricalStat(f.name, kept, rule, len(found) > limit, missing_slot, dim)
+
+
+def embedding_width(categories: int) -> int:
+    """The default embedding width (fastai's rule of thumb, capped at 16)."""
+    return max(1, min(16, round(1.6 * categories**0.56)))
+
+
+def median_of(result: dict[str, Any], name: str) -> float:
+    value = result[f"median({name})"]
+    return float(value[0] if isinstance(value, list) else value)
 
 
 def moments(result: dict[str, Any], name: str, where: str) -> tuple[float, float]:
     mean, std = result[f"mean({name})"], result[f"std({name})"]
-    if mean is None or std is None:
+    if mean is None or std is None or (isinstance(mean, float) and math.isnan(mean)):
         raise DataError(f"{where}: column {name!r} has no values in the training split (all missing)")
     if not (math.isfinite(mean) and math.isfinite(std)):
-        raise DataError(f"{where}: column {name!r} holds NaN or infinite values in the training split")
+        raise DataError(f"{where}: column {name!r} holds values too large to average in the training split")
     return float(mean), float(std)
 
 
-def categories(result: dict[str, Any], name: str, where: str) -> list[str]:
-    keys = sorted_keys(result[f"unique({name})"] or [])
-    if not keys:
-        raise DataError(f"{where}: column {name!r} has no values in the training split (all missing)")
-    return keys
+def counts(result: dict[str, Any], name: str) -> dict[str, int]:
+    """{key: rows} of a categorical column's non-missing cells in the training split."""
+    found = result[f"counts({name})"] or {"values": [], "counts": []}
+    pairs = zip(found["values"], found["counts"], strict=True)
+    return {key: int(n) for key, n in pairs if key is not None}

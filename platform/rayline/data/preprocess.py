@@ -1,23 +1,46 @@
-"""The fitted preprocessor: standardise numeric features, one-hot categorical ones, encode the label.
+"""The fitted preprocessor: fill missing cells, standardise numeric features, one-hot (or number for an
+embedding) categorical ones, encode the label.
 
-Pure pandas/numpy: serving, batch prediction and unit tests use it without Ray. The statistics are
-computed on a Ray Dataset in fit.py.
+Pure pandas/numpy: training (through Ray Data), serving and batch prediction all run this code, so a
+missing cell gets the same value everywhere. The statistics are computed on a Ray Dataset in fit.py; the
+JSON form is read back in stored.py.
+
+Model inputs, per feature in config order:
+- numeric: one column, (value - mean) / std, a missing cell first replaced by `fill` (median, mean or
+  constant); with `indicator`, a second column that is 1 where the cell was missing.
+- categorical: slots = the kept categories, then "other" (when max_categories cut some off: the rarer ones,
+  and values unseen in training), then "missing" (rule category, when the training split had missing cells).
+  One-hot: one column per slot. Embedding: one column holding slot + 1 as a float; 0 means "no slot" and
+  embeds to zeros. A value with no slot (unseen with no "other"; missing with no "missing" slot: it is
+  treated as unseen) leaves the one-hot block all zero, as version 1 did.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rayline.data.errors import DataError
+from rayline.data.values import (
+    RefusedValue,
+    lookup,
+    missing_cells,
+    numeric_column,
+    preview,
+    sorted_keys,
+    value_key,
+)
+
+__all__ = ["CategoricalStat", "NumericStat", "Preprocessor", "sorted_keys", "value_key"]
 
 TASKS = ("classification", "regression")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+NUMERIC_RULES = ("median", "mean", "constant", "drop_row", "error")
+CATEGORICAL_RULES = ("category", "drop_row", "error")
+FILLED = ("median", "mean", "constant")
 
 
 @dataclass(frozen=True)
@@ -25,31 +48,93 @@ class NumericStat:
     name: str
     mean: float
     std: float
+    missing: str = "error"
+    """One of NUMERIC_RULES; a version-1 preprocessor's features are "error"."""
+    fill: float | None = None
+    """The value a missing cell takes (rules median, mean, constant)."""
+    indicator: bool = False
+    """A second input column: 1 where the cell was missing."""
 
     @property
     def scale(self) -> float:
         # A column that is constant in train would divide by zero.
         return self.std if self.std > 0 else 1.0
 
+    @property
+    def width(self) -> int:
+        return 2 if self.indicator else 1
+
+    @property
+    def nullable(self) -> bool:
+        return self.missing in FILLED
+
 
 @dataclass(frozen=True)
 class CategoricalStat:
     name: str
     categories: list[str]
+    """The kept categories, in slot order."""
+    missing: str = "category"
+    """One of CATEGORICAL_RULES."""
+    other: bool = False
+    """A shared slot after the kept categories, for the ones max_categories cut off and for unseen values."""
+    missing_slot: bool = False
+    """A slot of its own for missing cells (rule category, fitted on a training split that had some)."""
+    embedding_dim: int | None = None
+    """None: a one-hot block; else the width of the learned embedding the model looks the slot up in."""
+    positions: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", {c: i for i, c in enumerate(self.categories)})
+
+    @property
+    def slots(self) -> int:
+        return len(self.categories) + self.other + self.missing_slot
+
+    @property
+    def width(self) -> int:
+        return 1 if self.embedding_dim is not None else self.slots
+
+    @property
+    def nullable(self) -> bool:
+        return self.missing == "category"
+
+    def slot(self, key: str | None) -> int:
+        """The slot of a category key (None: missing), or -1 for no slot. The missing rule is checked elsewhere."""
+        if key is None and self.missing_slot:
+            return self.slots - 1
+        position = self.positions.get(key, -1) if key is not None else -1
+        if position < 0 and self.other:
+            return len(self.categories)
+        return position
+
+    def slots_of(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(slot per row, -1 for none; True where the value is missing)."""
+        ids, missing = lookup(values, self.categories)
+        if self.other:
+            ids[(ids < 0) & ~missing] = len(self.categories)
+        if self.missing_slot:
+            ids[missing] = self.slots - 1
+        elif self.other:
+            ids[missing] = len(self.categories)
+        return ids, missing
+
+
+Feature = NumericStat | CategoricalStat
 
 
 @dataclass(frozen=True)
 class Preprocessor:
     task: str
     label: str
-    features: list[NumericStat | CategoricalStat]
+    features: list[Feature]
     classes: list[str] | None
     target_mean: float | None
     target_std: float | None
 
     @property
     def num_inputs(self) -> int:
-        return sum(1 if isinstance(f, NumericStat) else len(f.categories) for f in self.features)
+        return sum(f.width for f in self.features)
 
     @property
     def num_outputs(self) -> int:
@@ -57,50 +142,85 @@ class Preprocessor:
 
     def model_shape(self) -> dict[str, Any]:
         """Keyword arguments of build_model that depend on the data: build_model(cfg.model, **p.model_shape())."""
-        return {"num_inputs": self.num_inputs, "num_outputs": self.num_outputs}
+        embeddings, column = [], 0
+        for f in self.features:
+            if isinstance(f, CategoricalStat) and f.embedding_dim is not None:
+                embeddings.append({"name": f.name, "column": column, "ids": f.slots + 1, "dim": f.embedding_dim})
+            column += f.width
+        return {"num_inputs": self.num_inputs, "num_outputs": self.num_outputs, "embeddings": embeddings}
+
+    def input_columns(self) -> list[str]:
+        """The feature behind each model input column (an indicator column is named "NAME (missing)")."""
+        names = []
+        for f in self.features:
+            names += [f.name] * (1 if isinstance(f, NumericStat) else f.width)
+            if isinstance(f, NumericStat) and f.indicator:
+                names.append(f"{f.name} (missing)")
+        return names
 
     def feature_schema(self) -> list[dict[str, Any]]:
-        """What a request must carry, one entry per input column, in model order."""
+        """What a request must carry, one entry per input feature, in model order.
+
+        "nullable": the feature may be null or left out of a request (its missing rule fills it in).
+        """
         schema = []
         for f in self.features:
-            if isinstance(f, NumericStat):
-                schema.append({"name": f.name, "kind": "numeric"})
-            else:
-                schema.append({"name": f.name, "kind": "categorical", "categories": list(f.categories)})
+            entry: dict[str, Any] = {"name": f.name, "kind": "numeric"}
+            if isinstance(f, CategoricalStat):
+                encoding = "onehot" if f.embedding_dim is None else "embedding"
+                entry.update(kind="categorical", categories=list(f.categories), other=f.other, encoding=encoding)
+            entry.update(missing=f.missing, nullable=f.nullable)
+            schema.append(entry)
         return schema
 
+    def rows_to_drop(self, df: pd.DataFrame) -> np.ndarray:
+        """True for rows missing a value in a drop_row feature (left out of training; no prediction)."""
+        drop = np.zeros(len(df), dtype=bool)
+        for f in self.features:
+            if f.missing == "drop_row" and f.name in df.columns:
+                drop |= missing_cells(df[f.name], numeric=isinstance(f, NumericStat))
+        return drop
+
     def transform_features(self, df: pd.DataFrame) -> np.ndarray:
-        """float32 [n, num_inputs]: standardised numerics and one-hot blocks, in config order."""
+        """float32 [n, num_inputs] in config order (see the module docstring); RefusedValue for a cell no rule
+        accepts, including a missing cell whose rule is error or drop_row (drop those rows first)."""
         require_columns(df, [f.name for f in self.features], "feature")
         x = np.zeros((len(df), self.num_inputs), dtype=np.float32)
-        col = 0
+        column = 0
         for f in self.features:
             if isinstance(f, NumericStat):
-                x[:, col] = (numeric_values(df[f.name], f"feature column {f.name!r}") - f.mean) / f.scale
-                col += 1
+                numeric_block(f, df[f.name], x, column)
             else:
-                # Unseen and missing categories leave their block all zero.
-                ids = lookup(df[f.name], f.categories)
-                rows = np.flatnonzero(ids >= 0)
-                x[rows, col + ids[rows]] = 1.0
-                col += len(f.categories)
+                categorical_block(f, df[f.name], x, column)
+            column += f.width
         return x
+
+    def one_hot_inputs(self, x: np.ndarray) -> np.ndarray:
+        """x with every embedded column widened back into its one-hot block (for a linear baseline)."""
+        blocks, column = [], 0
+        for f in self.features:
+            part = x[:, column : column + f.width]
+            if isinstance(f, CategoricalStat) and f.embedding_dim is not None:
+                ids = part[:, 0].astype(np.int64)
+                part = np.eye(f.slots + 1, dtype=x.dtype)[ids][:, 1:]
+            blocks.append(part)
+            column += f.width
+        return np.concatenate(blocks, axis=1)
 
     def encode_labels(self, values: pd.Series) -> np.ndarray:
         """Class ids int64 (classification) or the standardised target float32 (regression)."""
+        what = "label"
         if self.classes is None:
-            y = numeric_values(values, f"label column {self.label!r}")
+            y = numeric_column(values.rename(self.label), what)
+            refuse_missing(np.isnan(y), what, self.label, "the label is missing")
             return ((y - self.target_mean) / scale_of(self.target_std)).astype(np.float32)
-        ids = lookup(values, self.classes)
+        ids, missing = lookup(values, self.classes)
+        refuse_missing(missing, what, self.label, "the label is missing")
         bad = np.flatnonzero(ids < 0)
         if len(bad):
             row = int(bad[0])
-            key = value_key(values.iloc[row])
-            what = "a missing value" if key is None else f"{key!r}, a class not seen in training"
-            raise DataError(
-                f"label column {self.label!r}: row {row} holds {what} ({len(bad)} such row(s)); "
-                f"known classes: {preview(self.classes)}"
-            )
+            reason = f"holds {value_key(values.iloc[row])!r}, a class not seen in training; known classes: "
+            raise RefusedValue(what, self.label, row, reason + preview(self.classes), len(bad))
         return ids
 
     def transform_batch(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -127,17 +247,11 @@ class Preprocessor:
         return answers
 
     def to_dict(self) -> dict[str, Any]:
-        features = []
-        for f in self.features:
-            if isinstance(f, NumericStat):
-                features.append({"name": f.name, "kind": "numeric", "mean": f.mean, "std": f.std})
-            else:
-                features.append({"name": f.name, "kind": "categorical", "categories": list(f.categories)})
         return {
             "version": FORMAT_VERSION,
             "task": self.task,
             "label": self.label,
-            "features": features,
+            "features": [feature_to_dict(f) for f in self.features],
             "classes": None if self.classes is None else list(self.classes),
             "target_mean": self.target_mean,
             "target_std": self.target_std,
@@ -145,80 +259,62 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
-        """Rebuild from to_dict() output, rejecting anything malformed with the key path at fault."""
-        where = "preprocessor"
-        check(isinstance(d, dict), where, "a mapping", d)
-        known = {"version", "task", "label", "features", "classes", "target_mean", "target_std"}
-        unknown = sorted(set(d) - known)
-        check(not unknown, where, f"only the keys {sorted(known)}", unknown)
-        check(d.get("version") == FORMAT_VERSION, f"{where}.version", f"{FORMAT_VERSION}", d.get("version"))
-        task = required(d, "task", where)
-        check(task in TASKS, f"{where}.task", f"one of {list(TASKS)}", task)
-        label = required(d, "label", where)
-        check(isinstance(label, str) and label != "", f"{where}.label", "a non-empty string", label)
-        raw_features = required(d, "features", where)
-        ok = isinstance(raw_features, list) and len(raw_features) > 0
-        check(ok, f"{where}.features", "a non-empty list", raw_features)
-        features = [feature_from_dict(f, f"{where}.features[{i}]") for i, f in enumerate(raw_features)]
-        if task == "classification":
-            classes = string_list(d.get("classes"), f"{where}.classes")
-            check(len(classes) >= 2, f"{where}.classes", "at least two classes", classes)
-            return cls(task, label, features, classes, None, None)
-        mean = number(d.get("target_mean"), f"{where}.target_mean")
-        std = number(d.get("target_std"), f"{where}.target_std")
-        check(std >= 0, f"{where}.target_std", "a number >= 0", std)
-        return cls(task, label, features, None, mean, std)
+        """Rebuild from to_dict() output (format 1 or 2), rejecting anything malformed with the key path at fault."""
+        from rayline.data.stored import preprocessor_from_dict
+
+        return preprocessor_from_dict(d)
 
 
-def value_key(value: Any) -> str | None:
-    """The string a label or category value is stored under; None for a missing value.
-
-    Integer-valued floats become the integer's text (3.0 -> "3"): a CSV int column with a gap is read
-    as float, and the same class must keep the same key.
-    """
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            return None
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    return str(value)
+def numeric_block(f: NumericStat, values: pd.Series, x: np.ndarray, column: int) -> None:
+    what = "feature"
+    array = numeric_column(values.rename(f.name), what)
+    missing = np.isnan(array)
+    if f.fill is None:
+        refuse_missing(missing, what, f.name, f"is missing and the feature's missing rule is {f.missing}")
+    else:
+        array[missing] = f.fill
+    x[:, column] = (array - f.mean) / f.scale
+    if f.indicator:
+        x[:, column + 1] = missing
 
 
-def sorted_keys(values: Iterable[Any]) -> list[str]:
-    """Distinct non-missing keys, in numeric order when all are numbers so labels 0..9 keep ids 0..9."""
-    keys = {k for k in map(value_key, values) if k is not None}
-    try:
-        return sorted(keys, key=lambda k: (float(k), k))
-    except ValueError:
-        return sorted(keys)
+def categorical_block(f: CategoricalStat, values: pd.Series, x: np.ndarray, column: int) -> None:
+    ids, missing = f.slots_of(values)
+    if f.missing != "category":
+        refuse_missing(missing, "feature", f.name, f"is missing and the feature's missing rule is {f.missing}")
+    if f.embedding_dim is not None:
+        x[:, column] = ids + 1
+        return
+    rows = np.flatnonzero(ids >= 0)
+    x[rows, column + ids[rows]] = 1.0
 
 
-def lookup(values: pd.Series, keys: list[str]) -> np.ndarray:
-    """Index of each value's key in keys (int64); -1 for missing or unknown values."""
-    position = {k: i for i, k in enumerate(keys)}
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    # The trailing -1 is what the NA code (-1) picks.
-    ids = [position.get(value_key(u), -1) for u in uniques] + [-1]
-    return np.asarray(ids, dtype=np.int64)[codes]
+def refuse_missing(missing: np.ndarray, what: str, column: str, reason: str) -> None:
+    rows = np.flatnonzero(missing)
+    if len(rows):
+        raise RefusedValue(what, column, int(rows[0]), reason, len(rows))
 
 
-def numeric_values(values: pd.Series, what: str) -> np.ndarray:
-    """float64 values, or a DataError naming the first row that is not a finite number."""
-    numeric = pd.api.types.is_numeric_dtype(values.dtype)
-    numbers = values if numeric else pd.to_numeric(values, errors="coerce")
-    array = np.asarray(numbers.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(array))
-    if len(bad):
-        row = int(bad[0])
-        raise DataError(
-            f"{what}: row {row} holds {values.iloc[row]!r}, expected a finite number ({len(bad)} such row(s))"
-        )
-    return array
+def feature_to_dict(f: Feature) -> dict[str, Any]:
+    if isinstance(f, NumericStat):
+        return {
+            "name": f.name,
+            "kind": "numeric",
+            "mean": f.mean,
+            "std": f.std,
+            "missing": f.missing,
+            "fill": f.fill,
+            "indicator": f.indicator,
+        }
+    return {
+        "name": f.name,
+        "kind": "categorical",
+        "categories": list(f.categories),
+        "missing": f.missing,
+        "other": f.other,
+        "missing_slot": f.missing_slot,
+        "embedding_dim": f.embedding_dim,
+    }
 
 
 def require_columns(df: pd.DataFrame, names: list[str], kind: str) -> None:
@@ -230,50 +326,3 @@ def require_columns(df: pd.DataFrame, names: list[str], kind: str) -> None:
 
 def scale_of(std: float | None) -> float:
     return std if std else 1.0
-
-
-def preview(items: list[Any], limit: int = 20) -> str:
-    shown = ", ".join(repr(i) for i in items[:limit])
-    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)} in all)"
-
-
-# ---------------------------------------------------------------- from_dict helpers
-
-
-def check(ok: bool, where: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise DataError(f"{where}: expected {expected}, got {got!r}")
-
-
-def required(d: dict[str, Any], key: str, where: str) -> Any:
-    if key not in d:
-        raise DataError(f"{where}.{key}: required key is missing")
-    return d[key]
-
-
-def number(value: Any, where: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    check(ok, where, "a finite number", value)
-    return float(value)
-
-
-def string_list(value: Any, where: str) -> list[str]:
-    ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    check(ok, where, "a list of strings", value)
-    check(len(set(value)) == len(value), where, "distinct strings", value)
-    return list(value)
-
-
-def feature_from_dict(d: Any, where: str) -> NumericStat | CategoricalStat:
-    check(isinstance(d, dict), where, "a mapping", d)
-    name = required(d, "name", where)
-    check(isinstance(name, str) and name != "", f"{where}.name", "a non-empty string", name)
-    kind = required(d, "kind", where)
-    if kind == "numeric":
-        std = number(required(d, "std", where), f"{where}.std")
-        check(std >= 0, f"{where}.std", "a number >= 0", std)
-        return NumericStat(name, number(required(d, "mean", where), f"{where}.mean"), std)
-    check(kind == "categorical", f"{where}.kind", "'numeric' or 'categorical'", kind)
-    categories = string_list(required(d, "categories", where), f"{where}.categories")
-    check(len(categories) > 0, f"{where}.categories", "at least one category", categories)
-    return CategoricalStat(name, categories)

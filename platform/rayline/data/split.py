@@ -20,12 +20,32 @@ import pyarrow.compute as pc
 
 from rayline.config import SplitConfig
 from rayline.data.errors import DataError
+from rayline.data.values import missing_cells
 
 if TYPE_CHECKING:
     import ray.data
 
 KEY = "__rayline_split"
 TRAIN, VALIDATION, TEST = 0, 1, 2
+NO_LABEL, INCOMPLETE = 3, 4
+
+
+class LeaveOut(NamedTuple):
+    """Which rows no split gets."""
+
+    label: str | None = None
+    """Rows whose label cell is missing."""
+    label_is_numeric: bool = False
+    """The label's missing spellings are those of a number column (regression)."""
+    columns: dict[str, bool] = {}
+    """{column: is numeric} of features whose missing cells leave the row out (rule drop_row)."""
+
+
+class LeftOut(NamedTuple):
+    no_label: int = 0
+    """Rows left out because their label was missing."""
+    incomplete: int = 0
+    """Rows (with a label) left out because a drop_row feature was missing."""
 
 
 class Splits(NamedTuple):
@@ -34,23 +54,29 @@ class Splits(NamedTuple):
     validation: ray.data.Dataset
     test: ray.data.Dataset | None
     """None when split.test is 0."""
+    left_out: LeftOut = LeftOut()
+    """Rows no split got (see LeaveOut)."""
 
 
-def split_dataset(ds: ray.data.Dataset, split_cfg: SplitConfig) -> Splits:
+def split_dataset(ds: ray.data.Dataset, split_cfg: SplitConfig, leave_out: LeaveOut = LeaveOut()) -> Splits:
     """Materialized splits; test is None when split_cfg.test == 0. DataError if a split is empty."""
-    keyed = ds.map_batches(add_split_column, fn_kwargs={"split_cfg": split_cfg}, batch_format="pandas")
-    keyed = keyed.materialize()
-    parts = [
-        keyed.map_batches(rows_of_split, fn_kwargs={"split": split}, batch_format="pyarrow").materialize()
-        for split in (TRAIN, VALIDATION, TEST)
-    ]
-    train, validation, test = parts
-    check_sizes(keyed.count(), train.count(), validation.count(), test.count(), split_cfg)
+    kwargs = {"split_cfg": split_cfg, "leave_out": leave_out}
+    keyed = ds.map_batches(add_split_column, fn_kwargs=kwargs, batch_format="pandas").materialize()
+    train, validation, test = (rows_of(keyed, split) for split in (TRAIN, VALIDATION, TEST))
+    left_out = LeftOut()
+    if leave_out.label is not None or leave_out.columns:
+        left_out = LeftOut(rows_of(keyed, NO_LABEL).count(), rows_of(keyed, INCOMPLETE).count())
+    check_sizes(keyed.count() - sum(left_out), train.count(), validation.count(), test.count(), split_cfg)
     return Splits(
         train=train.random_shuffle(seed=split_cfg.seed).materialize(),
         validation=validation,
         test=test if split_cfg.test > 0 else None,
+        left_out=left_out,
     )
+
+
+def rows_of(keyed: ray.data.Dataset, split: int) -> ray.data.Dataset:
+    return keyed.map_batches(rows_of_split, fn_kwargs={"split": split}, batch_format="pyarrow").materialize()
 
 
 def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, split_cfg: SplitConfig) -> None:
@@ -69,8 +95,21 @@ def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, spl
             )
 
 
-def add_split_column(batch: pd.DataFrame, split_cfg: SplitConfig) -> pd.DataFrame:
-    return batch.assign(**{KEY: assign_splits(batch, split_cfg)})
+def add_split_column(batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = LeaveOut()) -> pd.DataFrame:
+    splits = assign_splits(batch, split_cfg)
+    reasons = left_out_reasons(batch, leave_out)
+    splits[reasons > 0] = reasons[reasons > 0]
+    return batch.assign(**{KEY: splits})
+
+
+def left_out_reasons(batch: pd.DataFrame, leave_out: LeaveOut) -> np.ndarray:
+    """Per row: 0 for a row the splits keep, else NO_LABEL or INCOMPLETE (int8)."""
+    reasons = np.zeros(len(batch), dtype=np.int8)
+    for name, numeric in leave_out.columns.items():
+        reasons[missing_cells(batch[name], numeric=numeric)] = INCOMPLETE
+    if leave_out.label is not None:
+        reasons[missing_cells(batch[leave_out.label], numeric=leave_out.label_is_numeric)] = NO_LABEL
+    return reasons
 
 
 def rows_of_split(table: pa.Table, split: int) -> pa.Table:

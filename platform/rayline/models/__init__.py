@@ -2,7 +2,8 @@
 
 from rayline.models.build import build_model
 from rayline.models.cnn import ConvNet
+from rayline.models.embed import EmbeddedInputs, WithEmbeddings
 from rayline.models.mlp import MLP
 from rayline.models.transformer import Transformer
 
-__all__ = ["MLP", "ConvNet", "Transformer", "build_model"]
+__all__ = ["MLP", "ConvNet", "EmbeddedInputs", "Transformer", "WithEmbeddings", "build_model"]

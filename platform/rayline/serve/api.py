@@ -1,7 +1,8 @@
 """The documented HTTP surface of a replica: FastAPI routes, response models and JSON error handlers.
 
-Routes: `POST /predict`, `POST /v1/models/{version}/predict`, `GET /healthz`, `GET /v1/model`,
-`GET /v1/models`, plus FastAPI's `/docs` and `/openapi.json`. The two predict routes are answered
+Routes: `POST /predict`, `POST /v1/models/{version}/predict`, `POST /v1/models/{name}/{version}/predict`,
+`GET /healthz`, `GET /v1/model`, `GET /v1/models`, plus FastAPI's `/docs` and `/openapi.json`. The predict
+routes are answered
 by the front door (http.py) before FastAPI sees them; they are declared here too so the OpenAPI
 document describes them, with the served model's features as the body schema, and so this app
 works on its own. Every error, ours or the framework's (404, 405), is JSON: `{"error", "detail"}`.
@@ -18,16 +19,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rayline.registry_layout import NAME, VERSION
 from rayline.serve.http import header
 
 if TYPE_CHECKING:
     from rayline.serve.app import ModelServer
 
-VERSION_PATTERN = r"^v[0-9]{1,9}$"
-PREDICT_PATHS = ("/predict", "/v1/models/{version}/predict")
+VERSION_PATTERN = f"^{VERSION.pattern}$"
+NAME_PATTERN = f"^{NAME.pattern}$"
+PREDICT_PATHS = ("/predict", "/v1/models/{version}/predict", "/v1/models/{name}/{version}/predict")
 
 
 class PredictResponse(BaseModel):
+    model_name: str
     model_version: str
     predictions: list[dict[str, Any]]
     """Classification: {"label", "probabilities": {class: p}}; regression: {"value"}. One per row."""
@@ -57,27 +61,39 @@ def create_api(server: ModelServer) -> FastAPI:
         responses={200: {"model": PredictResponse}, **ERRORS},
     )
     async def predict(request: Request) -> JSONResponse:
-        return await answer(server, request, None)
+        return await answer(server, request, None, None)
 
     @api.post(
         "/v1/models/{version}/predict",
-        summary="Predict with one registry version, loaded on demand (its features may differ)",
+        summary="Predict with another version of the served model's name, loaded on demand (its features may differ)",
         responses={200: {"model": PredictResponse}, **ERRORS},
     )
     async def predict_version(
         request: Request, version: str = Path(pattern=VERSION_PATTERN, examples=["v1"])
     ) -> JSONResponse:
-        return await answer(server, request, version)
+        return await answer(server, request, None, version)
 
-    @api.get("/healthz", summary="Liveness and the served model version (no token needed)")
+    @api.post(
+        "/v1/models/{name}/{version}/predict",
+        summary="Predict with a version of any model name in the registry, loaded on demand",
+        responses={200: {"model": PredictResponse}, **ERRORS},
+    )
+    async def predict_named(
+        request: Request,
+        name: str = Path(pattern=NAME_PATTERN, examples=["digits"]),
+        version: str = Path(pattern=VERSION_PATTERN, examples=["v1"]),
+    ) -> JSONResponse:
+        return await answer(server, request, name, version)
+
+    @api.get("/healthz", summary="Liveness and the served model's name and version (no token needed)")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_version": server.primary.version}
+        return {"status": "ok", "model_name": server.primary.name, "model_version": server.primary.version}
 
-    @api.get("/v1/model", summary="The served model: version, task, metrics, features, replica settings")
+    @api.get("/v1/model", summary="The served model: name, version, task, every metric, features, replica settings")
     async def model_info() -> dict[str, Any]:
         return finite_or_none(server.describe())
 
-    @api.get("/v1/models", summary="Registry versions that /v1/models/{version}/predict can serve")
+    @api.get("/v1/models", summary="Every version of every model name in the registry, with its metrics")
     async def models() -> dict[str, Any]:
         return finite_or_none(server.list_models())
 
@@ -85,9 +101,10 @@ def create_api(server: ModelServer) -> FastAPI:
     return api
 
 
-async def answer(server: ModelServer, request: Request, version: str | None) -> JSONResponse:
+async def answer(server: ModelServer, request: Request, name: str | None, version: str | None) -> JSONResponse:
     content_type = header(request.scope, b"content-type")
-    status, payload, _ = await server.answer(version, await request.body(), content_type and content_type.decode())
+    body = await request.body()
+    status, payload, _ = await server.answer(name, version, body, content_type and content_type.decode())
     return JSONResponse(payload, status_code=status)
 
 
@@ -98,7 +115,7 @@ def openapi_for(api: FastAPI, server: ModelServer) -> dict[str, Any]:
     if cached is not None and cached[0] is primary:
         return cached[1]
     spec = get_openapi(
-        title=f"{api.title}: {primary.record.get('pipeline', '')} {primary.version}".strip(),
+        title=f"{api.title}: {primary.name} {primary.version}",
         version=primary.version,
         description=api.description,
         routes=api.routes,

@@ -1,11 +1,12 @@
 """The Serve deployment: registry versions behind a lean ASGI front door (http.py), with batched inference.
 
-A replica serves one version by default (`POST /predict`), named by its `user_config`, and loads
-others on demand for `POST /v1/models/{version}/predict` through Serve's model multiplexing, at most
-`max_models_per_replica` at a time. A request is validated and encoded on its own (so one bad
-request never fails its neighbours), then its rows join the batching queue; each forward pass
-runs one model over every queued row for it, and each request gets its own rows back (batching.py
-says why this is not `@serve.batch`).
+A replica serves one version of one model name by default (`POST /predict`), named by its
+`user_config`, and loads others on demand through Serve's model multiplexing (the model id is
+"name/version"), at most `max_models_per_replica` at a time: `POST /v1/models/{version}/predict` for
+another version of the same name, `POST /v1/models/{name}/{version}/predict` for any registered one.
+A request is validated and encoded on its own (so one bad request never fails its neighbours), then
+its rows join the batching queue; each forward pass runs one model over every queued row for it, and
+each request gets its own rows back (batching.py says why this is not `@serve.batch`).
 
 Changing `user_config` (control.py's `promote`) swaps the default version in place: the new model
 loads in a thread while the old one keeps answering, then one assignment switches them.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,19 +31,19 @@ from ray import serve
 from ray.serve import Application
 
 from rayline.config import ServeConfig
-from rayline.registry import Registry, RegistryError
+from rayline.registry import ModelVersion, Registry, RegistryError
+from rayline.registry_layout import VERSION, check_name, check_version
 from rayline.serve.api import create_api
 from rayline.serve.batching import Batcher
 from rayline.serve.http import TOKEN_ENV, FrontDoor, Limits, error_body, token_digest
 from rayline.serve.metrics import ServeMetrics
-from rayline.serve.model import ServedModel
+from rayline.serve.model import ServedModel, record_metrics
 from rayline.serve.schema import MAX_ROWS, RequestError
 
 logger = logging.getLogger(__name__)
 
 IMPORT_PATH = "rayline.serve.app:build"
 DEPLOYMENT_NAME = "ModelServer"
-VERSION_NAME = re.compile(r"v[0-9]{1,9}")
 DEFAULTS = ServeConfig()
 REPLICA_ENV = {
     # One event loop for HTTP and our code: by default Serve runs user code on a second loop in its own
@@ -58,8 +58,10 @@ class ReplicaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    model_name: str | None = None
+    """Registry model name served by /predict; None means the registry's only name."""
     model_version: str | None = None
-    """Registry version served by /predict; None means the registry's serving version at load time."""
+    """Version of that name served by /predict; None means its serving version at load time."""
     max_batch_size: int = Field(default=DEFAULTS.max_batch_size, gt=0)
     """Most rows in one forward pass; larger requests are cut into pieces of this size."""
     batch_wait_timeout_s: float = Field(default=DEFAULTS.batch_wait_timeout_s, ge=0.0)
@@ -88,10 +90,10 @@ def multiplexed_loader(load: Callable[[str], Awaitable[ServedModel]], limit: int
     """Serve's LRU model cache around `load`, with a per-deployment bound (the decorator takes a constant)."""
 
     # A plain function: Serve keeps its cache as an attribute of the wrapped callable, which a bound method refuses.
-    async def load_version(version: str) -> ServedModel:
-        return await load(version)
+    async def load_model(model_id: str) -> ServedModel:
+        return await load(model_id)
 
-    return serve.multiplexed(max_num_models_per_replica=limit)(load_version)
+    return serve.multiplexed(max_num_models_per_replica=limit)(load_model)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -121,11 +123,10 @@ class ModelServer:
     async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:
         # Taking `rank` makes Serve call this even without a user_config, so a replica always loads a model.
         settings = ReplicaSettings.model_validate(user_config or {})
-        wanted = settings.model_version
-        if self.primary is None or (wanted is not None and wanted != self.primary.version):
+        if self.primary is None or switches_model(settings, self.primary):
             # In a thread: the current model keeps answering requests while the next one loads.
-            self.primary = await asyncio.to_thread(self._load, wanted)
-            logger.info("now serving model version %s", self.primary.version)
+            self.primary = await asyncio.to_thread(self._load, settings.model_name, settings.model_version)
+            logger.info("now serving model %s", self.primary.ref)
         self.settings = settings
         self.limits = Limits(settings.max_body_bytes, settings.request_timeout_s)
         self.batcher.max_rows = settings.max_batch_size
@@ -135,8 +136,13 @@ class ModelServer:
         return FrontDoor(self, create_api(self), token_sha256=self.token_sha256)
 
     def serving_state(self) -> dict[str, Any]:
-        """For control.py, through a deployment handle: which registry this replica serves, and which version."""
-        return {"storage_root": self.storage_root, "model_version": self.primary and self.primary.version}
+        """For control.py, through a deployment handle: which registry this replica serves, and which model."""
+        primary = self.primary
+        return {
+            "storage_root": self.storage_root,
+            "model_name": primary and primary.name,
+            "model_version": primary and primary.version,
+        }
 
     def check_health(self) -> None:
         if self.primary is None:
@@ -151,42 +157,56 @@ class ModelServer:
 
     # -------------------------------------------------------- request path
 
-    async def answer(self, version: str | None, body: bytes, content_type: str | None) -> tuple[int, Any, str]:
+    async def answer(
+        self, name: str | None, version: str | None, body: bytes, content_type: str | None
+    ) -> tuple[int, Any, ModelVersion | None]:
+        """(HTTP status, JSON body, the model that answered) for one predict request."""
         try:
-            served = await self.model_for(version)
+            served = await self.model_for(name, version)
         except RegistryError as err:
-            return 404, error_body(str(err), [{"loc": "path.version", "msg": str(err)}]), "unknown"
+            loc = "path.version" if name is None or is_known_name(self.storage_root, name) else "path.name"
+            return 404, error_body(str(err), [{"loc": loc, "msg": str(err)}]), None
         except ModelUnavailable as err:
-            return 503, error_body(f"model version {version} cannot be served: {err}"), version
+            asked = ModelVersion(name or self.primary.name, version)
+            return 503, error_body(f"model version {asked} cannot be served: {err}"), asked
         try:
             x_bf = served.inputs(body, content_type)
             outputs = await self._infer(served, x_bf)
             predictions = served.predictions(outputs)
         except RequestError as err:
-            return err.status, err.to_json(), served.version
+            return err.status, err.to_json(), served.ref
         self.counters["requests_served"] += 1
-        return 200, {"model_version": served.version, "predictions": predictions}, served.version
+        payload = {"model_name": served.name, "model_version": served.version, "predictions": predictions}
+        return 200, payload, served.ref
 
-    def observe(self, route: str, version: str, status: int, seconds: float) -> None:
-        self.metrics.observe_request(route, version, status, seconds)
+    def observe(self, route: str, model: ModelVersion | None, status: int, seconds: float) -> None:
+        self.metrics.observe_request(route, model, status, seconds)
 
-    async def model_for(self, version: str | None) -> ServedModel:
+    async def model_for(self, name: str | None, version: str | None) -> ServedModel:
+        """The primary model for /predict; another version (of the primary's name unless `name` is given)
+        through the multiplexed cache. RegistryError for a malformed or unknown name or version."""
         primary = self.primary
-        if version is None or version == primary.version:
+        if version is None and name is None:
             return primary
-        if not VERSION_NAME.fullmatch(version):
-            raise RegistryError(f"{version!r} is not a model version; versions look like v3 (see GET /v1/models)")
-        return await self._other_model(version)
+        name = check_name(name) if name is not None else primary.name
+        if not VERSION.fullmatch(version or ""):
+            check_version(version, Registry(self.storage_root).model(name).versions(), name)
+        wanted = ModelVersion(name, version)
+        if wanted == primary.ref:
+            return primary
+        return await self._other_model(str(wanted))
 
-    async def _load_other(self, version: str) -> ServedModel:
-        Registry(self.storage_root).record(version)  # an unknown version is a 404, before any loading
+    async def _load_other(self, model_id: str) -> ServedModel:
+        name, _, version = model_id.partition("/")
+        wanted = ModelVersion(name, version)
+        Registry(self.storage_root).record(wanted)  # an unknown name or version is a 404, before any loading
         try:
-            return await asyncio.to_thread(self._load, version)
+            return await asyncio.to_thread(self._load, name, version)
         except RegistryError as err:
             raise ModelUnavailable(str(err)) from None
 
-    def _load(self, version: str | None) -> ServedModel:
-        return ServedModel.load(self.storage_root, version, max_rows=self.options.max_rows)
+    def _load(self, name: str | None, version: str | None) -> ServedModel:
+        return ServedModel.load(self.storage_root, name, version, max_rows=self.options.max_rows)
 
     async def _infer(self, served: ServedModel, x_bf: np.ndarray) -> np.ndarray:
         n = self.batcher.max_rows
@@ -213,7 +233,7 @@ class ModelServer:
                 out_bo = await asyncio.to_thread(served.forward, x_bf)
             finally:
                 self._forward_since = None
-            self.metrics.observe_batch(served.version, len(x_bf))
+            self.metrics.observe_batch(served.ref, len(x_bf))
             self.counters["batches_served"] += 1
             self.counters["rows_served"] += len(x_bf)
             for i, part in zip(indices, np.split(out_bo, np.cumsum([len(p) for p in parts])[:-1]), strict=True):
@@ -228,29 +248,48 @@ class ModelServer:
             "serving": {
                 "max_rows_per_request": self.options.max_rows,
                 "max_models_per_replica": self.options.max_models_per_replica,
-                **self.settings.model_dump(exclude={"model_version"}),
+                **self.settings.model_dump(exclude={"model_name", "model_version"}),
                 **self.counters,  # this replica's counts since it started
             },
         }
 
     def list_models(self) -> dict[str, Any]:
+        """Every version of every model name in the registry, with all of its metrics."""
         registry = Registry(self.storage_root)
-        serving = registry.serving_version()
         models = []
-        for record in registry.records():
-            version = record["version"]
-            models.append(
-                {
-                    "model_version": version,
-                    "pipeline": record.get("pipeline"),
-                    "created_at": record.get("created_at"),
-                    "metrics": record.get("metrics", {}),
-                    "test_metrics": record.get("test_metrics", {}),
-                    "registry_serving": version == serving,
-                    "default_here": version == self.primary.version,
-                }
-            )
-        return {"default_version": self.primary.version, "models": models}
+        for name in registry.names():
+            entry = registry.model(name)
+            serving = entry.serving_version()
+            for record in entry.records():
+                version = record["version"]
+                models.append(
+                    {
+                        "model_name": name,
+                        "model_version": version,
+                        "pipeline": record.get("pipeline"),
+                        "created_at": record.get("created_at"),
+                        "epoch": record.get("epoch"),
+                        **record_metrics(record),
+                        "registry_serving": version == serving,
+                        "default_here": ModelVersion(name, version) == self.primary.ref,
+                    }
+                )
+        return {"default_model": self.primary.name, "default_version": self.primary.version, "models": models}
+
+
+def switches_model(settings: ReplicaSettings, primary: ServedModel) -> bool:
+    """Whether new settings name a model other than the one served (no version named: keep the current)."""
+    if settings.model_version is None:
+        return False
+    return ModelVersion(settings.model_name or primary.name, settings.model_version) != primary.ref
+
+
+def is_known_name(storage_root: str, name: str) -> bool:
+    try:
+        Registry(storage_root).require(name)
+    except RegistryError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- building
@@ -263,8 +302,11 @@ class BuildArgs(BaseModel):
 
     storage_root: str = Field(default_factory=lambda: os.environ.get("RAYLINE_ROOT", ".rayline"))
     """The pipeline's storage.root (the registry is under it). Relative paths start where Ray started."""
+    model_name: str | None = None
+    """Registry model name (a pipeline's name, or its registry.model_name); may be omitted when the registry
+    holds one name."""
     version: str | None = None
-    """Registry version such as "v3"; the serving version when omitted."""
+    """Version of that name such as "v3"; its serving version when omitted."""
     serve: ServeConfig | None = None
     """Serving settings; the `serve:` section of the model's own pipeline config when omitted."""
     token_sha256: str | None = None
@@ -274,36 +316,39 @@ class BuildArgs(BaseModel):
 def build(args: dict[str, Any]) -> Application:
     """App builder for `serve run` / `serve deploy`: `import_path: rayline.serve.app:build`."""
     parsed = BuildArgs.model_validate(args)
-    return build_app(parsed.storage_root, parsed.version, parsed.serve, token_sha256=parsed.token_sha256)
+    ref = Registry(parsed.storage_root).resolve(parsed.model_name, parsed.version)
+    return build_app(parsed.storage_root, ref, parsed.serve, token_sha256=parsed.token_sha256)
 
 
 def build_app(
     storage_root: str,
-    version: str | None = None,
+    ref: ModelVersion | None = None,
     serve_cfg: ServeConfig | None = None,
     *,
     token_sha256: str | None = None,
 ) -> Application:
-    """The bound deployment for one registry version (default: the serving one).
+    """The bound deployment for one registry version (default: the serving version of the only name).
 
     Loads the version first, so a missing, tampered or partial checkpoint is refused here, with the
     registry's message, before any replica starts.
     """
     root = str(Path(storage_root).expanduser().resolve())
-    served = ServedModel.load(root, version)
+    ref = ref or Registry(root).resolve()
+    served = ServedModel.load(root, ref.name, ref.version)
     cfg = serve_cfg or served.serve_config
     options = ReplicaOptions(
         max_models_per_replica=cfg.max_models_per_replica,
         torch_threads=cfg.torch_threads,
         token_sha256=token_sha256 or token_digest(os.environ.get(TOKEN_ENV)),
     )
-    deployment = ModelServer.options(**deployment_options(cfg, served.version))
+    deployment = ModelServer.options(**deployment_options(cfg, served.ref))
     return deployment.bind(root, options.model_dump())
 
 
-def deployment_options(cfg: ServeConfig, version: str) -> dict[str, Any]:
+def deployment_options(cfg: ServeConfig, ref: ModelVersion) -> dict[str, Any]:
     settings = ReplicaSettings(
-        model_version=version,
+        model_name=ref.name,
+        model_version=ref.version,
         max_batch_size=cfg.max_batch_size,
         batch_wait_timeout_s=cfg.batch_wait_timeout_s,
         max_body_bytes=cfg.max_body_bytes,

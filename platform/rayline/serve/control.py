@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from rayline.config import ServeConfig
-from rayline.registry import Registry, RegistryError
+from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.serve.app import DEPLOYMENT_NAME, IMPORT_PATH
 from rayline.serve.http import TOKEN_ENV, token_digest
 from rayline.serve.model import ServedModel
@@ -37,13 +37,16 @@ class ServeDeployError(RuntimeError):
 
 def deploy(
     storage_root: str,
-    version: str | None = None,
+    model: ModelVersion | None = None,
     serve_cfg: ServeConfig | None = None,
     *,
     wait: bool = True,
     timeout_s: float = 180.0,
 ) -> str:
-    """Start Serve (if needed), deploy one registry version (default: the serving one), return its base URL.
+    """Start Serve (if needed), deploy one registry version, return its base URL.
+
+    `model` defaults to the serving version of the registry's only model name (Registry.resolve says
+    which to use: a pipeline's `model_name`, or `Registry.find("NAME[/vN]")`).
 
     `serve_cfg` defaults to the `serve` section of the config the model was trained with. The host,
     port and ingress only apply when this starts Serve; a Serve instance already running keeps its
@@ -51,7 +54,8 @@ def deploy(
     With wait=False this returns once Serve has the app; `wait_until_running` waits for it.
     """
     root = absolute(storage_root)
-    served = ServedModel.load(root, version)
+    model = model or Registry(root).resolve()
+    served = ServedModel.load(root, model.name, model.version)
     cfg = serve_cfg or served.serve_config
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
@@ -59,7 +63,7 @@ def deploy(
         controller_options=controller_options(cfg),
     )
     token = token_digest(os.environ.get(TOKEN_ENV))
-    apply_apps({cfg.app_name: app_config(root, served.version, cfg, token)})
+    apply_apps({cfg.app_name: app_config(root, served.ref, cfg, token)})
     url = endpoint_url(cfg)
     if wait:
         wait_until_running(cfg.app_name, timeout_s)
@@ -67,11 +71,11 @@ def deploy(
     return url
 
 
-def app_config(root: str, version: str, cfg: ServeConfig, token_sha256: str | None) -> dict[str, Any]:
+def app_config(root: str, model: ModelVersion, cfg: ServeConfig, token_sha256: str | None) -> dict[str, Any]:
     """One entry of a Serve config's `applications:` list for this model server."""
     # Only the fields set: a default num_replicas beside an autoscaling range would read as setting both.
     serve = cfg.model_dump(mode="json", exclude_unset=True)
-    args: dict[str, Any] = {"storage_root": root, "version": version, "serve": serve}
+    args: dict[str, Any] = {"storage_root": root, "model_name": model.name, "version": model.version, "serve": serve}
     if token_sha256:
         args["token_sha256"] = token_sha256
     return {
@@ -130,60 +134,63 @@ def endpoint_url(cfg: ServeConfig) -> str:
 # ---------------------------------------------------------------- switching versions
 
 
-def promote(storage_root: str, version: str, *, timeout_s: float = 180.0) -> list[str]:
-    """Serve `version` from now on: mark it in the registry and switch running apps that serve this registry.
+def promote(storage_root: str, name: str, version: str, *, timeout_s: float = 180.0) -> list[str]:
+    """Serve `version` of model `name` from now on: mark it in the registry and switch running apps that
+    serve that name from this registry.
 
     Works with no Ray connection or no running app (then only the registry marker changes, and the
     next deploy serves it). Returns the names of the running apps that were switched.
     """
     root = absolute(storage_root)
-    ServedModel.load(root, version)  # refuse a bad checkpoint before anything changes
-    Registry(root).set_serving(version)
-    return switch_running_apps(root, version, timeout_s)
+    model = Registry(root).resolve(name, version)
+    ServedModel.load(root, name, version)  # refuse a bad checkpoint before anything changes
+    Registry(root).model(name).set_serving(version)
+    return switch_running_apps(root, model, timeout_s)
 
 
-def rollback(storage_root: str, *, timeout_s: float = 180.0) -> tuple[str, list[str]]:
-    """Serve the previously served version again; returns it and the running apps switched."""
+def rollback(storage_root: str, name: str, *, timeout_s: float = 180.0) -> tuple[ModelVersion, list[str]]:
+    """Serve the version of `name` served before the current one again; returns it and the running apps switched."""
     root = absolute(storage_root)
-    registry = Registry(root)
-    history = registry.serving_history()
+    entry = Registry(root).model(Registry(root).require(name))
+    history = entry.serving_history()
     if not history:
-        raise RegistryError(f"nothing to roll back to: {registry.path} records no earlier serving version")
-    ServedModel.load(root, history[-1])
-    version = registry.rollback_serving()
-    return version, switch_running_apps(root, version, timeout_s)
+        raise RegistryError(f"nothing to roll back to: model {name!r} has no earlier serving version in {root}")
+    ServedModel.load(root, name, history[-1])
+    model = entry.ref(entry.rollback_serving())
+    return model, switch_running_apps(root, model, timeout_s)
 
 
-def switch_running_apps(root: str, version: str, timeout_s: float) -> list[str]:
-    """Point every running app that serves the registry under `root` at `version`, in place."""
+def switch_running_apps(root: str, model: ModelVersion, timeout_s: float) -> list[str]:
+    """Point every running app that serves `model`'s name from the registry under `root` at it, in place."""
     client = serve_client()
     if client is None:
         return []
     details = client.get_serve_details().get("applications", {})
     configs = {name: app["deployed_app_config"] for name, app in details.items() if app.get("deployed_app_config")}
     ours = [name for name, config in configs.items() if config.get("import_path") == IMPORT_PATH]
-    ours = [name for name in ours if served_root(name) == root]
+    ours = [name for name in ours if served_model(name) == (root, model.name)]
     if not ours:
         return []
     for name in ours:
         deployment = details[name]["deployments"][DEPLOYMENT_NAME]
-        user_config = {**(deployment["deployment_config"].get("user_config") or {}), "model_version": version}
+        user_config = deployment["deployment_config"].get("user_config") or {}
+        user_config = {**user_config, "model_name": model.name, "model_version": model.version}
         configs[name] = with_user_config(configs[name], user_config)
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": list(configs.values())}))
     for name in ours:
-        wait_for_version(name, version, timeout_s)
+        wait_for_version(name, model, timeout_s)
     return ours
 
 
-def switch_summary(storage_root: str, version: str, apps: list[str]) -> str:
+def switch_summary(storage_root: str, model: ModelVersion, apps: list[str]) -> str:
     """What `rayline promote` / `rollback` print."""
-    lines = [f"{Registry(storage_root).path}: now serving model {version}"]
+    lines = [f"{Registry(storage_root).path}: now serving model {model}"]
     if apps:
-        lines.append(f"switched running app(s) {', '.join(apps)} to {version} in place")
+        lines.append(f"switched running app(s) {', '.join(apps)} to {model} in place")
     elif serve_client() is None:
         lines.append("no Ray cluster joined (--address or RAY_ADDRESS), so running apps were not switched")
     else:
-        lines.append("no running app on this cluster serves this registry; the next deploy serves it")
+        lines.append(f"no running app on this cluster serves {model.name} from this registry; the next deploy does")
     return "\n".join(lines)
 
 
@@ -193,26 +200,29 @@ def with_user_config(config: dict[str, Any], user_config: dict[str, Any]) -> dic
     return {**config, "deployments": [*deployments, {**mine, "name": DEPLOYMENT_NAME, "user_config": user_config}]}
 
 
-def served_root(app_name: str) -> str | None:
+def served_model(app_name: str) -> tuple[str, str] | None:
+    """(storage root, model name) a running app serves."""
     try:
         handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
-        return handle.serving_state.remote().result(timeout_s=30)["storage_root"]
+        state = handle.serving_state.remote().result(timeout_s=30)
+        return state["storage_root"], state["model_name"]
     except Exception:  # an app mid-deploy or failed: it is not serving anything to switch
         return None
 
 
-def wait_for_version(app_name: str, version: str, timeout_s: float) -> None:
-    """Until every replica of the app serves `version` (the deployment is healthy at the new config)."""
+def wait_for_version(app_name: str, model: ModelVersion, timeout_s: float) -> None:
+    """Until every replica of the app serves `model` (the deployment is healthy at the new config)."""
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if handle.serving_state.remote().result(timeout_s=timeout_s)["model_version"] == version:
+        state = handle.serving_state.remote().result(timeout_s=timeout_s)
+        if (state["model_name"], state["model_version"]) == (model.name, model.version):
             # A replica has switched, so the controller has begun the update: HEALTHY now means all have.
             status = wait_until_running(app_name, deadline - time.monotonic())
             if status.deployments[DEPLOYMENT_NAME].status == "HEALTHY":
                 return
         time.sleep(0.2)
-    raise ServeDeployError(f"app {app_name!r} did not switch to model version {version} within {timeout_s:g} s")
+    raise ServeDeployError(f"app {app_name!r} did not switch to model {model} within {timeout_s:g} s")
 
 
 # ---------------------------------------------------------------- Serve plumbing

@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from rayline.data.preprocess import NumericStat, Preprocessor
+from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
 from rayline.serve.schema import FLOAT32_MAX, MAX_ROWS
 
 
 class FastEncoder:
-    """Rows (objects or lists) to float32 model inputs, or None to ask for the validating path."""
+    """Rows (objects or lists) to float32 model inputs, or None to ask for the validating path.
+
+    Rows with a null or left-out value always take the validating path, which applies the missing rules.
+    """
 
     def __init__(self, preprocessor: Preprocessor, *, max_rows: int = MAX_ROWS):
         self.max_rows = max_rows
@@ -28,20 +31,19 @@ class FastEncoder:
         self.num_inputs = preprocessor.num_inputs
         numeric = [(i, f) for i, f in enumerate(preprocessor.features) if isinstance(f, NumericStat)]
         self.numeric_index = [i for i, _ in numeric]
-        self.all_numeric = len(numeric) == len(self.names)
         self.mean = np.array([f.mean for _, f in numeric], dtype=np.float64)
         self.scale = np.array([f.scale for _, f in numeric], dtype=np.float64)
-        # Model column of each numeric feature, and (row position, first column, category ids) per categorical one.
+        # Model column of each numeric feature, and (row position, first column, feature) per categorical one.
         self.numeric_columns: list[int] = []
-        self.categorical: list[tuple[int, int, dict[str, int]]] = []
+        self.categorical: list[tuple[int, int, CategoricalStat]] = []
         column = 0
         for i, f in enumerate(preprocessor.features):
             if isinstance(f, NumericStat):
-                self.numeric_columns.append(column)
-                column += 1
+                self.numeric_columns.append(column)  # an indicator column after it stays 0: nothing was missing
             else:
-                self.categorical.append((i, column, {c: k for k, c in enumerate(f.categories)}))
-                column += len(f.categories)
+                self.categorical.append((i, column, f))
+            column += f.width
+        self.all_numeric = len(numeric) == len(self.names) and column == len(numeric)
 
     def encode(self, payload: Any) -> np.ndarray | None:
         rows = self._rows(payload)
@@ -51,7 +53,7 @@ class FastEncoder:
         x_bf = self._scaled(numbers, len(rows))
         if x_bf is None or not self.categorical:
             return x_bf
-        return self._one_hot(rows, x_bf)
+        return self._categories(rows, x_bf)
 
     def _rows(self, payload: Any) -> list[list[Any]] | None:
         if type(payload) is not dict or len(payload) != 1:
@@ -93,22 +95,24 @@ class FastEncoder:
         x_bf[:, self.numeric_columns] = scaled
         return x_bf
 
-    def _one_hot(self, rows: list[list[Any]], x_bf: np.ndarray) -> np.ndarray | None:
+    def _categories(self, rows: list[list[Any]], x_bf: np.ndarray) -> np.ndarray | None:
         for r, row in enumerate(rows):
-            for position, first_column, ids in self.categorical:
+            for position, first_column, f in self.categorical:
                 key = category_key(row[position])
                 if key is None:
                     return None
-                k = ids.get(key)
-                if k is not None:  # unseen categories leave their block all zero, as in training
-                    x_bf[r, first_column + k] = 1.0
+                slot = f.slot(key)  # unseen: the "other" slot, or none (an all-zero block), as in training
+                if f.embedding_dim is not None:
+                    x_bf[r, first_column] = slot + 1
+                elif slot >= 0:
+                    x_bf[r, first_column + slot] = 1.0
         return x_bf
 
 
 def category_key(value: Any) -> str | None:
     """The key a category value is looked up by (as the validating path makes it); None if not plain."""
     if type(value) is str:
-        return value
+        return value if value != "" else None  # an empty string is a missing value
     if type(value) is int:
         return str(value)
     if type(value) is float and value.is_integer():

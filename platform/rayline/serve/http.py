@@ -31,6 +31,8 @@ PUBLIC_PATHS = frozenset({"/healthz"})
 """Paths that need no token: load balancers and Serve's health checks probe them."""
 PREDICT_PATH = "/predict"
 VERSION_PREDICT = re.compile(r"/v1/models/([^/]+)/predict")
+NAMED_PREDICT = re.compile(r"/v1/models/([^/]+)/([^/]+)/predict")
+NAMED_ROUTE = "/v1/models/{name}/{version}/predict"
 TOKEN_ENV = "RAYLINE_API_TOKEN"
 
 
@@ -47,11 +49,13 @@ class Predictor(Protocol):
 
     limits: Limits
 
-    async def answer(self, version: str | None, body: bytes, content_type: str | None) -> tuple[int, Any, str]:
-        """(HTTP status, JSON body, model version label) for one predict request."""
+    async def answer(
+        self, name: str | None, version: str | None, body: bytes, content_type: str | None
+    ) -> tuple[int, Any, Any]:
+        """(HTTP status, JSON body, the model that answered, for `observe`) for one predict request."""
         ...
 
-    def observe(self, route: str, version: str, status: int, seconds: float) -> None: ...
+    def observe(self, route: str, model: Any, status: int, seconds: float) -> None: ...
 
 
 class BodyTooLarge(Exception):
@@ -84,10 +88,13 @@ class FrontDoor:
             return await send_json(send, 401, error_body("missing or wrong bearer token"), challenge)
         if scope["method"] == "POST":
             if path == PREDICT_PATH:
-                return await self.predict(scope, receive, send, None, PREDICT_PATH)
+                return await self.predict(scope, receive, send, (None, None), PREDICT_PATH)
             match = VERSION_PREDICT.fullmatch(path)
             if match:
-                return await self.predict(scope, receive, send, match.group(1), "/v1/models/{version}/predict")
+                return await self.predict(scope, receive, send, (None, match[1]), "/v1/models/{version}/predict")
+            match = NAMED_PREDICT.fullmatch(path)
+            if match:
+                return await self.predict(scope, receive, send, (match[1], match[2]), NAMED_ROUTE)
         if declared_length(scope) > self.server.limits.max_body_bytes:
             return await send_json(send, 413, too_large(self.server.limits.max_body_bytes))
         await self.docs_app(scope, receive, send)
@@ -99,13 +106,16 @@ class FrontDoor:
         # Compare digests in constant time: equal length always, and no early exit on the first wrong byte.
         return hmac.compare_digest(presented, self.token_sha256) and scheme.lower() == b"bearer"
 
-    async def predict(self, scope: Scope, receive: Receive, send: Send, version: str | None, route: str) -> None:
+    async def predict(
+        self, scope: Scope, receive: Receive, send: Send, model: tuple[str | None, str | None], route: str
+    ) -> None:
+        """Answer one predict request for `model`: (name, version), either None for the served one's."""
         started = time.perf_counter()
         limits = self.server.limits
-        label = version or ""
+        label = None
         try:
             status, payload, label = await asyncio.wait_for(
-                self._answer(scope, receive, version, limits.max_body_bytes), limits.request_timeout_s
+                self._answer(scope, receive, model, limits.max_body_bytes), limits.request_timeout_s
             )
         except BodyTooLarge:
             status, payload = 413, too_large(limits.max_body_bytes)
@@ -121,12 +131,14 @@ class FrontDoor:
             await send_json(send, status, payload)
         self.server.observe(route, label, status, time.perf_counter() - started)
 
-    async def _answer(self, scope: Scope, receive: Receive, version: str | None, cap: int) -> tuple[int, Any, str]:
+    async def _answer(
+        self, scope: Scope, receive: Receive, model: tuple[str | None, str | None], cap: int
+    ) -> tuple[int, Any, Any]:
         if declared_length(scope) > cap:
             raise BodyTooLarge
         body = await read_body(receive, cap)
         content_type = header(scope, b"content-type")
-        return await self.server.answer(version, body, content_type.decode("latin-1") if content_type else None)
+        return await self.server.answer(*model, body, content_type.decode("latin-1") if content_type else None)
 
 
 # ---------------------------------------------------------------- ASGI helpers

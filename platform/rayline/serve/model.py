@@ -1,8 +1,8 @@
 """One registry version made ready to answer requests: model, preprocessor, request schema, encoder. No Ray.
 
 A replica holds one of these for the version it serves by default and a few more for
-`/v1/models/{version}/predict`; swapping versions replaces the whole object at once, so a request
-never sees one version's preprocessor with another's weights.
+`/v1/models/{version}/predict` and `/v1/models/{name}/{version}/predict`; swapping versions replaces
+the whole object at once, so a request never sees one version's preprocessor with another's weights.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from torch import nn
 from rayline.config import ServeConfig
 from rayline.data.errors import DataError
 from rayline.data.preprocess import Preprocessor
-from rayline.registry import Registry, RegistryError
+from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.serve.encode import FastEncoder
 from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema, invalid, parse_json, problem
 
 
 @dataclass(eq=False)
 class ServedModel:
+    name: str
     version: str
     model: nn.Module
     preprocessor: Preprocessor
@@ -36,15 +37,20 @@ class ServedModel:
     input_columns: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, storage_root: str | Path, version: str | None, *, max_rows: int = MAX_ROWS) -> ServedModel:
-        """Load and check a registry version (default: the serving one); RegistryError if it is unusable."""
+    def load(
+        cls, storage_root: str | Path, name: str | None = None, version: str | None = None, *, max_rows: int = MAX_ROWS
+    ) -> ServedModel:
+        """Load and check a registry version: of `name` (None: the registry's only name), `version` (None: its
+        serving version). RegistryError if it is unusable."""
         registry = Registry(storage_root)
-        loaded = registry.load(version)  # checks the manifest hashes; weights load with weights_only=True
+        # Checks the manifest hashes; the weights load with weights_only=True.
+        loaded = registry.load(registry.resolve(name, version))
         require_finite_weights(loaded.model, loaded.version)
         pre = loaded.preprocessor
         schema = RequestSchema(pre.feature_schema(), max_rows=max_rows)
         return cls(
-            version=loaded.version,
+            name=loaded.version.name,
+            version=loaded.version.version,
             model=loaded.model,
             preprocessor=pre,
             record=registry.record(loaded.version),
@@ -78,6 +84,10 @@ class ServedModel:
             raise invalid(422, problems)
         return x_bf
 
+    @property
+    def ref(self) -> ModelVersion:
+        return ModelVersion(self.name, self.version)
+
     def forward(self, x_bf: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.model(torch.from_numpy(x_bf)).numpy()
@@ -89,6 +99,7 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         record = self.record
         return {
+            "model_name": self.name,
             "model_version": self.version,
             "pipeline": record.get("pipeline"),
             "run_name": record.get("run_name"),
@@ -96,12 +107,16 @@ class ServedModel:
             "label": self.preprocessor.label,
             "classes": self.preprocessor.classes,
             "features": self.schema.features,
-            "metrics": record.get("metrics", {}),
-            "test_metrics": record.get("test_metrics", {}),
+            **record_metrics(record),
             "created_at": record.get("created_at"),
             "data_fingerprint": record.get("data_fingerprint"),
             "code_version": record.get("code_version"),
         }
+
+
+def record_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """Every metric a registry record holds: validation, test, and the evaluation (confusion matrix, baseline)."""
+    return {key: record.get(key, {}) for key in ("metrics", "test_metrics", "evaluation")}
 
 
 def input_columns(features: list[dict[str, Any]]) -> list[str]:
@@ -118,7 +133,7 @@ def require_finite_outputs(outputs: np.ndarray) -> None:
         raise invalid(422, [problem(f"rows.{r}", msg) for r in bad])
 
 
-def require_finite_weights(model: nn.Module, version: str) -> None:
+def require_finite_weights(model: nn.Module, version: ModelVersion | str) -> None:
     bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
     if bad:
         raise RegistryError(f"model version {version} holds NaN or infinite weights in {bad[:5]}; it cannot be served")

@@ -2,14 +2,17 @@
 
 `POST /predict` takes `{"rows": [...]}`. Each row is an object `{feature: value}` naming every
 feature exactly once, or a list of values in feature order. Numeric features take finite numbers;
-categorical ones take strings (integer codes are accepted and turned into their text). Every problem
-becomes a `RequestError` whose detail names the row and the feature, e.g. `rows.3.pixel_7`.
+categorical ones take strings (integer codes are accepted and turned into their text). A feature whose
+schema entry is "nullable" (a numeric one with an imputer: missing rule median, mean or constant; a
+categorical one with rule category) also takes null, and an object row may leave it out: the
+preprocessor fills it in as in training. Every problem becomes a `RequestError` whose detail names the
+row and the feature, e.g. `rows.3.pixel_7`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -89,15 +92,31 @@ def numeric_type(name: str) -> Any:
     return Annotated[float, limits, WithJsonSchema(schema)]
 
 
-def categorical_type(name: str, categories: list[str]) -> Any:
+def categorical_type(name: str, categories: list[str], other: bool = False) -> Any:
     shown = ", ".join(categories[:20]) + (", ..." if len(categories) > 20 else "")
+    rest = 'other values share one "other" category' if other else "other values match none of them"
     schema = {
         "anyOf": [{"type": "string"}, {"type": "integer"}],
         "title": name,
-        "description": f"category seen in training: {shown}; other values match none of them",
+        "description": f"category seen in training: {shown}; {rest}",
         "examples": categories[:3],
     }
     return Annotated[str, BeforeValidator(category_text), Field(strict=True), WithJsonSchema(schema)]
+
+
+def nullable(kind: Any, schema: dict[str, Any]) -> Any:
+    """The value type, or null; the JSON schema says so (OpenAPI 3.1 takes "type": "null")."""
+    either = {"anyOf": [schema, {"type": "null"}], "title": schema["title"]}
+    either["description"] = f"{schema['description']}; null or left out: filled in as in training"
+    return Annotated[Optional[kind], WithJsonSchema(either)]  # noqa: UP045 (X | None breaks on Annotated)
+
+
+def refused_missing(name: str, rule: str | None) -> str:
+    if rule == "drop_row":
+        return f"{name!r} may not be null or left out: its missing rule is drop_row (such rows get no prediction)"
+    if rule == "error":
+        return f"{name!r} may not be null or left out: its missing rule is error"
+    return f"required feature {name!r} is missing"
 
 
 def describe(value: Any) -> str:
@@ -118,6 +137,8 @@ class RequestSchema:
         self.features = feature_schema
         self.names = [f["name"] for f in feature_schema]
         self.kinds = {f["name"]: f["kind"] for f in feature_schema}
+        self.rules = {f["name"]: f.get("missing") for f in feature_schema}
+        self.nullable = {f["name"]: bool(f.get("nullable", False)) for f in feature_schema}
         self.max_rows = max_rows
         self.row_model = self._build_row_model()
 
@@ -127,10 +148,14 @@ class RequestSchema:
             if f["kind"] == "numeric":
                 kind = numeric_type(f["name"])
             else:
-                kind = categorical_type(f["name"], list(f["categories"]))
+                kind = categorical_type(f["name"], list(f["categories"]), bool(f.get("other", False)))
             # Positional field names plus aliases: feature names need not be Python identifiers
             # and may collide with BaseModel attributes (e.g. "model_config", "copy").
-            fields[f"f{i}"] = (kind, Field(alias=f["name"]))
+            if self.nullable[f["name"]]:
+                schema = kind.__metadata__[-1].json_schema
+                fields[f"f{i}"] = (nullable(kind, schema), Field(default=None, alias=f["name"]))
+            else:
+                fields[f"f{i}"] = (kind, Field(alias=f["name"]))
         config = ConfigDict(extra="forbid", validate_by_name=False, validate_by_alias=True)
         return create_model("Row", __config__=config, **fields)
 
@@ -199,8 +224,8 @@ class RequestSchema:
 
     def _message(self, e: dict[str, Any], name: str) -> str:
         kind = e["type"]
-        if kind == "missing":
-            return f"required feature {name!r} is missing"
+        if kind == "missing" or (e["input"] is None and self.rules.get(name) is not None):
+            return refused_missing(name, self.rules.get(name))
         if kind == "extra_forbidden":
             return f"unknown feature {name!r}; expected {self._preview()}"
         messages = NUMERIC_MESSAGES if self.kinds.get(name) == "numeric" else CATEGORICAL_MESSAGES

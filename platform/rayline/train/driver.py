@@ -19,9 +19,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
+from rayline.data.preprocess import Preprocessor
+from rayline.evaluation import validation_metric_names
 from rayline.registry import checkpoint_metrics, last_complete_checkpoint
 from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
+from rayline.train.weights import class_weights_for
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,25 @@ class TrainOutcome:
     """Local directory of the best checkpoint by train.checkpoint.metric."""
     best_metrics: dict[str, float]
     run_dir: Path
+    last_metrics: dict[str, Any] | None = None
+    """The last epoch's report; it holds stopped_early, best_epoch and epochs_without_improvement when early
+    stopping ended the run."""
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool((self.last_metrics or {}).get("stopped_early"))
+
+    def early_stopping_line(self, cfg: PipelineConfig) -> str | None:
+        """What the run prints when early stopping ended it, e.g. "early stopping: val_loss did not improve by
+        0 for 5 epochs; best epoch 7" (epochs counted from 1), or None."""
+        if not self.stopped_early:
+            return None
+        rule, last = cfg.train.early_stopping, self.last_metrics
+        return (
+            f"early stopping: {rule.metric} did not improve by {rule.min_delta:g} for "
+            f"{int(last['epochs_without_improvement'])} epochs; best epoch {int(last['best_epoch']) + 1}, "
+            f"stopped after epoch {int(last['epoch']) + 1} of {cfg.train.epochs}"
+        )
 
 
 class ProgressCallback(UserCallback):
@@ -58,8 +80,11 @@ def fit(
     extra_callbacks: Sequence[UserCallback] = (),
     run_name: str | None = None,
     verbose: bool = False,
+    class_weights: list[float] | None = None,
 ) -> TrainOutcome:
-    """Train across cfg.train.num_workers Ray actors with cfg.train.strategy; resume if the run name exists."""
+    """Train across cfg.train.num_workers Ray actors with cfg.train.strategy; resume if the run name exists.
+
+    `class_weights`: the balanced loss weights when the caller has counted them already (else counted here)."""
     callbacks = list(extra_callbacks)
     queue = printer = None
     if on_epoch is not None:
@@ -70,7 +95,14 @@ def fit(
         stop = threading.Event()
         printer = threading.Thread(target=drain, args=(queue, on_epoch, stop), daemon=True)
         printer.start()
-    trainer = build_trainer(cfg, data, callbacks=callbacks, run_name=run_name or cfg.run_name, verbose=verbose)
+    trainer = build_trainer(
+        cfg,
+        data,
+        callbacks=callbacks,
+        run_name=run_name or cfg.run_name,
+        verbose=verbose,
+        class_weights=class_weights,
+    )
     try:
         result = trainer.fit()
     finally:
@@ -105,10 +137,14 @@ def build_trainer(
     run_name: str,
     verbose: bool,
     controller_failure_limit: int = -1,
+    class_weights: list[float] | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
-    start fail the run instead of being retried forever."""
+    start fail the run instead of being retried forever. `class_weights` as in fit."""
     check_batch_fits(cfg.train, data.num_rows["train"])
+    check_metric_names(cfg, data.preprocessor)
+    if class_weights is None:
+        class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)
     set_poll_interval(cfg.train)
     run_dir = Path(cfg.storage.root) / "runs" / run_name
     last = last_complete_checkpoint(run_dir)  # listed (and hashed) once per start
@@ -124,6 +160,8 @@ def build_trainer(
             "config": cfg.model_dump(mode="json"),
             "preprocessor": data.preprocessor.to_dict(),
             "resume_from": resume_from,
+            "class_weights": class_weights if cfg.train.class_weight == "balanced" else None,
+            "train_rows": data.num_rows["train"],
         },
         torch_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),
@@ -183,6 +221,20 @@ def check_batch_fits(train: TrainConfig, train_rows: int) -> None:
         )
 
 
+def check_metric_names(cfg: PipelineConfig, preprocessor: Preprocessor) -> None:
+    """train.checkpoint.metric and train.early_stopping.metric must be metrics every epoch reports."""
+    validation = validation_metric_names(preprocessor.task, len(preprocessor.classes or ()))
+    checks = [("train.checkpoint.metric", cfg.train.checkpoint.metric, [*validation, "train_loss"])]
+    if cfg.train.early_stopping is not None:
+        checks.append(("train.early_stopping.metric", cfg.train.early_stopping.metric, validation))
+    for path, name, allowed in checks:
+        if name not in allowed:
+            raise ConfigError(
+                f"{path}={name!r} is not a metric a {preprocessor.task} run reports; use one of {allowed}"
+                + (" (val_roc_auc needs exactly two classes)" if name == "val_roc_auc" else "")
+            )
+
+
 def torch_config(train: TrainConfig) -> TorchConfig:
     """nccl between GPUs (the loop then builds CUDA device meshes), gloo between CPU workers."""
     return TorchConfig(backend="nccl" if train.use_gpu else "gloo")
@@ -212,7 +264,10 @@ def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:
         )
     directory = Path(best.path)
     return TrainOutcome(
-        best_checkpoint=directory, best_metrics=checkpoint_metrics(directory), run_dir=Path(result.path)
+        best_checkpoint=directory,
+        best_metrics=checkpoint_metrics(directory),
+        run_dir=Path(result.path),
+        last_metrics=dict(result.metrics) if result.metrics else None,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import resource
 import time
 from typing import Any
@@ -11,7 +10,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.tensor import DTensor
 
 from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
@@ -19,11 +17,15 @@ from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
 from rayline.train.batches import ShardCache, flag_last, replica_batches
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
+from rayline.train.evaluate import SplitSums, all_reduce, collective_device
+from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
 from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, make_loss_fn
+from rayline.train.stopping import decide
 from rayline.train.strategies import Parallelized, parallelize
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Returns (on every rank) how early stopping ended the run, or None when it ran every epoch."""
     # The config crossed a process boundary as JSON: validate it again rather than trust it.
     cfg = PipelineConfig.model_validate(loop_config["config"])
     preprocessor = Preprocessor.from_dict(loop_config["preprocessor"])
@@ -35,7 +37,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
 
     model = build_model(cfg.model, **preprocessor.model_shape())
-    loss_fn = make_loss_fn(classification)
+    weights = loop_config.get("class_weights")
+    loss_fn = make_loss_fn(classification, None if weights is None else torch.tensor(weights, device=device))
     accumulation = cfg.train.grad_accumulation_steps
     # Pipeline schedules run the loss themselves, so theirs carries the accumulation scale.
     pm = parallelize(model.to(device), cfg.train, loss_fn=lambda o, y: loss_fn(o, y) / accumulation, device=device)
@@ -47,9 +50,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ShardCache(ray.train.get_dataset_shard(split), limit_bytes=limit, dtypes=dtypes, device=device)
         for split in ("train", "validation")
     )
+    steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
     for epoch in range(start_epoch, cfg.train.epochs):
         epoch_started_at, started = time.time(), time.perf_counter()
-        loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn)
+        loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps)
         train_seconds = time.perf_counter() - started
         val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
         metrics = {
@@ -57,6 +61,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epochs_done": epoch + 1,
             "train_loss": loss_sum / rows,
             **val_metrics,
+            "lr": optimizer.param_groups[0]["lr"],
             "samples_per_s": rows / train_seconds,
             # Per CPU-second of all workers: a throughput measure that other load on the machine moves less.
             "samples_per_cpu_s": rows / train_cpu_s,
@@ -65,14 +70,41 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **memory_metrics(pm, optimizer, device),
         }
         history.append(metrics)
+        stopping = early_stop(history, cfg.train)
+        if stopping is not None:
+            metrics.update(stopping)  # in this epoch's report and checkpoint: the run's record says why it ended
         report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
+        if stopping is not None:
+            return stopping  # Ray Train V2: returning ends the run cleanly, on every rank at once
+    return None
+
+
+def early_stop(history: list[dict], train: TrainConfig) -> dict[str, Any] | None:
+    """The early-stopping verdict after the latest epoch; the same on every rank (their validation metrics are
+    all-reduced), and rank 0's is broadcast anyway so no rank can leave the collectives alone."""
+    rule = train.early_stopping
+    if rule is None:
+        return None
+    decision = decide(history, rule)
+    verdict = torch.tensor([float(decision.stop)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        verdict = verdict.to(collective_device())
+        dist.broadcast(verdict, src=0)
+    if not bool(verdict.item()):
+        return None
+    return {
+        "stopped_early": 1,
+        "best_epoch": decision.best_epoch,
+        "epochs_without_improvement": decision.epochs_without_improvement,
+    }
 
 
 def train_epoch(
-    pm: Parallelized, optimizer, data: ShardCache, train: TrainConfig, epoch: int, loss_fn
+    pm: Parallelized, optimizer, data: ShardCache, train: TrainConfig, epoch: int, loss_fn, steps: int
 ) -> tuple[float, float, float]:
     """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas and
-    the CPU seconds all ranks spent on it."""
+    the CPU seconds all ranks spent on it. The learning rate follows train.lr_schedule, set before each batch
+    (`steps` is the expected number of batches, for the warm-up's progress through the epoch)."""
     cpu_started = time.process_time()
     pm.model.train()
     accumulation, bf16 = train.grad_accumulation_steps, train.precision == "bf16"
@@ -81,6 +113,8 @@ def train_epoch(
     # Pipeline stages exchange fixed-shape micro-batches.
     batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
     for step, ((batch, _), last_batch) in enumerate(flag_last(own_batches(batches, pm, train, fill_last=False))):
+        factor = lr_factor(train.lr_schedule, epochs=train.epochs, epoch=epoch, progress=step / steps)
+        set_lr(optimizer, train.optimizer.lr * factor)
         x_bf, y_b = batch["x"], batch["y"]
         # Replicas take equally many steps, so they agree on where an accumulation group ends.
         sync = (step + 1) % accumulation == 0 or last_batch
@@ -143,51 +177,15 @@ def require_same_batches(label_checksum: torch.Tensor, pm: Parallelized) -> None
 
 @torch.no_grad()
 def evaluate_parallel(pm: Parallelized, data: ShardCache, preprocessor: Preprocessor, train: TrainConfig) -> dict:
-    """Validation metrics of the parallelized model, summed across replicas so all ranks agree."""
+    """Validation metrics (val_*) of the parallelized model, summed across replicas so all ranks agree."""
     pm.model.eval()
-    classification = preprocessor.task == "classification"
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = SplitSums(preprocessor)
     bf16 = train.precision == "bf16"
     for batch, counts in own_batches(data.batches(train.batch_size, seed=None), pm, train, fill_last=True):
         outputs = forward_eval(pm, batch["x"], batch["y"], batch_size=train.batch_size, bf16=bf16)
         if counts and pm.reports:
-            sums += batch_sums(outputs, batch["y"], classification)
-    return metrics_from_sums(all_reduce(sums), preprocessor)
-
-
-@torch.no_grad()
-def evaluate(model, shard, preprocessor: Preprocessor, batch_size: int, device, label_dtype) -> dict:
-    """Metrics of a plain (unsplit) model over a dataset, e.g. a loaded checkpoint on the test split."""
-    model.eval()
-    classification = preprocessor.task == "classification"
-    sums = torch.zeros(3, dtype=torch.float64)
-    for batch in shard.iter_torch_batches(
-        batch_size=batch_size, dtypes={"x": torch.float32, "y": label_dtype}, device=device
-    ):
-        sums += batch_sums(model(batch["x"]), batch["y"], classification)
-    return metrics_from_sums(all_reduce(sums), preprocessor)
-
-
-def batch_sums(outputs: torch.Tensor, y_b: torch.Tensor, classification: bool) -> torch.Tensor:
-    """classification: loss*rows, correct, rows; regression: squared error, abs error, rows (scaled units)."""
-    if classification:
-        loss_sum = nn.functional.cross_entropy(outputs, y_b, reduction="sum").item()
-        correct = (outputs.argmax(dim=-1) == y_b).sum().item()
-        return torch.tensor([loss_sum, correct, len(y_b)], dtype=torch.float64)
-    error = outputs.squeeze(-1) - y_b
-    return torch.tensor([error.pow(2).sum().item(), error.abs().sum().item(), len(y_b)], dtype=torch.float64)
-
-
-def metrics_from_sums(sums: torch.Tensor, preprocessor: Preprocessor) -> dict[str, float]:
-    rows = max(float(sums[2]), 1.0)
-    if preprocessor.task == "classification":
-        return {"val_loss": float(sums[0]) / rows, "val_accuracy": float(sums[1]) / rows}
-    scale = preprocessor.target_std or 1.0
-    return {
-        "val_loss": float(sums[0]) / rows,
-        "val_rmse": math.sqrt(float(sums[0]) / rows) * scale,
-        "val_mae": float(sums[1]) / rows * scale,
-    }
+            sums.add(outputs, batch["y"])
+    return sums.reduce().named("val")
 
 
 def memory_metrics(pm: Parallelized, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, float]:
@@ -206,16 +204,3 @@ def memory_metrics(pm: Parallelized, optimizer: torch.optim.Optimizer, device: t
 
 def local_bytes(tensors) -> int:
     return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
-
-
-def collective_device() -> torch.device:
-    # gloo reduces CPU tensors; nccl needs them on the GPU.
-    return ray.train.torch.get_device() if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        reduced = values.to(collective_device())
-        dist.all_reduce(reduced, op=op)
-        return reduced.cpu()
-    return values

@@ -15,9 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from rayline.train.strategies import LossFn, Parallelized
 
 
-def make_loss_fn(classification: bool) -> LossFn:
+def make_loss_fn(classification: bool, class_weights: torch.Tensor | None = None) -> LossFn:
+    """Cross-entropy (optionally class-weighted: the batch's weighted mean, sum(w_y * loss) / sum(w_y)) or mean
+    squared error. Validation loss is always unweighted (train.evaluate), so checkpoints compare across
+    class_weight settings and val_loss stays the plain log loss of the predicted probabilities."""
     if classification:
-        return nn.functional.cross_entropy
+        if class_weights is None:
+            return nn.functional.cross_entropy
+        return lambda outputs, y: nn.functional.cross_entropy(outputs, y, weight=class_weights.to(outputs.dtype))
     return lambda outputs, y: nn.functional.mse_loss(outputs.squeeze(-1), y)
 
 

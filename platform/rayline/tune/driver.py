@@ -10,8 +10,10 @@ from typing import Any
 
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
+from rayline.evaluation import validation_metric_names
 from rayline.registry import checkpoint_metrics, complete_checkpoints
 from rayline.train.driver import build_trainer, check_batch_fits
+from rayline.train.weights import class_weights_for
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
 from rayline.tune.space import apply_params, decode_params, encode, load_search_space, to_tune_space
 
@@ -39,10 +41,12 @@ def run_search(
     check_points_to_evaluate(cfg, [p.path for p in params])
     plan = plan_trials(cfg, *cluster_resources())
     check_batch_fits(cfg.train, data.num_rows["train"])
+    check_search_metric(cfg, data)
+    class_weights = search_class_weights(cfg, data, [p.path for p in params])
     log(f"search: {cfg.tune.num_samples} trials, {plan.describe()}")
 
     experiment_dir = Path(cfg.storage.root) / "tune" / cfg.run_name
-    trainable = make_trainable(cfg, data, plan, verbose)
+    trainable = make_trainable(cfg, data, plan, verbose, class_weights)
     if resume:
         if not tune.Tuner.can_restore(str(experiment_dir)):
             raise ConfigError(f"--resume: no search to resume at {experiment_dir}")
@@ -73,16 +77,44 @@ class SearchInterrupted(KeyboardInterrupt):
     """The search was stopped before every trial ended; nothing was registered."""
 
 
-def make_trainable(cfg: PipelineConfig, data: PreparedData, plan: Plan, verbose: bool):
+def check_search_metric(cfg: PipelineConfig, data: PreparedData) -> None:
+    """tune.metric ranks every trial's checkpoints, so it must be a metric every epoch reports."""
+    allowed = validation_metric_names(data.preprocessor.task, len(data.preprocessor.classes or ()))
+    if cfg.tune.metric not in allowed:
+        raise ConfigError(
+            f"tune.metric={cfg.tune.metric!r} is not a metric a {data.preprocessor.task} run reports; "
+            f"use one of {allowed}"
+        )
+
+
+def search_class_weights(cfg: PipelineConfig, data: PreparedData, paths: list[str]) -> list[float] | None:
+    """Balanced class weights, counted once for every trial, when any trial may use them."""
+    if cfg.train.class_weight != "balanced" and "train.class_weight" not in paths:
+        return None
+    balanced = cfg.model_copy(update={"train": cfg.train.model_copy(update={"class_weight": "balanced"})})
+    return class_weights_for(balanced, data.train, data.preprocessor.classes)
+
+
+def make_trainable(
+    cfg: PipelineConfig, data: PreparedData, plan: Plan, verbose: bool, class_weights: list[float] | None = None
+):
     from ray import tune
 
     base = cfg.model_dump(mode="json")
-    trial = tune.with_parameters(run_trial, base=base, data=data, verbose=verbose)
+    trial = tune.with_parameters(run_trial, base=base, data=data, verbose=verbose, class_weights=class_weights)
     return tune.with_resources(trial, plan.trial_driver_resources)
 
 
-def run_trial(params: dict[str, Any], *, base: dict, data: PreparedData, verbose: bool) -> None:
-    """One trial: the pipeline with these parameters, trained by its own distributed TorchTrainer."""
+def run_trial(
+    params: dict[str, Any],
+    *,
+    base: dict,
+    data: PreparedData,
+    verbose: bool,
+    class_weights: list[float] | None = None,
+) -> None:
+    """One trial: the pipeline with these parameters, trained by its own distributed TorchTrainer. Early
+    stopping inside it just ends the trial sooner, as if ASHA had stopped it."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -96,6 +128,7 @@ def run_trial(params: dict[str, Any], *, base: dict, data: PreparedData, verbose
         run_name=f"{cfg.run_name}-{tune.get_context().get_trial_id()}",
         verbose=verbose,
         controller_failure_limit=1,
+        class_weights=class_weights,
     )
     trainer.fit()
 
@@ -164,7 +197,14 @@ def progress_printer(t: TuneConfig):
         def on_trial_complete(self, iteration, trials, trial, **info):
             epochs = int((trial.last_result or {}).get("epochs_done", 0))
             finished = epochs >= t.scheduler.max_t
-            how = "finished" if finished else "stopped early by the scheduler"
+            stopped_itself = bool((trial.last_result or {}).get("stopped_early"))
+            how = (
+                "finished"
+                if finished
+                else "stopped by early stopping"
+                if stopped_itself
+                else "stopped early by the scheduler"
+            )
             print(f"  trial {trial.trial_id} {how} after {epochs} epochs", flush=True)
             self.counts.end(trial.trial_id, "finished" if finished else "stopped")
             self.export(trials, trial)
