@@ -134,7 +134,7 @@ def bare_server(root: str, port: int) -> None:
         x = (np.asarray(body.rows, dtype=np.float32) - mean) / scale
         with torch.inference_mode():
             out = model(torch.from_numpy(x)).numpy()
-        return {"model_version": loaded.version, "predictions": pre.decode(out)}
+        return {"model_version": loaded.version.version, "predictions": pre.decode(out)}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

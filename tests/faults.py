@@ -457,8 +457,9 @@ class BackgroundLoad:
 TINY_FEATURES = ["x0", "x1", "x2", "x3"]
 
 
-def register_tiny_model(root: Path, *, name: str = "tiny") -> str:
-    """Register an untrained 4-feature, 3-class MLP under `root`; returns its version. No Ray needed."""
+def register_tiny_model(root: Path, *, name: str = "tiny"):
+    """Register an untrained 4-feature, 3-class MLP under `root` as model `name`; returns its ModelVersion.
+    No Ray needed."""
     import torch
 
     from rayline.config import validate_config

@@ -1,10 +1,11 @@
 """Write a table the way Spark writes `df.write.partitionBy(*keys).parquet(root)` (or `.csv(root, header=True)`),
 with pyarrow: no JVM in the tests.
 
-What Spark (3.x and 4.x, Hadoop's committer) leaves in root, reproduced here:
+What Spark (Hadoop's committer) leaves in root, reproduced here:
 - one `part-NNNNN-<job uuid>-c000.snappy.parquet` file per task and partition (`part-NNNNN-<uuid>-c000.csv`
-  for CSV, a header line in each), under one `key=value/` folder per partition key, nested in partitionBy
-  order; partition columns are not stored in the files;
+  for CSV, a header line in each; Spark 4 names them `part-NNNNN-<uuid>.c000.snappy.parquet`, as in
+  tests/fixtures/spark_written, which real PySpark 4.3 wrote), under one `key=value/` folder per partition
+  key, nested in partitionBy order; partition columns are not stored in the files;
 - a null partition value as the folder `key=__HIVE_DEFAULT_PARTITION__`, special characters in a value
   escaped as %XX;
 - `_SUCCESS` (empty) at the root when the job commits;
@@ -78,3 +79,18 @@ def write_crc(path: Path, bytes_per_checksum: int = 512) -> None:
     chunks = [data[i : i + bytes_per_checksum] for i in range(0, len(data), bytes_per_checksum)]
     body = b"".join(struct.pack(">I", zlib.crc32(chunk)) for chunk in chunks)
     (path.parent / f".{path.name}.crc").write_bytes(b"crc\0" + struct.pack(">i", bytes_per_checksum) + body)
+
+
+SPARK_WRITTEN = Path(__file__).resolve().parent / "fixtures" / "spark_written"
+"""Tables that real PySpark 4.3 wrote (its make.py), with the rows it was given in rows.jsonl."""
+
+
+def spark_written_rows() -> pd.DataFrame:
+    rows = pd.read_json(SPARK_WRITTEN / "rows.jsonl", lines=True, dtype=False)
+    return rows
+
+
+def missing_as_empty(rows: pd.DataFrame) -> pd.DataFrame:
+    """Spark writes a null string as an empty cell; Arrow's CSV reader reads it as "" or, in a file where the
+    column has no value at all, as null. rayline's preprocessing counts both as missing."""
+    return rows.assign(color=rows["color"].fillna(""))

@@ -126,7 +126,7 @@ def describe(comparison: dict[str, Any]) -> str:
     if comparison["mode"] == "max":
         change = f"{(ours - theirs) * 100:+.1f} pt"
     else:
-        change = f"{(ours - theirs) / theirs * 100:+.1f}%" if theirs else f"{ours - theirs:+.4g}"
+        change = f"{(ours - theirs) / theirs * 100:+.2f}%" if theirs else f"{ours - theirs:+.4g}"
     return f"model vs baseline: {key} {ours:.4g} vs {theirs:.4g} ({change})"
 
 

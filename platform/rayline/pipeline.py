@@ -13,7 +13,7 @@ from rayline import baseline as linear
 from rayline.config import ConfigError, PipelineConfig
 from rayline.data import PreparedData, prepare_datasets
 from rayline.evaluation import confusion_matrix_png
-from rayline.registry import Registry, checkpoint_config, load_checkpoint
+from rayline.registry import ModelVersion, Registry, checkpoint_config, load_checkpoint
 from rayline.train import TrainOutcome, fit
 from rayline.train.evaluate import SplitResult, evaluate
 from rayline.train.weights import class_weights_for
@@ -24,7 +24,7 @@ CONFUSION_PNG = "confusion_matrix.png"
 
 @dataclass(frozen=True)
 class TrainReport:
-    version: str
+    version: ModelVersion
     best_metrics: dict[str, float]
     test_metrics: dict[str, float]
     num_rows: dict[str, int]

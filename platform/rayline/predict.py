@@ -17,7 +17,12 @@ WRITERS = {"parquet": "write_parquet", "csv": "write_csv", "json": "write_json"}
 
 
 class BatchPredictor:
-    """A Ray Data actor: loads the checkpoint once, then predicts whole batches of rows."""
+    """A Ray Data actor: loads the checkpoint once, then predicts whole batches of rows.
+
+    Missing cells follow the model's rules, exactly as in training and serving (the same Preprocessor). A row
+    missing a feature whose rule is drop_row is kept in the output with a null prediction (and null
+    probabilities), so every input row has its output row; count them with `prediction IS NULL`.
+    """
 
     def __init__(self, checkpoint_dir: str):
         torch.set_num_threads(1)
@@ -25,18 +30,26 @@ class BatchPredictor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         preprocessor = self.loaded.preprocessor
-        x_bf = torch.from_numpy(preprocessor.transform_features(batch))
+        dropped = preprocessor.rows_to_drop(batch)
+        kept = np.flatnonzero(~dropped)
+        x_bf = torch.from_numpy(preprocessor.transform_features(batch.iloc[kept]))
         with torch.inference_mode():
             outputs = self.loaded.model(x_bf).numpy()
         decoded = preprocessor.decode(outputs)
         result = batch.copy()
         if preprocessor.task == "classification":
-            result["prediction"] = [d["label"] for d in decoded]
-            probabilities = np.asarray([[d["probabilities"][c] for c in preprocessor.classes] for d in decoded])
+            labels = np.full(len(batch), None, dtype=object)
+            labels[kept] = [d["label"] for d in decoded]
+            result["prediction"] = labels
+            probabilities = np.full((len(batch), len(preprocessor.classes)), np.nan)
+            found = [[d["probabilities"][c] for c in preprocessor.classes] for d in decoded]
+            probabilities[kept] = np.asarray(found, dtype=np.float64).reshape(len(kept), len(preprocessor.classes))
             for i, cls in enumerate(preprocessor.classes):
                 result[f"probability_{cls}"] = probabilities[:, i]
         else:
-            result["prediction"] = [d["value"] for d in decoded]
+            values = np.full(len(batch), np.nan)
+            values[kept] = [d["value"] for d in decoded]
+            result["prediction"] = values
         return result
 
 

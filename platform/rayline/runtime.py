@@ -102,15 +102,22 @@ def quiet_data(verbose: bool) -> None:
         return
     # Ray Data prints an INFO line per executed dataset to the console; its log file keeps them all.
     # The no-free-CPUs warning fires while trainers hold every CPU; rayline's datasets are materialized
-    # before training for exactly that reason, so it would only alarm people.
+    # before training for exactly that reason, so it would only alarm people. A task that fails in our code
+    # (a refused cell) raises an exception rayline turns into one message; Ray Data's two ERROR lines about
+    # it, and the pointer to its log, would come first (the log file still has them).
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, SessionFileHandler):
             handler.setLevel(logging.WARNING)
             handler.addFilter(not_noise)
 
 
+USER_CODE_FAILURE = ("An exception was raised from a task of operator", "Exception occurred in user code")
+
+
 def not_noise(record: logging.LogRecord) -> bool:
     message = record.getMessage()
+    if record.exc_info is None and message.startswith(USER_CODE_FAILURE):
+        return False  # internal failures log with exc_info and stay
     return not (message.startswith("Progress bars disabled") or "does not have any available CPUs" in message)
 
 

@@ -128,7 +128,7 @@ def test_ray_up_then_ray_submit_runs_a_pipeline(sshd, launcher):
     )
 
     assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
-    assert "epoch 2/2" in submit.stdout and "registered model v1" in submit.stdout, submit.stdout[-4000:]
+    assert "epoch 2/2" in submit.stdout and "registered model digits-mlp/v1" in submit.stdout, submit.stdout[-4000:]
     project = sshd.home / "rayline"
     assert (project / "pipelines" / "run.py").is_file(), "file_mounts carried the project"
-    assert Registry(project / ".rayline").serving_version() == "v1", "the run registered on the head"
+    assert Registry(project / ".rayline").model("digits-mlp").serving_version() == "v1", "registered on the head"

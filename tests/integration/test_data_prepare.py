@@ -152,9 +152,7 @@ def gappy(df: pd.DataFrame) -> pd.DataFrame:
 def test_missing_cells_are_imputed_with_the_training_median_and_unlabelled_rows_left_out(ray_cluster, tmp_path, houses):
     _, df = houses
     gappy(df).to_csv(tmp_path / "gaps.csv", index=False)
-    cfg = houses_config(tmp_path / "gaps.csv").model_copy(
-        update={"missing": MissingConfig(indicator=True)}
-    )
+    cfg = houses_config(tmp_path / "gaps.csv").model_copy(update={"missing": MissingConfig(indicator=True)})
     data = prepare_datasets(cfg)
 
     no_label = len(df.index[2::11])

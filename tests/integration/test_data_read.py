@@ -116,3 +116,18 @@ def test_malformed_csv_names_the_file(ray_cluster, tmp_path):
     path.write_text("x,label\n1,cat\n2,dog,extra\n")
     with pytest.raises(DataError, match=f"{path}: could not read it: Failed to read CSV file: {path}"):
         read_source(config(path, features=[{"name": "x"}]))
+
+
+def test_empty_cells_do_not_change_a_column_type(ray_cluster, tmp_path):
+    path = tmp_path / "holes.csv"
+    path.write_text("x,n,color,label\n,,,cat\n1.5,2,red,dog\n2.5,,blue,cat\n")
+    features = [{"name": "x"}, {"name": "n"}, {"name": "color", "kind": "categorical"}]
+    ds = read_source(config(path, features=features))
+    assert [str(t) for t in ds.schema().types] == ["double", "int64", "string", "string"]
+
+
+def test_a_column_without_values_is_named(ray_cluster, tmp_path):
+    path = tmp_path / "blank.csv"
+    path.write_text("x,blank,label\n1,,cat\n2,,dog\n")
+    with pytest.raises(DataError, match=r"numeric feature column 'blank' has no values in the rows read first"):
+        read_source(config(path, features=[{"name": "x"}, {"name": "blank"}]))

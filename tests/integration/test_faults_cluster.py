@@ -100,5 +100,6 @@ def test_a_node_lost_mid_training_is_survived_on_the_remaining_nodes(cluster, tm
     print(f"node lost with {done_before} epochs done; epochs reported {seen}")
     assert sorted(set(seen)) == list(range(EPOCHS)), f"an epoch is missing: {seen}"
     assert len(seen) - len(set(seen)) <= 1, f"more than the in-flight epoch was trained again: {seen}"
-    assert "registered model v1" in output, output[-3000:]
-    Registry(tmp_path / "store").load("v1")
+    assert "registered model node-loss/v1" in output, output[-3000:]
+    registry = Registry(tmp_path / "store")
+    registry.load(registry.resolve("node-loss", "v1"))

@@ -168,11 +168,11 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     assert len(rows) == 2, "the resumed search ran the remaining trial, not a new search"
     assert not [r for r in rows if "ERROR" in r], rows
     assert [t[-1]["epochs_done"] for t in trial_results(experiment)] == [3, 3], "every trial finished"
-    assert "registered model v1" in resumed.stdout
-    assert registry.versions() == ["v1"], "exactly one best model"
-    assert registry.serving_version() == "v1"
+    assert "registered model search/v1" in resumed.stdout
+    assert registry.model("search").versions() == ["v1"] and registry.names() == ["search"], "one best model"
+    assert registry.model("search").serving_version() == "v1"
     best = max(t[-1]["val_accuracy"] for t in trial_results(experiment))
-    assert registry.record("v1")["metrics"]["val_accuracy"] == pytest.approx(best)
+    assert registry.model("search").record("v1")["metrics"]["val_accuracy"] == pytest.approx(best)
 
 
 # ---------------------------------------------------------------- 7. one trial cannot allocate its model

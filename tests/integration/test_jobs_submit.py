@@ -47,8 +47,8 @@ def test_ray_job_submit_runs_a_pipeline_with_the_rayline_cli(cluster, digits, tm
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "epoch 2/2" in done.stdout
-    assert "registered model v1" in done.stdout
-    assert Registry(store).serving_version() == "v1"
+    assert "registered model digits-mlp/v1" in done.stdout
+    assert Registry(store).model("digits-mlp").serving_version() == "v1"
 
 
 def test_rayline_submit_searches_serves_exports_tune_metrics_and_stops(cluster, digits, tmp_path):

@@ -55,7 +55,7 @@ def test_two_workers_on_two_nodes_train_then_serve(cluster, tmp_path):
         assert set(ranks.values()) == cluster.node_ids(), "one rank on the head, one on the worker node"
 
         registry = Registry(shared)
-        assert registry.serving_version() == "v1"
+        assert registry.model("digits").serving_version() == "v1"
         assert (shared / "runs" / "digits").is_dir(), "checkpoints went to the shared path"
 
         row = {f"pixel_{i}": 0.0 for i in range(64)}

@@ -101,7 +101,14 @@ def test_model_info(clf):
     assert info["test_metrics"] == {"loss": 1.5}
     assert info["evaluation"] == {}
     assert [f["name"] for f in info["features"]] == FEATURES
-    assert info["features"][3] == {"name": "color", "kind": "categorical", "categories": COLORS}
+    color = {"name": "color", "kind": "categorical", "categories": COLORS}
+    assert info["features"][3] == {
+        **color,
+        "other": False,
+        "encoding": "onehot",
+        "missing": "category",
+        "nullable": True,
+    }
     assert info["created_at"]
     assert info["serving"]["max_batch_size"] == 32
     assert info["serving"]["max_body_bytes"] == 1 << 20
@@ -113,7 +120,7 @@ def test_openapi_documents_the_features(clf):
     assert routes | {"/healthz", "/v1/models"} <= set(spec["paths"])
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     object_row = body["schema"]["properties"]["rows"]["items"]["anyOf"][0]
-    assert object_row["required"] == FEATURES
+    assert object_row["required"] == ["x1", "x2", "pixel_7"]  # color may be absent: missing is its own category
     assert clf.post("/predict", json=body["example"]).status_code == 200
     docs = clf.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -8,7 +8,7 @@ import pytest
 
 from rayline.config import DataConfig
 from rayline.data import read_source
-from spark_layout import write_spark_table
+from spark_layout import SPARK_WRITTEN, missing_as_empty, spark_written_rows, write_spark_table
 
 
 def table(rows: int = 36) -> pd.DataFrame:
@@ -61,3 +61,13 @@ def test_features_auto_reads_before_features_are_resolved(ray_cluster, layouts, 
     assert read_source(DataConfig(source=str(layouts["csv"]), task="classification", label="region")).count() == 36
     shutil.copytree(layouts["parquet"], tmp_path / "copy")
     assert read_source(config(tmp_path / "copy")).count() == 36
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_directory_written_by_pyspark_reads_every_row_once(ray_cluster, fmt):
+    cfg = config(SPARK_WRITTEN / fmt, features=["x", "year", {"name": "region", "kind": "categorical"}])
+    rows = read_source(cfg).to_pandas().sort_values("id").reset_index(drop=True)
+    expected = spark_written_rows()[rows.columns]
+    if fmt == "csv":
+        rows, expected = missing_as_empty(rows), missing_as_empty(expected)
+    pd.testing.assert_frame_equal(rows, expected, check_dtype=False)

@@ -61,7 +61,7 @@ def test_ddp_training_learns_digits_and_registers(trained):
     record = Registry(cfg.storage.root).record(report.version)
     assert record["data_fingerprint"].startswith("sha256:")
     assert len(record["history"]) == record["epoch"] + 1
-    assert Registry(cfg.storage.root).serving_version() == report.version
+    assert Registry(cfg.storage.root).model(report.version.name).serving_version() == report.version.version
 
 
 def test_batch_prediction_over_a_file(trained, tmp_path):

@@ -117,7 +117,7 @@ def test_every_strategys_checkpoint_is_served_over_http(trained, store):
             response = httpx.post(f"{url}/predict", json={"rows": rows}, timeout=60)
             assert response.status_code == 200, (name, response.text)
             body = response.json()
-            assert body["model_version"] == report.version
+            assert (body["model_name"], body["model_version"]) == (report.version.name, report.version.version)
             labels = [str(p["label"]) for p in body["predictions"]]
             correct = sum(a == str(b) for a, b in zip(labels, digits["label"], strict=True))
             assert correct >= 0.8 * len(rows), (name, correct)

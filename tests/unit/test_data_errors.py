@@ -42,3 +42,10 @@ def test_a_data_error_passes_unchanged_and_other_failures_are_not_the_users_file
     assert err.value is original
     with pytest.raises(RemoteFailure, match="object store full"), reading("in.csv"):
         raise RemoteFailure(MemoryError(), "object store full")
+
+
+def test_a_refused_cell_raised_in_a_ray_task_is_recovered_from_the_text():
+    from rayline.data.errors import remote_data_error
+
+    text = "ray::MapBatches()\nrayline.data.values.RefusedValue: feature column 'a': row 3 holds 'x', expected a number"
+    assert remote_data_error(RuntimeError(text)) == "feature column 'a': row 3 holds 'x', expected a number"

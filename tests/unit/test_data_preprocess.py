@@ -31,9 +31,17 @@ def test_widths_and_feature_schema():
     assert pre.num_outputs == 3
     assert regressor().num_outputs == 1
     assert pre.feature_schema() == [
-        {"name": "age", "kind": "numeric"},
-        {"name": "color", "kind": "categorical", "categories": ["blue", "red"]},
-        {"name": "k", "kind": "numeric"},
+        {"name": "age", "kind": "numeric", "missing": "error", "nullable": False},
+        {
+            "name": "color",
+            "kind": "categorical",
+            "categories": ["blue", "red"],
+            "other": False,
+            "encoding": "onehot",
+            "missing": "category",
+            "nullable": True,
+        },
+        {"name": "k", "kind": "numeric", "missing": "error", "nullable": False},
     ]
 
 
@@ -45,7 +53,7 @@ def test_standardises_with_the_fitted_statistics_and_one_hots_in_config_order():
     np.testing.assert_allclose(x, [[1.0, 0.0, 1.0, 0.0], [-2.0, 1.0, 0.0, 2.0]])
 
 
-def test_unseen_and_missing_categories_give_an_all_zero_block():
+def test_unseen_and_missing_categories_give_an_all_zero_block_without_other_or_missing_slots():
     df = pd.DataFrame({"age": [40.0, 40.0, 40.0], "color": ["green", None, "blue"], "k": [5, 5, 5]})
     x = classifier().transform_features(df)
     np.testing.assert_array_equal(x[:, 1:3], [[0, 0], [0, 0], [1, 0]])
@@ -62,10 +70,19 @@ def test_missing_feature_column_is_named():
         classifier().transform_features(pd.DataFrame({"age": [1.0], "k": [1.0]}))
 
 
-@pytest.mark.parametrize("bad", ["old", None, float("nan"), float("inf")])
-def test_non_numeric_or_missing_numeric_value_is_named_with_its_row(bad):
+@pytest.mark.parametrize("bad", ["old", float("inf"), "-inf", "1e999"])
+def test_non_numeric_or_infinite_value_is_named_with_its_row(bad):
     df = pd.DataFrame({"age": [30, bad], "color": ["red", "red"], "k": [1, 1]})
     with pytest.raises(DataError, match=r"feature column 'age': row 1 holds .*expected a finite number"):
+        classifier().transform_features(df)
+
+
+@pytest.mark.parametrize("gap", [None, float("nan"), "", "NA"])
+def test_a_missing_value_under_rule_error_is_named_with_its_row(gap):
+    df = pd.DataFrame({"age": [30, gap], "color": ["red", "red"], "k": [1, 1]})
+    with pytest.raises(
+        DataError, match=r"feature column 'age': row 1 is missing and the feature's missing rule is error"
+    ):
         classifier().transform_features(df)
 
 
@@ -82,7 +99,7 @@ def test_class_labels_map_to_ids_and_unseen_labels_are_named():
     assert ids.tolist() == [2, 0, 1]
     with pytest.raises(DataError, match=r"label column 'animal': row 1 holds 'cow', a class not seen"):
         pre.encode_labels(pd.Series(["cat", "cow"]))
-    with pytest.raises(DataError, match="row 0 holds a missing value"):
+    with pytest.raises(DataError, match="label column .animal.: row 0 is missing"):
         pre.encode_labels(pd.Series([None, "cat"]))
 
 
@@ -123,8 +140,10 @@ def test_regression_labels_are_standardised_and_decoded_back():
     np.testing.assert_allclose(y, [0.0, 2.0, -1.0])
     assert pre.decode(y[:, None]) == [{"value": 100.0}, {"value": 140.0}, {"value": 80.0}]
     assert pre.decode(y) == pre.decode(y[:, None])
-    with pytest.raises(DataError, match="not a finite number|expected a finite number"):
+    with pytest.raises(DataError, match="label column .price.: row 1 is missing"):
         pre.encode_labels(pd.Series([1.0, None]))
+    with pytest.raises(DataError, match="row 0 holds 'x', expected a finite number"):
+        pre.encode_labels(pd.Series(["x", 1.0]))
 
 
 def test_decode_rejects_outputs_of_the_wrong_width():
@@ -145,7 +164,7 @@ def test_dict_round_trip_through_json(pre):
     [
         (lambda d: d.pop("label"), r"preprocessor\.label: required key is missing"),
         (lambda d: d.update(task="ranking"), r"preprocessor\.task: expected one of"),
-        (lambda d: d.update(version=99), r"preprocessor\.version: expected 1, got 99"),
+        (lambda d: d.update(version=99), r"preprocessor\.version: expected 1 or 2, got 99"),
         (lambda d: d.update(colour=1), r"unknown|only the keys"),
         (
             lambda d: d["features"][0].update(std=-1.0),

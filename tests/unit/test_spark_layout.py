@@ -4,6 +4,7 @@ as Spark lays them out (tests/spark_layout.py); no JVM runs here."""
 
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -15,7 +16,7 @@ from rayline.data import DataError, fingerprint_source
 from rayline.data.files import format_of, partition_type, partition_values, resolve_source
 from rayline.data.infer import infer_features
 from rayline.data.read import read_sample, type_partitions
-from spark_layout import write_spark_table
+from spark_layout import SPARK_WRITTEN, missing_as_empty, spark_written_rows, write_spark_table
 
 
 def table(rows: int = 24) -> pd.DataFrame:
@@ -186,3 +187,31 @@ def test_fingerprint_names_partition_folders(spark_parquet, tmp_path):
     assert fingerprint(tmp_path / "copy") == first
     os.rename(tmp_path / "copy" / "year=2023", tmp_path / "copy" / "year=2024")
     assert fingerprint(tmp_path / "copy") != first
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_directory_written_by_pyspark(fmt):
+    root = SPARK_WRITTEN / fmt
+    parts = sorted(str(Path(d) / f) for d, _, fs in os.walk(root) for f in fs if f.startswith("part-"))
+    files = resolve_source(str(root))
+    assert files.paths == parts and files.format == fmt
+    assert files.partitions == {"year": pa.int64(), "region": pa.string()}
+    sample = read_sample(files, 1000, str(root))
+    assert sample.column_names == ["id", "x", "color", "member", "label", "year", "region"]
+    rows = sample.to_pandas().sort_values("id").reset_index(drop=True)
+    expected = spark_written_rows()[rows.columns]
+    if fmt == "csv":
+        rows, expected = missing_as_empty(rows), missing_as_empty(expected)
+    pd.testing.assert_frame_equal(rows, expected, check_dtype=False)
+
+
+def test_features_auto_on_a_directory_written_by_pyspark():
+    inference = infer_features(DataConfig(source=str(SPARK_WRITTEN / "parquet"), task="classification", label="label"))
+    assert {f.name: f.kind for f in inference.features} == {
+        "x": "numeric",
+        "color": "categorical",
+        "member": "categorical",
+        "year": "numeric",
+        "region": "categorical",
+    }
+    assert [(c.name, c.why) for c in inference.left_out] == [("id", "id")]

@@ -148,6 +148,8 @@ def looks_like_id(name: str, column: pa.ChunkedArray) -> LeftOut | None:
     values = column.drop_null()
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
+    if is_text(values.type):
+        values = values.filter(pc.not_equal(values, ""))  # a CSV's empty cell in a text column is missing
     n = len(values)
     if n < 2:
         return None

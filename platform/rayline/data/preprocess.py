@@ -212,10 +212,10 @@ class Preprocessor:
         what = "label"
         if self.classes is None:
             y = numeric_column(values.rename(self.label), what)
-            refuse_missing(np.isnan(y), what, self.label, "the label is missing")
+            refuse_missing(np.isnan(y), what, self.label, "is missing")
             return ((y - self.target_mean) / scale_of(self.target_std)).astype(np.float32)
         ids, missing = lookup(values, self.classes)
-        refuse_missing(missing, what, self.label, "the label is missing")
+        refuse_missing(missing, what, self.label, "is missing")
         bad = np.flatnonzero(ids < 0)
         if len(bad):
             row = int(bad[0])

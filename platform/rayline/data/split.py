@@ -41,6 +41,9 @@ class LeaveOut(NamedTuple):
     """{column: is numeric} of features whose missing cells leave the row out (rule drop_row)."""
 
 
+KEEP_ALL = LeaveOut()
+
+
 class LeftOut(NamedTuple):
     no_label: int = 0
     """Rows left out because their label was missing."""
@@ -58,7 +61,7 @@ class Splits(NamedTuple):
     """Rows no split got (see LeaveOut)."""
 
 
-def split_dataset(ds: ray.data.Dataset, split_cfg: SplitConfig, leave_out: LeaveOut = LeaveOut()) -> Splits:
+def split_dataset(ds: ray.data.Dataset, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL) -> Splits:
     """Materialized splits; test is None when split_cfg.test == 0. DataError if a split is empty."""
     kwargs = {"split_cfg": split_cfg, "leave_out": leave_out}
     keyed = ds.map_batches(add_split_column, fn_kwargs=kwargs, batch_format="pandas").materialize()
@@ -95,7 +98,7 @@ def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, spl
             )
 
 
-def add_split_column(batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = LeaveOut()) -> pd.DataFrame:
+def add_split_column(batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL) -> pd.DataFrame:
     splits = assign_splits(batch, split_cfg)
     reasons = left_out_reasons(batch, leave_out)
     splits[reasons > 0] = reasons[reasons > 0]
