@@ -153,11 +153,10 @@ def models_table(records: list[dict], serving: dict[str, str | None]) -> str:
     rows = [["", "name", "version", "epoch", *metrics, "created"]]
     for r in records:
         shown = {**r.get("metrics", {}), **r.get("test_metrics", {})}
-        name = r.get("name") or r["pipeline"]
         rows.append(
             [
-                "*" if serving.get(name) == r["version"] else "",
-                name,
+                "*" if serving.get(r["name"]) == r["version"] else "",
+                r["name"],
                 r["version"],
                 str(r["epoch"] + 1),
                 *(format_metric(shown.get(k)) for k in metrics),

@@ -13,11 +13,12 @@ The layout before names (every pipeline in one sequence) was `models/<version>/`
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ SERVING_HISTORY = 20
 UNNAMED_MARKER_KEPT = "serving.json.migrated"
 """What the unnamed layout's marker is renamed to once its content lives in the per-name markers."""
 UNNAMED_INCOMPLETE = "incomplete-unnamed"
+UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+"""flock errors of file systems that have no locks."""
 """Where the unnamed layout's versions without a record (a registration cut short) are kept."""
 
 
@@ -103,13 +106,14 @@ def write_json(path: Path, obj: Any) -> None:
     never share a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not tempfile.mkstemp: its files are private to the writer (0600), and replicas may read as another user.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:
             f.write(json.dumps(obj, indent=2, sort_keys=False, default=float))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -118,7 +122,15 @@ def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if needed) across processes on this file system."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in UNLOCKABLE:
+                raise
+            # A file system without locks (some FUSE mounts): every write is still a whole-file rename and
+            # version numbers are still claimed by mkdir; only simultaneous marker changes can lose one entry.
+            yield
+            return
         try:
             yield
         finally:
@@ -167,7 +179,7 @@ class RegisteredModel:
                 f"no model version {version!r} of {self.name!r} in {self.path.parents[1]} "
                 f"(known: {', '.join(known) or 'none yet'})"
             )
-        return read_json(path)
+        return {**read_json(path), "name": self.name}  # records moved from before names have no name
 
     def records(self) -> list[dict[str, Any]]:
         return [self.record(v) for v in self.versions()]

@@ -131,3 +131,10 @@ def test_a_column_without_values_is_named(ray_cluster, tmp_path):
     path.write_text("x,blank,label\n1,,cat\n2,,dog\n")
     with pytest.raises(DataError, match=r"numeric feature column 'blank' has no values in the rows read first"):
         read_source(config(path, features=[{"name": "x"}, {"name": "blank"}]))
+
+
+def test_a_semicolon_delimited_csv_is_read_by_its_header(ray_cluster, tmp_path):
+    path = tmp_path / "wine.csv"
+    table().to_csv(path, sep=";", index=False)
+    rows = read_source(config(path)).to_pandas()
+    pd.testing.assert_frame_equal(rows, table(), check_dtype=False)

@@ -3,7 +3,6 @@ directory whose partition folders become features."""
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from rayline.config import DataConfig
 from rayline.data import prepare_datasets
@@ -47,8 +46,7 @@ def test_features_auto_on_a_mixed_type_csv(ray_cluster, tmp_path):
     assert np.isfinite(batch["x"]).all()  # the empty income cells were imputed
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_features_auto_on_a_spark_directory_uses_partition_columns(ray_cluster, tmp_path, fmt):
+def test_features_auto_on_a_spark_directory_uses_partition_columns(ray_cluster, tmp_path):
     rng = np.random.default_rng(4)
     df = pd.DataFrame(
         {
@@ -58,7 +56,7 @@ def test_features_auto_on_a_spark_directory_uses_partition_columns(ray_cluster, 
             "sales": rng.normal(100.0, 5.0, ROWS).round(2),
         }
     )
-    write_spark_table(df, tmp_path / "sales", fmt=fmt, partition_by=("store", "month"))
+    write_spark_table(df, tmp_path / "sales", partition_by=("store", "month"))
     cfg = DataConfig(source=str(tmp_path / "sales"), task="regression", label="sales")
     prepared = prepare_datasets(cfg)
     assert [(f.name, f.kind) for f in prepared.data_cfg.features] == [

@@ -265,3 +265,11 @@ def test_names_yaml_would_misread_are_quoted(tmp_path):
     path.write_text("yes,1,a b: c,label\n" + "".join(f"{i % 3},{i % 5},x{i % 2},{i % 2}\n" for i in range(30)))
     text = describe_features(config(path, label="label"))
     assert [f["name"] for f in pasted(text)] == ["yes", "1", "a b: c"]
+
+
+@pytest.mark.parametrize(("name", "delimiter"), [("wine.csv", ";"), ("wine.tsv", "\t"), ("wine.csv.gz", ";")])
+def test_semicolon_and_tab_delimited_files_are_read_by_their_header(tmp_path, name, delimiter):
+    df = pd.DataFrame({"fixed acidity": [7.4, 7.8] * 15, "colour": ["red", "white"] * 15, "quality": [5, 6] * 15})
+    df.to_csv(tmp_path / name, sep=delimiter, index=False)
+    inference = infer_features(config(tmp_path / name, label="quality", task="regression"))
+    assert kinds(inference.features) == {"fixed acidity": "numeric", "colour": "categorical"}

@@ -19,7 +19,9 @@ PRE = Preprocessor(
         NumericStat("age", 40.0, 10.0, "median", 38.0, indicator=True),
         NumericStat("height", 170.0, 9.0, "drop_row"),
         NumericStat("weight", 70.0, 8.0, "error"),
-        CategoricalStat("city", [f"c{i}" for i in range(20)], "category", other=True, missing_slot=True, embedding_dim=3),
+        CategoricalStat(
+            "city", [f"c{i}" for i in range(20)], "category", other=True, missing_slot=True, embedding_dim=3
+        ),
     ],
     ["no", "yes"],
     None,

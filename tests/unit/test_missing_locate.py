@@ -54,3 +54,12 @@ def test_parquet_rows_count_from_one_and_left_out_rows_are_skipped(tmp_path):
 def test_nothing_found_is_none(tmp_path, source):
     pd.DataFrame(rows(0, "2.5")).to_csv(tmp_path / "clean.csv", index=False)
     assert locate_refused_value(str(tmp_path / source), None, COLUMNS, PRE.transform_batch, keep_all) is None
+
+
+def test_a_semicolon_csv_in_a_partition_folder(tmp_path):
+    folder = tmp_path / "region=north"
+    folder.mkdir()
+    pd.DataFrame(rows(2, "x")).to_csv(folder / "part-0.csv", index=False, sep=";")
+    columns = {**COLUMNS, "region": False}
+    found = locate_refused_value(str(tmp_path), "csv", columns, PRE.transform_batch, keep_all)
+    assert found == f"{folder / 'part-0.csv'} line 4: column 'size' holds 'x', expected a finite number"

@@ -130,3 +130,15 @@ def test_rows_with_missing_values_take_the_validating_path(schema, change):
     assert inputs(schema, payload).shape == (1, PRE.num_inputs)
     absent = {"rows": [{k: v for k, v in FULL.items() if k != "age"}]}
     assert FastEncoder(PRE).encode(absent) is None
+
+
+def test_an_empty_string_is_a_missing_category(schema):
+    np.testing.assert_array_equal(
+        inputs(schema, {"rows": [{**FULL, "tier": ""}]}), inputs(schema, {"rows": [{**FULL, "tier": None}]})
+    )
+    with pytest.raises(RequestError) as caught:
+        schema.validate({"rows": [{**FULL, "plan": ""}]})
+    assert caught.value.detail[0]["loc"] == "rows.0.plan"
+    assert "its missing rule is error" in caught.value.detail[0]["msg"]
+    plan = schema.json_schema()["properties"]["rows"]["items"]["anyOf"][0]["properties"]["plan"]
+    assert {"type": "string", "minLength": 1} in plan["anyOf"]

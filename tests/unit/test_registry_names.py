@@ -196,6 +196,7 @@ def assert_migrated(registry: Registry) -> None:
     assert (digits.serving_version(), digits.serving_history()) == ("v3", ["v1"])
     assert (housing.serving_version(), housing.serving_history()) == ("v2", [])
     assert digits.record("v3")["data_fingerprint"] == "sha256:old"
+    assert digits.record("v3")["name"] == "digits", "records from before names are read with their name"
     registry.load(ModelVersion("housing", "v2"))  # the moved checkpoint still verifies and loads
     assert (registry.path / "incomplete-unnamed" / "v4" / "checkpoint").is_dir(), "nothing is lost"
     old_marker = json.loads((registry.path / "serving.json.migrated").read_text())

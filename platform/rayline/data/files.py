@@ -21,10 +21,13 @@ EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
     ".csv": "csv",
+    ".tsv": "csv",
     ".json": "json",
     ".jsonl": "json",
     ".ndjson": "json",
 }
+DELIMITERS = ";\t|"
+"""What a CSV file may be delimited by instead of commas (European exports use ;), told by its header line."""
 COMPRESSIONS = (".gz", ".bz2", ".zst")
 """Suffixes after a CSV or JSON extension that pyarrow decompresses while reading (Spark's part-*.csv.gz)."""
 GLOB_CHARS = "*?["
@@ -187,6 +190,19 @@ def infer_format(source: str, paths: list[str]) -> str:
     if len(formats) > 1:
         raise DataError(f"{source}: matches files of several formats {formats}; narrow it to one kind")
     return formats[0]
+
+
+def csv_delimiter(files: SourceFiles) -> str:
+    """The source's CSV delimiter, from its first file's header line: a comma, unless the header has none
+    and one of DELIMITERS (the most frequent)."""
+    with files.filesystem.open_input_stream(files.paths[0]) as stream:
+        head = stream.read(1 << 16)
+    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    if "," in header:
+        return ","
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(counts, key=counts.__getitem__)
+    return best if counts[best] else ","
 
 
 def visible(path: str, base: str) -> bool:

@@ -140,10 +140,11 @@ def not_a_feature(field: pa.Field, column: pa.ChunkedArray, *, partition: bool) 
 def looks_like_id(name: str, column: pa.ChunkedArray) -> LeftOut | None:
     """Why the column looks like an id (a value per row, which a model can only memorise), or None.
 
-    Among its non-empty values in the rows read: a string column with at least UNIQUE_SHARE distinct values
-    (MIN_ROWS rows or more; also catches free text); an integer (or whole-number float) column named like an
-    id (ID_WORDS) whose values all differ; an integer column, MIN_ROWS rows or more, holding each number of
-    a run lo..hi exactly once (a row number). Floats and booleans are never ids by their values alone.
+    Among its non-empty values in the rows read: a string, integer or whole-number float column named like
+    an id (ID_WORDS) whose values all differ; a string column with at least UNIQUE_SHARE distinct values
+    (MIN_ROWS rows or more; this also catches free text); an integer column, MIN_ROWS rows or more, holding
+    each number of a run lo..hi exactly once (a row number). Other numbers, booleans and partition columns
+    are never ids.
     """
     values = column.drop_null()
     if pa.types.is_dictionary(values.type):

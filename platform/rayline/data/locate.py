@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from rayline.data.files import relative, resolve_source
+from rayline.data.files import csv_delimiter, partition_values, resolve_source
 from rayline.data.values import RefusedValue
 
 CHUNK_ROWS = 65536
@@ -39,10 +39,11 @@ def locate_refused_value(
     when the files hold none (or cannot be read again). `columns`: {name: is numeric} of the columns to read."""
     try:
         files = resolve_source(source, fmt)
+        delimiter = csv_delimiter(files) if files.format == "csv" else ","
         for path in files.paths:
-            partition = partition_values(relative(path, files.base))
+            partition = partition_values(path, files.base)
             offset = 0
-            for chunk in read_chunks(files.filesystem, path, files.format, columns, partition):
+            for chunk in read_chunks(files.filesystem, path, files.format, columns, partition, delimiter):
                 found = refused_row(chunk, check, keep)
                 if found is not None:
                     row, err = found
@@ -72,14 +73,10 @@ def position(fmt: str, row: int) -> str:
     return f"row {row + 1}"
 
 
-def partition_values(path: str) -> dict[str, str]:
-    """{key: value} of the key=value folders a Spark or Hive layout puts a file in."""
-    folders = path.split("/")[:-1]
-    return dict(part.split("=", 1) for part in folders if "=" in part)
-
-
-def read_chunks(fs, path: str, fmt: str, columns: dict[str, bool], partition: dict[str, str]) -> Iterator[pd.DataFrame]:
-    for batch in read_batches(fs, path, fmt, columns):
+def read_chunks(
+    fs, path: str, fmt: str, columns: dict[str, bool], partition: dict[str, str | None], delimiter: str
+) -> Iterator[pd.DataFrame]:
+    for batch in read_batches(fs, path, fmt, columns, delimiter):
         frame = batch.to_pandas()
         for key, value in partition.items():
             if key in columns and key not in frame.columns:
@@ -87,7 +84,7 @@ def read_chunks(fs, path: str, fmt: str, columns: dict[str, bool], partition: di
         yield frame
 
 
-def read_batches(fs, path: str, fmt: str, columns: dict[str, bool]) -> Iterator[pa.RecordBatch]:
+def read_batches(fs, path: str, fmt: str, columns: dict[str, bool], delimiter: str) -> Iterator[pa.RecordBatch]:
     if fmt == "parquet":
         parquet = pq.ParquetFile(fs.open_input_file(path))
         present = [c for c in columns if c in parquet.schema_arrow.names]
@@ -98,12 +95,13 @@ def read_batches(fs, path: str, fmt: str, columns: dict[str, bool]) -> Iterator[
             table = pajson.read_json(stream)
             yield from table.select([c for c in columns if c in table.column_names]).to_batches(CHUNK_ROWS)
             return
+    parse = pacsv.ParseOptions(delimiter=delimiter)
     with fs.open_input_stream(path) as stream:
-        names = pacsv.open_csv(stream).schema.names
+        names = pacsv.open_csv(stream, parse_options=parse).schema.names
     present = [c for c in columns if c in names]
     # Numeric columns as text, so a cell Arrow could not convert still reaches the check, which names it;
     # the others are typed as Ray Data's reader types them (from the first block), so their keys match.
     text = {c: pa.string() for c in present if columns[c]}
     options = pacsv.ConvertOptions(include_columns=present, column_types=text)
     with fs.open_input_stream(path) as stream:
-        yield from pacsv.open_csv(stream, convert_options=options)
+        yield from pacsv.open_csv(stream, parse_options=parse, convert_options=options)

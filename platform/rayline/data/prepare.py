@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,6 +22,11 @@ from rayline.data.split import LeaveOut, Splits, left_out_reasons, split_dataset
 
 if TYPE_CHECKING:
     import ray.data
+
+
+# Messages that may come from one cell: a refused value, a text cell that made Arrow type a number column as
+# text (or fail to convert it), or a file Arrow could not read.
+CELL_PROBLEM = re.compile(r"row \d+ (holds|is missing)|has type|conversion error|could not read it")
 
 
 @dataclass
@@ -120,6 +126,9 @@ def located(
     message = remote_data_error(err)
     if message is None:
         return None
+    fallback = DataError(message if message.startswith(data_cfg.source) else f"{where}: {message}")
+    if not CELL_PROBLEM.search(message):  # e.g. an empty split: no cell to find, so no reason to read every file
+        return fallback
     numeric, categorical = fitted_columns(data_cfg)
     columns = {name: True for name in numeric} | {name: False for name in categorical}
     rules = leave_out(data_cfg)
@@ -128,9 +137,7 @@ def located(
         return left_out_reasons(df, rules) == 0
 
     found = locate_refused_value(data_cfg.source, data_cfg.format, columns, check, keep)
-    if found is not None:
-        return DataError(found)
-    return DataError(message if message.startswith(data_cfg.source) else f"{where}: {message}")
+    return fallback if found is None else DataError(found)
 
 
 def parse_check(data_cfg: DataConfig) -> Callable[[pd.DataFrame], object]:

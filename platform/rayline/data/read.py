@@ -12,7 +12,14 @@ import pyarrow.fs as pafs
 
 from rayline.config import DataConfig
 from rayline.data.errors import DataError, reading
-from rayline.data.files import HIVE_NULL, SourceFiles, list_source_files, partition_values, resolve_source
+from rayline.data.files import (
+    HIVE_NULL,
+    SourceFiles,
+    csv_delimiter,
+    list_source_files,
+    partition_values,
+    resolve_source,
+)
 from rayline.data.schema import check_schema, is_text
 
 if TYPE_CHECKING:
@@ -42,25 +49,32 @@ def read_source(data_cfg: DataConfig) -> ray.data.Dataset:
 
 
 def open_source(files: SourceFiles) -> ray.data.Dataset:
-    """A lazy Dataset over the listed files, with their partition folders (key=value) as typed columns."""
+    """A lazy Dataset over the listed files, with their partition folders (key=value) as typed columns and
+    CSV read with the delimiter its header shows."""
+    delimiter = csv_delimiter(files) if files.format == "csv" else ","
     if not files.partitions:
-        return open_dataset(files.paths, files.filesystem, files.format)
+        return open_dataset(files.paths, files.filesystem, files.format, delimiter=delimiter)
     from ray.data.datasource.partitioning import Partitioning
 
     # Ray adds each partition value as a string column; type_partitions gives it the type inferred from
     # every folder name. base_dir keeps folders above the source (/data/env=prod/...) out of the table.
     partitioning = Partitioning("hive", base_dir=files.base, filesystem=files.filesystem)
-    ds = open_dataset(files.paths, files.filesystem, files.format, partitioning)
+    ds = open_dataset(files.paths, files.filesystem, files.format, partitioning, delimiter)
     return ds.map_batches(
         type_partitions, fn_kwargs={"types": files.partitions}, batch_format="pyarrow", zero_copy_batch=True
     )
 
 
 def open_dataset(
-    paths: list[str], filesystem: pafs.FileSystem, fmt: str, partitioning: Partitioning | None = None
+    paths: list[str],
+    filesystem: pafs.FileSystem,
+    fmt: str,
+    partitioning: Partitioning | None = None,
+    delimiter: str = ",",
 ) -> ray.data.Dataset:
     """A lazy Dataset over exactly these files (from list_source_files); folder names add columns only through
-    `partitioning` (open_source sets it)."""
+    `partitioning`, and CSV is read with `delimiter` (open_source sets both)."""
+    import pyarrow.csv as pacsv
     import ray.data
 
     # The file list is already chosen, so the readers' extension filters must not drop any of it
@@ -69,7 +83,10 @@ def open_dataset(
     if fmt == "parquet":
         return read_parquet_v1(paths, filesystem, partitioning)
     if fmt == "csv":
-        return ray.data.read_csv(paths, filesystem=filesystem, file_extensions=None, partitioning=partitioning)
+        parse_options = pacsv.ParseOptions(delimiter=delimiter)
+        return ray.data.read_csv(
+            paths, filesystem=filesystem, file_extensions=None, partitioning=partitioning, parse_options=parse_options
+        )
     return ray.data.read_json(paths, filesystem=filesystem, file_extensions=None, partitioning=partitioning)
 
 
@@ -113,8 +130,9 @@ def read_sample(files: SourceFiles, max_rows: int, source: str) -> pa.Table:
     partition columns, read by pyarrow on this machine: no Ray, no cluster, and not the whole source."""
     tables, rows = [], 0
     with reading(source):
+        delimiter = csv_delimiter(files) if files.format == "csv" else ","
         for path in files.paths[:SAMPLE_FILES]:
-            head = read_head(files.filesystem, path, files.format, max_rows - rows)
+            head = read_head(files.filesystem, path, files.format, max_rows - rows, delimiter)
             tables.append(with_partitions(head, files, path))
             rows += head.num_rows
             if rows >= max_rows:
@@ -125,7 +143,7 @@ def read_sample(files: SourceFiles, max_rows: int, source: str) -> pa.Table:
         raise DataError(f"{source}: its files disagree on a column's type: {err}") from None
 
 
-def read_head(filesystem: pafs.FileSystem, path: str, fmt: str, max_rows: int) -> pa.Table:
+def read_head(filesystem: pafs.FileSystem, path: str, fmt: str, max_rows: int, delimiter: str = ",") -> pa.Table:
     """At most max_rows rows from the start of one file, typed as Ray Data's readers type them."""
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
@@ -138,7 +156,8 @@ def read_head(filesystem: pafs.FileSystem, path: str, fmt: str, max_rows: int) -
     with filesystem.open_input_stream(path) as f:
         # Ray's CSV and JSON readers also stream with these options: the first block's cells decide the types.
         if fmt == "csv":
-            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False))
+            options = pacsv.ReadOptions(use_threads=False)
+            reader = pacsv.open_csv(f, read_options=options, parse_options=pacsv.ParseOptions(delimiter=delimiter))
         else:
             reader = pajson.open_json(f)
         return first_rows(reader, reader.schema, max_rows)

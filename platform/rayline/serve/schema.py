@@ -92,16 +92,18 @@ def numeric_type(name: str) -> Any:
     return Annotated[float, limits, WithJsonSchema(schema)]
 
 
-def categorical_type(name: str, categories: list[str], other: bool = False) -> Any:
+def categorical_type(name: str, categories: list[str], other: bool = False, empty: bool = True) -> Any:
+    """`empty`: whether "" (a missing value, like null) is accepted."""
     shown = ", ".join(categories[:20]) + (", ..." if len(categories) > 20 else "")
     rest = 'other values share one "other" category' if other else "other values match none of them"
     schema = {
-        "anyOf": [{"type": "string"}, {"type": "integer"}],
+        "anyOf": [{"type": "string"} if empty else {"type": "string", "minLength": 1}, {"type": "integer"}],
         "title": name,
         "description": f"category seen in training: {shown}; {rest}",
         "examples": categories[:3],
     }
-    return Annotated[str, BeforeValidator(category_text), Field(strict=True), WithJsonSchema(schema)]
+    limits = Field(strict=True) if empty else Field(strict=True, min_length=1)
+    return Annotated[str, BeforeValidator(category_text), limits, WithJsonSchema(schema)]
 
 
 def nullable(kind: Any, schema: dict[str, Any]) -> Any:
@@ -148,7 +150,8 @@ class RequestSchema:
             if f["kind"] == "numeric":
                 kind = numeric_type(f["name"])
             else:
-                kind = categorical_type(f["name"], list(f["categories"]), bool(f.get("other", False)))
+                other, empty = bool(f.get("other", False)), f.get("missing", "category") == "category"
+                kind = categorical_type(f["name"], list(f["categories"]), other, empty)
             # Positional field names plus aliases: feature names need not be Python identifiers
             # and may collide with BaseModel attributes (e.g. "model_config", "copy").
             if self.nullable[f["name"]]:
@@ -224,7 +227,8 @@ class RequestSchema:
 
     def _message(self, e: dict[str, Any], name: str) -> str:
         kind = e["type"]
-        if kind == "missing" or (e["input"] is None and self.rules.get(name) is not None):
+        missing_value = e["input"] is None or kind in ("string_too_short", "too_short")
+        if kind == "missing" or (missing_value and self.rules.get(name) is not None):
             return refused_missing(name, self.rules.get(name))
         if kind == "extra_forbidden":
             return f"unknown feature {name!r}; expected {self._preview()}"
