@@ -117,3 +117,18 @@ def test_a_registry_from_before_names_is_served(served):
     r = post(urls["old"])
     assert r.status_code == 200, r.text
     assert (r.json()["model_name"], r.json()["model_version"]) == (CLF, "v1")
+
+
+def test_batch_prediction_picks_the_named_model(served, tmp_path):
+    import pandas as pd
+
+    from rayline.predict import predict_files
+
+    root, _ = served
+    pd.DataFrame([row(i) for i in range(5)]).to_csv(tmp_path / "rows.csv", index=False)
+    model, rows = predict_files(root, f"{REG}/v1", str(tmp_path / "rows.csv"), str(tmp_path / "out.parquet"))
+    assert (model, rows) == (ModelVersion(REG, "v1"), 5)
+    assert "probability_cat" not in pd.read_parquet(tmp_path / "out.parquet").columns, "the regressor answered"
+    model, _ = predict_files(root, CLF, str(tmp_path / "rows.csv"), str(tmp_path / "clf.parquet"))
+    assert model == Registry(root).resolve(CLF)
+    assert {"prediction", "probability_cat"} <= set(pd.read_parquet(tmp_path / "clf.parquet").columns)

@@ -34,8 +34,14 @@ def write_pipeline(tmp_path: Path, **tune) -> Path:
             "label": "label",
             "features": [f"pixel_{i}" for i in range(64)],
         },
-        "model": {"kind": "mlp"},
-        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 64},
+        # Settings of the digits pipelines, not the defaults (those are tuned for small tabular sets).
+        "model": {"kind": "mlp", "dropout": 0.1},
+        "train": {
+            "num_workers": 2,
+            "cpus_per_worker": 0.5,
+            "batch_size": 64,
+            "optimizer": {"name": "adamw", "weight_decay": 0.0001},
+        },
         "tune": {
             "search_space": str(tmp_path / "space.yaml"),
             "num_samples": 6,
