@@ -16,7 +16,7 @@ from rayline.evaluation import confusion_matrix_png
 from rayline.registry import ModelVersion, Registry, checkpoint_config, load_checkpoint
 from rayline.train import TrainOutcome, fit
 from rayline.train.evaluate import SplitResult, evaluate
-from rayline.train.weights import class_weights_for
+from rayline.train.weights import check_class_weight, class_weights_for
 
 CONFUSION_PNG = "confusion_matrix.png"
 """The held-out split's confusion matrix, written beside the registry record."""
@@ -43,6 +43,7 @@ def train_and_register(
 ) -> TrainReport:
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
     require_writable_storage(cfg.storage.root)
+    check_class_weight(cfg)  # before the data is read
     data = prepare_datasets(cfg.data)
     cfg = cfg.model_copy(update={"data": data.data_cfg})  # features: auto resolved, for workers and checkpoints
     log(
@@ -91,6 +92,7 @@ def search_and_register(
     from rayline.tune.report import report_from_dir
 
     require_writable_storage(cfg.storage.root)
+    check_class_weight(cfg)  # before the data is read
     data = prepare_datasets(cfg.data)
     cfg = cfg.model_copy(update={"data": data.data_cfg})
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")

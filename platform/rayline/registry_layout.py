@@ -4,7 +4,7 @@ from the unnamed layout. Standard library only; registry.py builds the Registry 
     <storage.root>/registry/
         models/<name>/<version>/   checkpoint/ (a copy of a run's best checkpoint), record.json, artifacts
         models/<name>/serving.json the version of <name> to serve, and the ones served before it
-        models/<name>/.lock        held while the marker changes or a version number is claimed
+        models/<name>/.lock        held while the marker changes (versions are claimed by an atomic mkdir)
 
 The layout before names (every pipeline in one sequence) was `models/<version>/` and one
 `serving.json` beside `models/`; `migrate_unnamed_layout` moves such a registry into this one.
@@ -37,16 +37,16 @@ SERVING_HISTORY = 20
 UNNAMED_MARKER_KEPT = "serving.json.migrated"
 """What the unnamed layout's marker is renamed to once its content lives in the per-name markers."""
 UNNAMED_INCOMPLETE = "incomplete-unnamed"
+"""Where the unnamed layout's versions without a record (a registration cut short) are kept."""
 UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 """flock errors of file systems that have no locks."""
-"""Where the unnamed layout's versions without a record (a registration cut short) are kept."""
 
 
 class RegistryError(ValueError):
     """A missing, partial or tampered checkpoint, or an unknown model name or version."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ModelVersion:
     """One registered model version: the model's name and its version within that name."""
 
@@ -122,19 +122,25 @@ def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if needed) across processes on this file system."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError as err:
-            if err.errno not in UNLOCKABLE:
-                raise
-            # A file system without locks (some FUSE mounts): every write is still a whole-file rename and
-            # version numbers are still claimed by mkdir; only simultaneous marker changes can lose one entry.
-            yield
-            return
+        held = lock_exclusively(f)
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_exclusively(f: Any) -> bool:
+    """Wait for an exclusive lock; False on a file system without locks (some FUSE mounts), where every write
+    is still a whole-file rename and versions are still claimed by mkdir: only two marker changes at the same
+    moment can lose one history entry there."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return True
+    except OSError as err:
+        if err.errno not in UNLOCKABLE:
+            raise
+        return False
 
 
 def claim_next_version(name_dir: Path) -> tuple[str, Path]:
@@ -171,10 +177,11 @@ class RegisteredModel:
         return sorted(found, key=version_number)
 
     def record(self, version: str) -> dict[str, Any]:
-        known = self.versions()
-        check_version(version, known, self.name)
+        if not isinstance(version, str) or not VERSION.fullmatch(version):
+            check_version(version, self.versions(), self.name)
         path = self.path / version / RECORD_FILE
         if not path.is_file():
+            known = self.versions()
             raise RegistryError(
                 f"no model version {version!r} of {self.name!r} in {self.path.parents[1]} "
                 f"(known: {', '.join(known) or 'none yet'})"

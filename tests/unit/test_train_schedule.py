@@ -82,3 +82,29 @@ def test_early_stopping_resumes_from_the_history_of_earlier_epochs():
     resumed = [{"epoch": e + 10, "val_r2": v} for e, v in enumerate([0.4, 0.5, 0.45, 0.44])]
     verdict = decide(resumed, rule)
     assert (verdict.best_epoch, verdict.epochs_without_improvement, verdict.stop) == (11, 2, False)
+
+
+def test_the_run_says_when_early_stopping_ended_it():
+    from pathlib import Path
+
+    from rayline.config import validate_config
+    from rayline.pipeline import format_epoch
+    from rayline.train.driver import TrainOutcome
+
+    cfg = validate_config(
+        {
+            "name": "t",
+            "data": {"source": "x.csv", "task": "classification", "label": "y", "features": ["a"]},
+            "train": {"epochs": 50, "early_stopping": {"metric": "val_loss", "patience": 4}},
+        }
+    )
+    last = {"epoch": 11, "epochs_done": 12, "stopped_early": 1, "best_epoch": 7, "epochs_without_improvement": 4}
+    outcome = TrainOutcome(Path("."), {}, Path("."), last_metrics=last)
+    assert outcome.early_stopping_line(cfg) == (
+        "early stopping: val_loss did not improve by 0 for 4 epochs; best epoch 8, stopped after epoch 12 of 50"
+    )
+    assert TrainOutcome(Path("."), {}, Path("."), last_metrics={"epoch": 49}).early_stopping_line(cfg) is None
+    line = format_epoch(
+        {**last, "train_loss": 0.3, "val_loss": 0.2, "val_f1_macro": 0.9, "lr": 0.01, "samples_per_s": 9}, 50
+    )
+    assert line.startswith("epoch 12/50") and "val_f1_macro 0.9000" in line and "lr 0.01" in line

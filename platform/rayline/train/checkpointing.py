@@ -97,7 +97,9 @@ def restore_latest(
 ) -> tuple[int, list[dict]]:
     """Load the run's latest checkpoint if there is one; return the epoch to start from and the history.
 
-    `fallback` is the run's last complete checkpoint when Ray Train's own record of the run was lost."""
+    `fallback` is the run's last complete checkpoint when Ray Train's own record of the run was lost. The
+    learning-rate schedule has no state of its own (train.schedule: a function of the epoch), and early stopping
+    decides from the history, so both continue where the run stopped."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and fallback is not None:
         checkpoint = ray.train.Checkpoint(fallback)
