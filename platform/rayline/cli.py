@@ -20,8 +20,22 @@ DEFAULT_ROOT = os.environ.get("RAYLINE_ROOT", ".rayline")
 def cmd_validate(args) -> int:
     cfg = load_config(args.pipeline, args.set)
     print(f"ok: {args.pipeline} is a valid pipeline {cfg.name!r}")
-    print(f"  data:  {cfg.data.task} of {cfg.data.label!r} from {len(cfg.data.features)} features")
+    features = "features: auto" if cfg.data.features == "auto" else f"{len(cfg.data.features)} features"
+    print(f"  data:  {cfg.data.task} of {cfg.data.label!r} from {features}")
     print(f"  model: {cfg.model.kind}, train: {cfg.train.num_workers} workers x {cfg.train.epochs} epochs")
+    if args.data:
+        from rayline.data.infer import describe_features
+
+        print(describe_features(cfg))
+    return 0
+
+
+def cmd_make_example(args) -> int:
+    from rayline.data.examples import write_example
+
+    output = args.output or f"data/{args.name}.csv"
+    rows = write_example(args.name, output)
+    print(f"wrote {rows} rows of the {args.name} example to {output}")
     return 0
 
 
@@ -296,7 +310,9 @@ def describe_prediction(prediction: dict) -> str:
 
 
 def feature_names(cfg: PipelineConfig) -> set[str]:
-    return {f.name for f in cfg.data.features}
+    from rayline.data.infer import resolve_features
+
+    return {f.name for f in resolve_features(cfg.data).features}
 
 
 def print_report(report) -> None:
@@ -337,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
         return p
 
-    command("validate", cmd_validate, "check a pipeline YAML without starting Ray")
+    validate = command("validate", cmd_validate, "check a pipeline YAML without starting Ray")
+    validate.add_argument(
+        "--data", action="store_true", help="read the source's first rows (no Ray) and print its features as YAML"
+    )
     command("train", cmd_train, "ingest, train and register a model")
     run = command("run", cmd_run, "train, register and serve until Ctrl-C")
     run.add_argument("--no-serve", action="store_true", help="stop after registering")
@@ -370,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (promote, rollback):
         p.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
         p.add_argument("--address", help="Ray cluster whose running apps to switch (default: $RAY_ADDRESS)")
+    example = command("make-example", cmd_make_example, "write a bundled tabular example as CSV", pipeline=False)
+    example.add_argument("name", choices=["breast_cancer", "diabetes"], help="which example")
+    example.add_argument("--output", help="CSV path (default: data/NAME.csv)")
     digits = command("make-digits", cmd_make_digits, "write scikit-learn's digits to Parquet", pipeline=False)
     digits.add_argument("--output", default="data/digits.parquet")
     for name in ("train", "run", "tune", "demo", "serve", "predict"):

@@ -57,7 +57,7 @@ class ServedModel:
             schema=schema,
             encoder=FastEncoder(pre, max_rows=max_rows),
             serve_config=loaded.config.serve,
-            input_columns=input_columns(schema.features),
+            input_columns=pre.input_columns(),
         )
 
     def inputs(self, body: bytes, content_type: str | None) -> np.ndarray:
@@ -117,12 +117,6 @@ class ServedModel:
 def record_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """Every metric a registry record holds: validation, test, and the evaluation (confusion matrix, baseline)."""
     return {key: record.get(key, {}) for key in ("metrics", "test_metrics", "evaluation")}
-
-
-def input_columns(features: list[dict[str, Any]]) -> list[str]:
-    """The feature behind each model input column: one per numeric feature, one per category."""
-    widths = [len(f["categories"]) if f["kind"] == "categorical" else 1 for f in features]
-    return [f["name"] for f, width in zip(features, widths, strict=True) for _ in range(width)]
 
 
 def require_finite_outputs(outputs: np.ndarray) -> None:
