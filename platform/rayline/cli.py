@@ -276,7 +276,6 @@ def train(cfg: PipelineConfig, args):
     from rayline.metrics import record_epoch
     from rayline.pipeline import format_epoch, train_and_register
 
-    check_model_name(cfg)
 
     print(f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs")
 
@@ -290,17 +289,9 @@ def train(cfg: PipelineConfig, args):
 def search(cfg: PipelineConfig, args):
     from rayline.pipeline import search_and_register
 
-    check_model_name(cfg)
 
     print(f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials")
     return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)
-
-
-def check_model_name(cfg: PipelineConfig) -> None:
-    """Refuse a name the registry cannot hold before training, not after it."""
-    from rayline.registry_layout import check_name
-
-    check_name(cfg.model_name, "registry.model_name (default: the pipeline name)")
 
 
 def describe_prediction(prediction: dict) -> str:

@@ -547,6 +547,18 @@ class PipelineConfig(Section):
         """The registry name this pipeline's models are versioned and served under."""
         return self.registry.model_name or self.name
 
+    @model_validator(mode="after")
+    def _registry_can_hold_the_name(self) -> PipelineConfig:
+        from rayline.registry_layout import is_name
+
+        if not is_name(self.model_name):
+            where = "registry.model_name" if self.registry.model_name else "name (the default registry.model_name)"
+            raise ValueError(
+                f"{where} {self.model_name!r} cannot name a registered model: start with a letter, digit or '_', "
+                "at most 100 characters, and not a version such as v3"
+            )
+        return self
+
     @field_validator("train")
     @classmethod
     def _model_fits_strategy(cls, train: TrainConfig, info: ValidationInfo) -> TrainConfig:
@@ -622,8 +634,10 @@ def format_validation_error(err: ValidationError, where: str) -> str:
         if e["type"] == "missing":
             lines.append(f"  {path}: required field is missing")
             continue
-        got = "" if e["type"] == "extra_forbidden" else f" (got {e['input']!r})"
-        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        # A whole section as "got" buries the message; its checks name the values they refuse.
+        shown = e["type"] != "extra_forbidden" and not isinstance(e["input"], dict)
+        got = f" (got {e['input']!r})" if shown else ""
+        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         lines.append(f"  {path}: {message}{got}")
     return "\n".join(lines)
 

@@ -135,11 +135,14 @@ def test_bad_names_and_versions_name_the_problem_and_list_what_exists(tmp_path):
         registry.find("housing/1")
 
 
-def test_a_name_the_registry_cannot_hold_is_refused_before_anything_is_written(tmp_path):
-    registry = Registry(tmp_path)
-    with pytest.raises(RegistryError, match=r"registry.model_name 'v2' is not a model name"):
-        register(registry, checkpoint(tmp_path / "a", "v2"))
-    assert registry.versions() == [] and not (registry.path / "models" / "v2").exists()
+def test_a_name_the_registry_cannot_hold_is_refused_when_the_pipeline_is_loaded():
+    from rayline.config import ConfigError, validate_config
+
+    raw = {"name": "digits", "data": {"source": "x.csv", "task": "regression", "label": "y"}}
+    with pytest.raises(ConfigError, match=r"name \(the default registry.model_name\) 'v2' cannot name"):
+        validate_config({**raw, "name": "v2"})
+    with pytest.raises(ConfigError, match=r"registry.model_name '-x' cannot name"):
+        validate_config({**raw, "registry": {"model_name": "-x"}})
 
 
 def test_marker_writes_leave_no_temporary_files(tmp_path):
