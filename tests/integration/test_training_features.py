@@ -136,3 +136,14 @@ def test_regression_reports_r2_and_follows_the_lr_schedule(ray_cluster, tmp_path
     assert record["evaluation"]["comparison"]["metric"] == "test_rmse"
     assert "confusion_matrix" not in record["evaluation"]
     assert any(line.startswith("model vs baseline: test_rmse") for line in lines)
+
+
+def test_rerunning_a_run_that_stopped_early_trains_no_further(runs):
+    """Last of the shared-run tests: it registers the same best checkpoint again as a new version."""
+    cfg, report, epochs, _ = runs["balanced"]
+    seen, lines = [], []
+    again = train_and_register(cfg, on_epoch=seen.append, log=lines.append)
+    assert seen == [], "early stopping had ended the run; the rerun decides the same from its history"
+    registry = Registry(cfg.storage.root)
+    assert registry.record(again.version)["epoch"] == registry.record(report.version)["epoch"]
+    assert any(line.startswith("early stopping: val_loss") for line in lines)

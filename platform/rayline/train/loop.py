@@ -51,6 +51,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         for split in ("train", "validation")
     )
     steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
+    if history and (stopping := early_stop(history, cfg.train)) is not None:
+        return stopping  # a resumed run that early stopping had already ended (under the current rule)
     for epoch in range(start_epoch, cfg.train.epochs):
         epoch_started_at, started = time.time(), time.perf_counter()
         loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps)
