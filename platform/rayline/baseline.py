@@ -73,6 +73,9 @@ def fit_baseline(
 ) -> Baseline:
     """Fit the task's linear model on `train` and score it on `held_out` (both (x, y) in model units)."""
     started = time.perf_counter()
+    # A linear model cannot learn an embedding: embedded category ids go back to one-hot columns.
+    train = (preprocessor.one_hot_inputs(train[0]), train[1])
+    held_out = (preprocessor.one_hot_inputs(held_out[0]), held_out[1])
     if preprocessor.task == "classification":
         name, metrics = fit_logistic(train, held_out, len(preprocessor.classes), class_weights)
     else:

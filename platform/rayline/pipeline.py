@@ -15,6 +15,7 @@ from rayline.data import PreparedData, prepare_datasets
 from rayline.evaluation import confusion_matrix_png
 from rayline.registry import ModelVersion, Registry, checkpoint_config, load_checkpoint
 from rayline.train import TrainOutcome, fit
+from rayline.train.driver import batch_for_small_data
 from rayline.train.evaluate import SplitResult, evaluate
 from rayline.train.weights import check_class_weight, class_weights_for
 
@@ -46,11 +47,13 @@ def train_and_register(
     check_class_weight(cfg)  # before the data is read
     data = prepare_datasets(cfg.data)
     cfg = cfg.model_copy(update={"data": data.data_cfg})  # features: auto resolved, for workers and checkpoints
+    log_rows_left_out(data, log)
     log(
         f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation / "
         f"{data.num_rows['test']} test rows, {data.preprocessor.num_inputs} inputs, "
         f"fingerprint {data.fingerprint[:19]}…"
     )
+    cfg = fit_batch_to_data(cfg, data, log)
     class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)  # counted once: model, baseline
     outcome = fit(cfg, data, on_epoch=on_epoch, verbose=verbose, class_weights=class_weights)
     summary = early_stopping_summary(outcome, cfg)
@@ -67,6 +70,20 @@ def train_and_register(
         artifacts=artifacts,
     )
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
+
+
+def log_rows_left_out(data: PreparedData, log: Callable[[str], None]) -> None:
+    if data.rows_without_label:
+        log(f"left out {data.rows_without_label} rows whose label is missing")
+    if data.rows_dropped:
+        log(f"left out {data.rows_dropped} rows with a missing cell in a drop_row feature")
+
+
+def fit_batch_to_data(cfg: PipelineConfig, data: PreparedData, log: Callable[[str], None]) -> PipelineConfig:
+    cfg, note = batch_for_small_data(cfg, data.num_rows["train"])
+    if note:
+        log(note)
+    return cfg
 
 
 def require_writable_storage(root: str) -> None:
@@ -95,7 +112,9 @@ def search_and_register(
     check_class_weight(cfg)  # before the data is read
     data = prepare_datasets(cfg.data)
     cfg = cfg.model_copy(update={"data": data.data_cfg})
+    log_rows_left_out(data, log)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
+    cfg = fit_batch_to_data(cfg, data, log)
     outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)
     log(report_from_dir(outcome.experiment_dir))
     log(f"report: {outcome.experiment_dir / 'trials.txt'}, {outcome.experiment_dir / 'learning_curves.png'}")

@@ -80,3 +80,12 @@ def test_rows_without_a_label_or_a_drop_row_feature_are_left_out_of_every_split(
     assert keyed[KEY].iloc[0] in (TRAIN, VALIDATION, TEST)
     # A kept row's split is the one it gets without any leave-out rule: leaving rows out moves no other row.
     assert keyed[KEY].iloc[0] == add_split_column(df, SplitConfig())[KEY].iloc[0]
+
+
+def test_the_split_seed_moves_all_numeric_rows_too():
+    # pandas keys only text columns with its hash key: a seed must still reshuffle numbers-only tables.
+    df = pd.DataFrame({"x": np.arange(2000, dtype=np.float64), "y": np.arange(2000) % 3})
+    by_seed = [assign_splits(df, SplitConfig(validation=0.2, test=0.2, seed=seed)) for seed in (0, 1, 2)]
+    assert (by_seed[1] != by_seed[2]).mean() > 0.3
+    assert (by_seed[0] != by_seed[1]).mean() > 0.3
+    assert (assign_splits(df, SplitConfig(validation=0.2, test=0.2, seed=1)) == by_seed[1]).all()

@@ -197,6 +197,8 @@ class Preprocessor:
 
     def one_hot_inputs(self, x: np.ndarray) -> np.ndarray:
         """x with every embedded column widened back into its one-hot block (for a linear baseline)."""
+        if not any(isinstance(f, CategoricalStat) and f.embedding_dim is not None for f in self.features):
+            return x
         blocks, column = [], 0
         for f in self.features:
             part = x[:, column : column + f.width]

@@ -137,4 +137,9 @@ def row_hashes(df: pd.DataFrame, seed: int) -> np.ndarray:
     except TypeError:
         # Lists, dicts and tensors are unhashable; their text is stable enough to hash instead.
         hashes = pd.util.hash_pandas_object(columns.astype(str), index=False, hash_key=hash_key)
-    return hashes.to_numpy(dtype=np.uint64)
+    hashes = hashes.to_numpy(dtype=np.uint64)
+    if seed == 0:
+        return hashes  # the splits seed 0 has always made
+    # pandas keys only text with hash_key: mix the seed in so that all-numeric rows move between seeds too.
+    salt = np.uint64(int(hash_key, 16))
+    return pd.util.hash_array(hashes ^ salt)

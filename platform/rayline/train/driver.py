@@ -209,6 +209,25 @@ def recover_run_state(run_dir: Path, last_complete: Path | None) -> str | None:
     return None if last_complete is None else str(last_complete)
 
 
+def batch_for_small_data(cfg: PipelineConfig, train_rows: int) -> tuple[PipelineConfig, str | None]:
+    """A default train.batch_size larger than a replica's share of a small training split shrinks to a quarter
+    of the share (a few steps per epoch) instead of refusing the run; a batch size the user set is kept, and
+    check_batch_fits refuses it if it does not fit. Returns the config to train with and a line to print."""
+    train = cfg.train
+    share = train_rows // train.data_parallel_size
+    if "batch_size" in train.model_fields_set or train.batch_size <= share or share < 1:
+        return cfg, None
+    batch = max(1, share // 4)
+    if train.model_parallelism == "pipeline":
+        micro = train.pipeline.microbatches
+        batch = max(micro, batch - batch % micro)
+    note = (
+        f"train.batch_size: {batch} instead of the default {train.batch_size}, as each of the "
+        f"{train.data_parallel_size} data-parallel replicas gets {share} training rows"
+    )
+    return cfg.model_copy(update={"train": train.model_copy(update={"batch_size": batch})}), note
+
+
 def check_batch_fits(train: TrainConfig, train_rows: int) -> None:
     """Refuse a batch larger than a replica's share of the training split: it would train on nothing (a dropped
     short batch) or on one step per epoch, and the run would look like it worked."""
