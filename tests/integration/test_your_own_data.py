@@ -104,7 +104,7 @@ def test_null_and_absent_cells_are_imputed_the_same_way_in_serving_and_batch_pre
 
     version, written = predict_files(cfg.storage.root, str(report.version), str(source), str(tmp_path / "out.csv"))
     assert (version, written) == (report.version, ROWS)
-    out = pd.read_csv(tmp_path / "out.csv")
+    out = pd.concat(pd.read_csv(part) for part in sorted((tmp_path / "out.csv").iterdir()))  # a directory of parts
     batch = float(out.loc[out["row_id"] == table.loc[row, "row_id"], "prediction"].iloc[0])
     assert np.isclose(as_null[0], batch, rtol=1e-5), (as_null[0], batch)
 
