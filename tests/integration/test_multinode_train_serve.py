@@ -46,7 +46,7 @@ def test_two_workers_on_two_nodes_train_then_serve(cluster, tmp_path):
     driver = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output = Lines(driver)
-        serving = output.wait_for("serving model v1 at ", timeout=600)
+        serving = output.wait_for("serving model digits/v1 at ", timeout=600)
         url = serving.split(" at ")[1].split()[0]
 
         ranks = worker_nodes(cluster, run_name="digits")
