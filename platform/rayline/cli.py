@@ -164,7 +164,8 @@ def models_table(records: list[dict], serving: dict[str, str | None]) -> str:
         for split in ("val", "test")
         if any(f"{split}_{key}" in {**r.get("metrics", {}), **r.get("test_metrics", {})} for r in records)
     ]
-    rows = [["", "name", "version", "epoch", *metrics, "created"]]
+    compared = any("comparison" in r.get("evaluation", {}) for r in records)
+    rows = [["", "name", "version", "epoch", *metrics, *(["baseline"] if compared else []), "created"]]
     for r in records:
         shown = {**r.get("metrics", {}), **r.get("test_metrics", {})}
         rows.append(
@@ -174,6 +175,7 @@ def models_table(records: list[dict], serving: dict[str, str | None]) -> str:
                 r["version"],
                 str(r["epoch"] + 1),
                 *(format_metric(shown.get(k)) for k in metrics),
+                *([baseline_verdict(r)] if compared else []),
                 r.get("created_at", ""),
             ]
         )
@@ -184,6 +186,14 @@ def models_table(records: list[dict], serving: dict[str, str | None]) -> str:
         for row in rows
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def baseline_verdict(record: dict) -> str:
+    """How the version did against the linear baseline on the test split: ok, WORSE, or - (not compared)."""
+    comparison = record.get("evaluation", {}).get("comparison")
+    if comparison is None:
+        return "-"
+    return "WORSE" if comparison.get("worse_than_baseline") else "ok"
 
 
 def format_metric(value) -> str:
@@ -276,7 +286,6 @@ def train(cfg: PipelineConfig, args):
     from rayline.metrics import record_epoch
     from rayline.pipeline import format_epoch, train_and_register
 
-
     print(f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs")
 
     def on_epoch(metrics: dict) -> None:
@@ -288,7 +297,6 @@ def train(cfg: PipelineConfig, args):
 
 def search(cfg: PipelineConfig, args):
     from rayline.pipeline import search_and_register
-
 
     print(f"searching {cfg.name}: {cfg.tune.searcher} + {cfg.tune.scheduler.kind}, {cfg.tune.num_samples} trials")
     return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)

@@ -142,3 +142,16 @@ def test_promote_and_rollback_one_name(capsys, tmp_path):
     assert f"nothing to roll back to: model '{LONG_NAME}'" in capsys.readouterr().err
     assert main(["promote", "tiny-classification", "v3", "--root", str(tmp_path)]) == 2
     assert "no model version 'v3' of 'tiny-classification'" in capsys.readouterr().err
+
+
+def test_models_says_which_versions_are_worse_than_their_linear_baseline(capsys, tmp_path):
+    from serve_models import register
+
+    worse = {"comparison": {"metric": "test_accuracy", "model": 0.8, "baseline": 0.9, "worse_than_baseline": True}}
+    better = {"comparison": {"metric": "test_accuracy", "model": 0.95, "baseline": 0.9, "worse_than_baseline": False}}
+    register(tmp_path, "classification", seed=0, evaluation=worse)
+    register(tmp_path, "classification", seed=1, evaluation=better)
+    assert main(["models", "--root", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    column = lines[0].split().index("baseline")
+    assert [row.lstrip("* ").split()[column] for row in lines[1:3]] == ["WORSE", "ok"]
