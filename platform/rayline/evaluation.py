@@ -125,11 +125,12 @@ def confusion_matrix_png(counts: np.ndarray, class_names: Sequence[str], title: 
 
     counts = np.asarray(counts)
     n = len(class_names)
-    size = min(2.0 + 0.6 * n, 14.0)
+    size = min(3.0 + 0.6 * n, 14.0)
     fig, ax = plt.subplots(figsize=(size, size))
     try:
         ax.imshow(counts, cmap="Blues")
-        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
+        ax.set_title(title, fontsize="small", wrap=True)
         ax.set_xticklabels(class_names, rotation=45, ha="right")
         ax.set_yticklabels(class_names)
         threshold = counts.max() / 2 if counts.size else 0
