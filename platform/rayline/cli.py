@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from rayline.config import ConfigError, PipelineConfig, load_config
+from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
 
 DEFAULT_ROOT = os.environ.get("RAYLINE_ROOT", ".rayline")
 
@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
     print_report(report)
     if args.no_serve:
         return 0
-    return serve_until_interrupted(cfg.storage.root, report.version, cfg, dashboard)
+    return serve_until_interrupted(cfg.storage.root, report.version, cfg.serve, dashboard)
 
 
 def cmd_demo(args) -> int:
@@ -129,7 +129,7 @@ def cmd_serve(args) -> int:
     registry = Registry(root)
     model = registry.resolve(name, version or args.version)
     dashboard = start(args)
-    return serve_until_interrupted(root, model, cfg or registry.load(model).config, dashboard)
+    return serve_until_interrupted(root, model, cfg.serve if cfg else None, dashboard)
 
 
 def cmd_predict(args) -> int:
@@ -319,10 +319,11 @@ def print_report(report) -> None:
     print(f"registered model {report.version}; test: {shown or '(no test split)'}")
 
 
-def serve_until_interrupted(root: str, model, cfg: PipelineConfig, dashboard: str) -> int:
+def serve_until_interrupted(root: str, model, serve_cfg: ServeConfig | None, dashboard: str) -> int:
+    """serve_cfg None: the serve section the model was trained with (deploy reads it from the checkpoint it loads)."""
     from rayline import serve as serving
 
-    url = serving.deploy(root, model, cfg.serve)
+    url = serving.deploy(root, model, serve_cfg)
     print(f"serving model {model} at {url}/predict  (docs: {url}/docs)")
     print(f"dashboard: {dashboard}")
     print("press Ctrl-C to stop")

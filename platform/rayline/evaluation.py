@@ -21,6 +21,11 @@ REGRESSION_METRICS = ("loss", "rmse", "mae", "r2")
 HIGHER_IS_BETTER = ("accuracy", "f1_macro", "roc_auc", "r2")
 
 
+def metric_mode(name: str) -> str:
+    """ "max" for a reported metric where higher is better (val_accuracy, test_r2, ...), else "min"."""
+    return "max" if name.split("_", 1)[-1] in HIGHER_IS_BETTER else "min"
+
+
 def validation_metric_names(task: str, num_classes: int | None) -> list[str]:
     """The val_* metrics every epoch of a run on this task reports."""
     if task == "classification":

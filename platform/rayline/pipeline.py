@@ -137,13 +137,6 @@ def search_and_register(
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 
-def score_checkpoint(checkpoint_dir, data: PreparedData) -> dict[str, float]:
-    """Test-split metrics of a checkpoint (test_loss, test_accuracy, test_f1_macro, ...); {} without a test
-    split."""
-    scored = score_split(checkpoint_dir, data, "test")
-    return {} if scored is None else scored.named("test")
-
-
 def score_split(checkpoint_dir, data: PreparedData, split: str) -> SplitResult | None:
     """Metrics (and confusion matrix) of a checkpoint on one prepared split, streamed through the same
     evaluation as validation; None when the split is empty."""
@@ -191,7 +184,9 @@ def baseline_comparison(
 ) -> dict[str, Any]:
     """Fit the linear baseline on the training split, score it on `split`, and compare."""
     train = linear.split_arrays(data.train, total_rows=data.num_rows["train"], seed=cfg.data.split.seed)
-    held_out = linear.split_arrays(getattr(data, split), total_rows=data.num_rows[split], seed=cfg.data.split.seed)
+    # Every held-out row, as the model was scored on: only the baseline's training rows are sampled.
+    rows = data.num_rows[split]
+    held_out = linear.split_arrays(getattr(data, split), total_rows=rows, max_rows=rows, seed=cfg.data.split.seed)
     fitted = linear.fit_baseline(train, held_out, data.preprocessor, split=split, class_weights=class_weights)
     comparison = linear.compare(model_metrics, fitted, data.preprocessor.task)
     summary.append(linear.describe(comparison))

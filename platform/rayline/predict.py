@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rayline.data import DataError, list_source_files
+from rayline.data import DataError
 from rayline.data.errors import reading
-from rayline.data.read import open_dataset
+from rayline.data.files import resolve_source
+from rayline.data.read import open_source
 from rayline.registry import ModelVersion, Registry, load_checkpoint
 
 WRITERS = {"parquet": "write_parquet", "csv": "write_csv", "json": "write_json"}
@@ -66,9 +67,8 @@ def predict_files(
     registry = Registry(storage_root)
     version = registry.find(model)
     out_fmt = output_format(output_path)
-    filesystem, paths, fmt = list_source_files(input_path, None)
     with reading(input_path):
-        dataset = open_dataset(paths, filesystem, fmt)
+        dataset = open_source(resolve_source(input_path, None))
     predictions = dataset.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={"checkpoint_dir": str(registry.checkpoint_dir(version))},
@@ -92,5 +92,4 @@ def output_format(path: str) -> str:
 
 
 def read_row_count(path: str, fmt: str) -> int:
-    filesystem, paths, fmt = list_source_files(path, fmt)
-    return open_dataset(paths, filesystem, fmt).count()
+    return open_source(resolve_source(path, fmt)).count()

@@ -104,10 +104,12 @@ def test_promote_switches_only_the_apps_serving_that_name(served):
     from rayline.serve import promote, rollback
 
     root, urls = served
+    regressor_marker = Registry(root).model(REG).path / "serving.json"
+    untouched = regressor_marker.read_bytes()
     assert promote(root, CLF, "v1") == ["clf"]
     assert post(urls["clf"]).json()["model_version"] == "v1"
     assert post(urls["reg"]).json()["model_name"] == REG, "the regressor's app is untouched"
-    assert Registry(root).model(REG).serving_version() == "v1"
+    assert regressor_marker.read_bytes() == untouched, "the regressor's marker is not rewritten"
     assert rollback(root, CLF) == (ModelVersion(CLF, "v2"), ["clf"])
     assert post(urls["clf"]).json()["model_version"] == "v2"
 
@@ -130,5 +132,5 @@ def test_batch_prediction_picks_the_named_model(served, tmp_path):
     assert (model, rows) == (ModelVersion(REG, "v1"), 5)
     assert "probability_cat" not in pd.read_parquet(tmp_path / "out.parquet").columns, "the regressor answered"
     model, _ = predict_files(root, CLF, str(tmp_path / "rows.csv"), str(tmp_path / "clf.parquet"))
-    assert model == Registry(root).resolve(CLF)
+    assert model == ModelVersion(CLF, "v2"), "the name's serving version (v2 again after the rollback test)"
     assert {"prediction", "probability_cat"} <= set(pd.read_parquet(tmp_path / "clf.parquet").columns)

@@ -114,7 +114,10 @@ def test_metrics_and_confusion_matrix_are_in_the_record(runs):
     baseline = evaluation["baseline"]
     assert baseline["split"] == "test" and "test_accuracy" in baseline["metrics"]
     assert evaluation["comparison"]["metric"] == "test_accuracy"
-    assert evaluation["worse_than_baseline"] == evaluation["comparison"]["worse_than_baseline"]
+    comparison = evaluation["comparison"]
+    assert comparison["model"] == pytest.approx(report.test_metrics["test_accuracy"])
+    assert comparison["baseline"] == pytest.approx(baseline["metrics"]["test_accuracy"])
+    assert evaluation["worse_than_baseline"] == (comparison["model"] < comparison["baseline"])
     assert any(line.startswith("model vs baseline: test_accuracy") for line in lines)
     assert any(line.startswith("WARNING: the model is worse") for line in lines) == evaluation["worse_than_baseline"]
 

@@ -113,9 +113,15 @@ def test_null_and_absent_cells_are_imputed_the_same_way_in_serving_and_batch_pre
     assert fill is not None and predict(served, [{"size": fill, "city": city, "tier": tier}]) != as_null
 
 
-def test_a_missing_category_and_an_unseen_one_are_answered(served):
-    values = predict(served, [{"size": 5.0, "city": "city3", "tier": None}, {"size": 5.0, "city": "atlantis"}])
-    assert all(np.isfinite(values))
+def test_unseen_categories_share_one_slot_and_a_missing_one_has_its_own(served):
+    row = {"size": 5.0, "city": "city3", "tier": "a"}
+    unseen = predict(served, [{**row, "city": "atlantis"}, {**row, "city": "el dorado"}, row])
+    # Rows of one batch may round differently in the last float32 bits.
+    assert unseen[0] == pytest.approx(unseen[1], rel=1e-6), "every unseen city lands in the same slot"
+    assert unseen[0] != pytest.approx(unseen[2], rel=1e-6), "... which is not city3's"
+    missing = predict(served, [{**row, "tier": None}, {k: v for k, v in row.items() if k != "tier"}, row])
+    assert missing[0] == pytest.approx(missing[1], rel=1e-6), "null and an absent key are the same missing tier"
+    assert missing[0] != pytest.approx(missing[2], rel=1e-6), "a missing tier is its own category, not tier a"
 
 
 def test_infinity_and_text_stay_errors(served):
