@@ -303,7 +303,7 @@ def unnamed_name(version_dir: Path) -> str | None:
 
 def plan_targets(registry: Path, old: dict[str, Path], names: dict[str, str | None]) -> dict[str, Path]:
     """Where each old version goes: models/<name>/<same version>, or the next free number if taken."""
-    targets = {}
+    targets: dict[str, Path] = {}
     for version in sorted(old, key=version_number):
         name = names[version]
         if name is None:
@@ -311,11 +311,22 @@ def plan_targets(registry: Path, old: dict[str, Path], names: dict[str, str | No
             continue
         target = registry / "models" / name / version
         if target.exists():
-            target = claim_next_version(target.parent)[1]
+            target = reclaim_or_claim(target.parent, taken=set(targets.values()))
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
         targets[version] = target
     return targets
+
+
+def reclaim_or_claim(folder: Path, taken: set[Path]) -> Path:
+    """A new number for a version whose own is taken. A migration cut short has already claimed (and may have
+    written into a marker) empty version folders, in this same order: reuse those first, so the markers it wrote
+    still name the versions that move there."""
+    empty = [p for p in folder.iterdir() if VERSION.fullmatch(p.name) and p.is_dir() and not any(p.iterdir())]
+    for candidate in sorted(empty, key=lambda p: version_number(p.name)):
+        if candidate not in taken:
+            return candidate
+    return claim_next_version(folder)[1]
 
 
 def write_split_markers(registry: Path, names: dict[str, str | None], targets: dict[str, Path]) -> dict[str, str]:

@@ -234,6 +234,27 @@ def test_a_move_cut_short_is_finished_by_the_next_start(tmp_path):
     assert_migrated(Registry(tmp_path))
 
 
+def test_a_move_cut_short_after_renumbering_serves_the_version_its_marker_names(tmp_path):
+    # digits already has a v1 in the named layout, so the old v1 is renumbered; the process dies after the
+    # markers are written and before anything moves.
+    registry_path = unnamed_registry(tmp_path)
+    existing = registry_path / "models" / "digits" / "v1"
+    shutil.copytree(registry_path / "models" / "v3", existing)
+    record = json.loads((existing / "record.json").read_text())
+    (existing / "record.json").write_text(json.dumps({**record, "version": "v1", "run_name": "already-named"}))
+    old = unnamed_versions(registry_path)
+    names = {v: unnamed_name(p) for v, p in old.items()}
+    targets = plan_targets(registry_path, old, names)
+    assert targets["v1"].name == "v2", "the old v1 is renumbered into a claimed, empty v2"
+    write_split_markers(registry_path, names, targets)  # ... and then the process died
+
+    digits = Registry(tmp_path).model("digits")
+    assert digits.versions() == ["v1", "v2", "v3"], "the claimed v2 is reused, not left empty beside a new v4"
+    assert (digits.serving_version(), digits.serving_history()) == ("v3", ["v2"])
+    assert digits.record("v1")["run_name"] == "already-named"
+    assert (digits.record("v2")["run_name"], digits.record("v2")["version"]) == ("digits", "v2"), "the old v1"
+
+
 def migrate_at_barrier(registry_path: str, barrier) -> str | None:
     barrier.wait()
     return migrate_unnamed_layout(Path(registry_path))
