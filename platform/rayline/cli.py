@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
+from rayline.errors import RaylineError
 
 DEFAULT_ROOT = os.environ.get("RAYLINE_ROOT", ".rayline")
 
@@ -418,23 +419,17 @@ def add_job_commands(command: Callable) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rayline.data import DataError
-    from rayline.jobs import JobsError
-    from rayline.registry import RegistryError
-    from rayline.tune.plan import PlanError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-    except (DataError, RegistryError, PlanError, JobsError) as err:
+    except RaylineError as err:
         print(f"error: {err}", file=sys.stderr)
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return 130
     return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,8 +20,10 @@ from pydantic import (
     model_validator,
 )
 
+from rayline.errors import RaylineError
 
-class ConfigError(ValueError):
+
+class ConfigError(RaylineError, ValueError):
     """A user-caused config problem; the message names the file, the dotted path and the bad value."""
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from rayline.config import ConfigError, apply_override, read_yaml_mapping, validate_config
+from rayline.errors import RaylineError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Ray also skips what .gitignore lists (data/ among it) and .git, .venv, __pycache__.
 EXCLUDES = [".rayline", "*.egg-info", ".pytest_cache", ".ruff_cache"]
 
 
-class JobsError(RuntimeError):
+class JobsError(RaylineError, RuntimeError):
     """A problem the user can fix: no token, the Jobs API unreachable or refusing, an unknown job."""
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rayline.errors import RaylineError
+
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 """A model name: letters, digits, '_', '.', '-', at most 100, not starting with '.' or '-', not a version."""
 VERSION = re.compile(r"v[1-9][0-9]{0,8}")
@@ -42,7 +44,7 @@ UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 """flock errors of file systems that have no locks."""
 
 
-class RegistryError(ValueError):
+class RegistryError(RaylineError, ValueError):
     """A missing, partial or tampered checkpoint, or an unknown model name or version."""
 
 

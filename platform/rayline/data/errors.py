@@ -6,12 +6,14 @@ import contextlib
 import re
 from collections.abc import Iterator
 
+from rayline.errors import RaylineError
+
 # Ray re-raises a failed task's exception as text inside a RayTaskError; the DataError object is lost.
 # RefusedValue is the DataError for one refused cell.
 _REMOTE_DATA_ERROR = re.compile(r"(?:DataError|RefusedValue): (.+)")
 
 
-class DataError(ValueError):
+class DataError(RaylineError, ValueError):
     """A user-caused data problem; the message names the source, the column and the bad value."""
 
 

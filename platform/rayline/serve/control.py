@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from rayline.config import ServeConfig
+from rayline.errors import RaylineError
 from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.serve.app import DEPLOYMENT_NAME, IMPORT_PATH
 from rayline.serve.http import TOKEN_ENV, token_digest
@@ -28,7 +29,7 @@ from rayline.serve.model import ServedModel
 QUIET = {"log_level": "WARNING"}
 
 
-class ServeDeployError(RuntimeError):
+class ServeDeployError(RaylineError, RuntimeError):
     """Serve could not bring the application up; the message is Serve's own status message."""
 
 

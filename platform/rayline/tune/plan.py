@@ -11,9 +11,10 @@ import math
 from dataclasses import dataclass
 
 from rayline.config import PipelineConfig
+from rayline.errors import RaylineError
 
 
-class PlanError(ValueError):
+class PlanError(RaylineError, ValueError):
     """The search cannot run even one trial on this cluster."""
 
 
