@@ -56,10 +56,11 @@ def make_registry(root: Path, width: int) -> str:
     """Register an untrained MLP 64 -> width x3 -> 10 (weights do not change the cost); returns its version."""
     import torch
 
+    from rayline.checkpoint import save_checkpoint
     from rayline.config import ModelConfig, PipelineConfig
     from rayline.data.preprocess import NumericStat, Preprocessor
     from rayline.models import build_model
-    from rayline.registry import Registry, save_checkpoint
+    from rayline.registry import Registry
 
     names = [f"f{i}" for i in range(FEATURES)]
     pre = Preprocessor("classification", "y", [NumericStat(n, 0.0, 1.0) for n in names], list("abcdefghij"), None, None)

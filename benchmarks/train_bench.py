@@ -76,8 +76,9 @@ def steady(epochs: list[dict], key: str = "samples_per_s") -> float:
 
 
 def run_rayline(name: str, source: Path, root: Path, epochs: int) -> dict:
+    from rayline.checkpoint import STATE_FILE
     from rayline.data import prepare_datasets
-    from rayline.registry import STATE_FILE, read_json
+    from rayline.registry_layout import read_json
     from rayline.train import fit
 
     cfg = load(name, source, root, epochs)

@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     from rayline.cli import main as rayline
 
     address = os.environ.get("RAY_ADDRESS") or "auto"
-    return rayline(["run", "--address", address, *argv])
+    return rayline(["run", "--ray-address", address, *argv])
 
 
 if __name__ == "__main__":

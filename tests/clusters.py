@@ -51,6 +51,8 @@ class RayCluster:
     dashboard_port: int
     token_path: Path | None
     nodes: list[RayNode] = field(default_factory=list)
+    node_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of every `ray start` (Ray system settings such as RAY_health_check_period_ms)."""
 
     @property
     def address(self) -> str:
@@ -74,6 +76,33 @@ class RayCluster:
         if self.token_path is None:
             return {}
         return {"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
+
+    def add_nodes(self, count: int, *, num_cpus: int, tries: int = 2, timeout: float = 90.0) -> None:
+        """`count` worker nodes started together (each `ray start` is mostly Python start-up: overlapping them
+        beats waiting for one after another). A `ray start` that exits before its node joins (its raylet has
+        30 s to register, which a busy 2-core machine can miss) is started again, up to `tries` times."""
+        pending = [start_node(self, head=False, num_cpus=num_cpus, resources={}) for _ in range(count)]
+        expected = len(self.nodes) + count
+        starts = dict.fromkeys(range(count), 1)
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() < expected:
+            for i, node in enumerate(pending):
+                if node.process.poll() is None:
+                    continue
+                if starts[i] >= tries:
+                    for other in pending:
+                        stop_process_group(other.process)
+                    raise RuntimeError(f"`ray start` exited before its node joined:\n{node.log.read_text()[-3000:]}")
+                stop_process_group(node.process)  # what its `ray start` left running
+                pending[i] = start_node(self, head=False, num_cpus=num_cpus, resources={})
+                starts[i] += 1
+                deadline = time.monotonic() + timeout
+            if time.monotonic() > deadline:
+                for node in pending:
+                    stop_process_group(node.process)
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {count} nodes to join")
+            time.sleep(0.5)
+        self.nodes.extend(pending)
 
     def add_node(self, *, num_cpus: int, resources: dict[str, float] | None = None, tries: int = 2) -> RayNode:
         expected = len(self.nodes) + 1
@@ -108,8 +137,7 @@ class RayCluster:
             return 0
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
-            stop_process_group(node.process)
+        stop_process_groups([node.process for node in reversed(self.nodes)])
         # Job drivers run in sessions of their own; they, like every process the nodes started,
         # inherited the marker.
         kill_marked_processes(self.marker)
@@ -127,7 +155,13 @@ def auth_env(token_path: Path | None) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
-def start_cluster(*, num_cpus: int = 2, resources: dict[str, float] | None = None, token: bool = True) -> RayCluster:
+def start_cluster(
+    *,
+    num_cpus: int = 2,
+    resources: dict[str, float] | None = None,
+    token: bool = True,
+    node_env: dict[str, str] | None = None,
+) -> RayCluster:
     """A head node on 127.0.0.1 with its own ports, temp dir and (by default) its own auth token."""
     # Unix socket paths live under the temp dir and must stay short: no pytest tmp_path here.
     temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
@@ -137,6 +171,7 @@ def start_cluster(*, num_cpus: int = 2, resources: dict[str, float] | None = Non
         token_path.write_text(secrets.token_hex(32))
         token_path.chmod(0o600)
     cluster = RayCluster(temp_dir, gcs_port=free_port(), dashboard_port=free_port(), token_path=token_path)
+    cluster.node_env.update(node_env or {})
     try:
         cluster.add_node(num_cpus=num_cpus, resources=resources)
     except BaseException:
@@ -180,9 +215,10 @@ def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dic
     env["RAY_worker_maximum_startup_concurrency"] = "8"
     env["RAY_metrics_report_interval_ms"] = "2000"  # tests read metrics seconds after they are set
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(cluster.node_env)
     for name in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS"):
         env.pop(name, None)
-    log = cluster.temp_dir / f"node-{len(cluster.nodes)}.log"
+    log = cluster.temp_dir / f"node-{len(list(cluster.temp_dir.glob('node-*.log')))}.log"  # one per `ray start`
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return RayNode(process, metrics_port, log)
@@ -202,13 +238,22 @@ def wait_for(ready, what: str, node: RayNode | None = None, timeout: float = 90.
 
 def stop_process_group(process: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the group `ray start --block` (or sshd) leads, then SIGKILL whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=5)
+    stop_process_groups([process], grace)
+
+
+def stop_process_groups(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """stop_process_group for several groups at once: one grace period for all of them, not one each."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
 
 
 def kill_marked_processes(marker: str) -> None:

@@ -11,6 +11,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# As rayline sets it for the clusters it starts (rayline.runtime.connect): Tune trials start many small-CPU actors
+# (trial driver, Train controller and workers, Ray Data's split coordinator) at once, and the raylet's default of
+# one starting worker per core queues them behind each other.
+os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
 
 
 def pytest_collection_modifyitems(items):

@@ -251,7 +251,7 @@ def after_checkpoint(
     The driver hears of an epoch only after the workers have gone on to the next, so a fault injected from
     progress reports can land one checkpoint late; watching the storage and pausing the writers cannot.
     """
-    from rayline.registry import checkpoint_metrics, complete_checkpoints
+    from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 
     def written() -> bool:
         return any(int(checkpoint_metrics(d)["epoch"]) == epoch for d in complete_checkpoints(run_dir))
@@ -327,7 +327,11 @@ def fill(directory: Path) -> Path:
 
 @dataclass
 class LoadReport:
-    """What clients saw while a fault happened: every request's final outcome and every retry."""
+    """What clients saw while a fault happened: every request's final outcome and every retry.
+
+    A retry hides a failed attempt from `failed`, so a test that promises no dropped request asserts
+    `retried == 0` as well, and one that allows some says how many and why (`retry_errors` has each).
+    """
 
     requests: int = 0
     failed: int = 0
@@ -341,6 +345,9 @@ class LoadReport:
     statuses: Counter = field(default_factory=Counter)
     """Final HTTP status of every request (0: no answer at all)."""
     errors: list[str] = field(default_factory=list)
+    """What each failed request finally got."""
+    retry_errors: list[str] = field(default_factory=list)
+    """What each retried attempt got, in order."""
 
     @property
     def error_rate(self) -> float:
@@ -354,7 +361,7 @@ class LoadReport:
         return (
             f"{self.requests} requests, {self.failed} failed ({self.error_rate:.2%}), {self.retried} retried, "
             f"{self.timeouts} client timeouts, slowest {self.slowest_s:.2f} s, statuses {dict(self.statuses)}; "
-            f"first errors: {self.errors[:3]}"
+            f"first errors: {self.errors[:3]}; first retried attempts: {self.retry_errors[:3]}"
         )
 
 
@@ -371,8 +378,9 @@ async def steady_load(
     retries: int = 3,
     headers: dict[str, str] | None = None,
     report: LoadReport | None = None,
+    pause_s: float = 0.0,
 ) -> LoadReport:
-    """Closed-loop clients POSTing `body` to `url` until `stop` is set.
+    """Closed-loop clients POSTing `body` to `url` until `stop` is set, each waiting `pause_s` between requests.
 
     Predict is idempotent, so a connection error, a timeout or a 5xx is retried (after a short pause)
     up to `retries` times; a 4xx is a final answer.
@@ -398,6 +406,7 @@ async def steady_load(
                     report.timeouts += 1
             if attempt < retries:
                 report.retried += 1
+                report.retry_errors.append(outcome)
                 await asyncio.sleep(0.2 * (attempt + 1))
         report.requests += 1
         report.latencies_s.append(time.monotonic() - began)
@@ -410,6 +419,8 @@ async def steady_load(
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             while not stop.is_set():
                 await one_request(client)
+                if pause_s:
+                    await asyncio.sleep(pause_s)
 
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return report
@@ -451,6 +462,39 @@ class BackgroundLoad:
         assert not self.thread.is_alive(), "the load's clients did not stop"
 
 
+# ---------------------------------------------------------------- Serve apps
+
+
+def replica_states(app: str, deployment: str = "ModelServer") -> dict[str, int]:
+    """How many replicas of a deployment are in each state (STARTING, RUNNING, STOPPING, ...), from
+    serve.status(); {} while the app is not deployed."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or deployment not in status.deployments:
+        return {}
+    return {str(state): n for state, n in status.deployments[deployment].replica_states.items() if n}
+
+
+def wait_until_serving(app: str, url: str, timeout_s: float = 180) -> None:
+    """Until Serve reports `app` RUNNING and `url`/healthz answers (the proxy learns routes a moment later);
+    fails at once with Serve's message if the deploy failed."""
+    from ray import serve
+
+    def serving() -> bool:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise AssertionError(f"Serve app {app!r} is {status.status}: {status.message}")
+        if status is None or status.status != "RUNNING":
+            return False
+        try:
+            return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(serving, timeout_s, f"Serve app {app!r} to answer at {url}", 0.2)
+
+
 # ---------------------------------------------------------------- a model to serve
 
 
@@ -462,10 +506,11 @@ def register_tiny_model(root: Path, *, name: str = "tiny"):
     No Ray needed."""
     import torch
 
+    from rayline.checkpoint import save_checkpoint
     from rayline.config import validate_config
     from rayline.data.preprocess import NumericStat, Preprocessor
     from rayline.models import build_model
-    from rayline.registry import Registry, save_checkpoint
+    from rayline.registry import Registry
 
     config = validate_config(
         {

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from rayline.checkpoint import save_checkpoint
 from rayline.config import FeatureConfig, ModelConfig, PipelineConfig, ServeConfig
 from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
 from rayline.models import build_model
-from rayline.registry import ModelVersion, Registry, save_checkpoint
+from rayline.registry import ModelVersion, Registry
 
 CLASSES = ["cat", "dog", "eel"]
 COLORS = ["red", "green", "blue"]

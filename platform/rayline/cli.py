@@ -1,19 +1,17 @@
-"""The `rayline` command: parse arguments, dispatch to one function per subcommand. Imported by nothing."""
+"""The `rayline` command: one function per subcommand (their arguments: cli_parser.py), and main."""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+from rayline.cli_output import describe_prediction, models_table, print_report
 from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
 from rayline.errors import RaylineError
-
-DEFAULT_ROOT = os.environ.get("RAYLINE_ROOT", ".rayline")
-
 
 # ---------------------------------------------------------------- commands
 
@@ -35,7 +33,8 @@ def cmd_make_example(args) -> int:
     from rayline.data.examples import write_example
 
     output = args.output or f"data/{args.name}.csv"
-    rows = write_example(args.name, output)
+    with writing(output):
+        rows = write_example(args.name, output)
     print(f"wrote {rows} rows of the {args.name} example to {output}")
     return 0
 
@@ -43,9 +42,21 @@ def cmd_make_example(args) -> int:
 def cmd_make_digits(args) -> int:
     from rayline.data import write_digits
 
-    rows = write_digits(args.output)
+    with writing(args.output):
+        rows = write_digits(args.output)
     print(f"wrote {rows} rows of scikit-learn's digits to {args.output}")
     return 0
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """An --output that cannot be written (no such folder, no permission) as a one-line error."""
+    from rayline.data import DataError
+
+    try:
+        yield
+    except OSError as err:
+        raise DataError(f"--output {path}: cannot write it: {err.strerror or err}") from None
 
 
 def cmd_train(args) -> int:
@@ -106,10 +117,9 @@ def cmd_demo(args) -> int:
     print(f"HTTP {response.status_code}: {json.dumps(response.json())[:300]}...")
     for i, prediction in enumerate(response.json().get("predictions", [])):
         print(f"  row {i}: {describe_prediction(prediction)}")
-    serving.shutdown()
     from rayline.runtime import disconnect
 
-    disconnect()
+    disconnect()  # Serve first, then Ray: no warning about Serve's controller on the way out
     print(f"demo finished in {time.perf_counter() - began:.0f} s")
     return 0 if response.status_code == 200 else 1
 
@@ -134,8 +144,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from rayline.predict import predict_files
+    from rayline.predict import output_format, predict_files
+    from rayline.registry import Registry
 
+    Registry(args.root).find(args.model)  # an unknown model or output format is refused before Ray starts
+    output_format(args.output)
     start(args)
     model, rows = predict_files(args.root, args.model, args.input, args.output)
     print(f"predicted {rows} rows with model {model} into {args.output}")
@@ -157,52 +170,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-def models_table(records: list[dict], serving: dict[str, str | None]) -> str:
-    """Registered versions in aligned columns: name, version, epoch, the key metrics present, created."""
-    metrics = [
-        f"{split}_{key}"
-        for key in ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2")
-        for split in ("val", "test")
-        if any(f"{split}_{key}" in {**r.get("metrics", {}), **r.get("test_metrics", {})} for r in records)
-    ]
-    compared = any("comparison" in r.get("evaluation", {}) for r in records)
-    rows = [["", "name", "version", "epoch", *metrics, *(["baseline"] if compared else []), "created"]]
-    for r in records:
-        shown = {**r.get("metrics", {}), **r.get("test_metrics", {})}
-        rows.append(
-            [
-                "*" if serving.get(r["name"]) == r["version"] else "",
-                r["name"],
-                r["version"],
-                str(r["epoch"] + 1),
-                *(format_metric(shown.get(k)) for k in metrics),
-                *([baseline_verdict(r)] if compared else []),
-                r.get("created_at", ""),
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {3, *range(4, 4 + len(metrics))}  # numbers line up on the right
-    lines = [
-        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        for row in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def baseline_verdict(record: dict) -> str:
-    """How the version did against the linear baseline on the test split: ok, WORSE, or - (not compared)."""
-    comparison = record.get("evaluation", {}).get("comparison")
-    if comparison is None:
-        return "-"
-    return "WORSE" if comparison.get("worse_than_baseline") else "ok"
-
-
-def format_metric(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def cmd_promote(args) -> int:
     return switch_served_version(args, args.version)
 
@@ -215,17 +182,14 @@ def switch_served_version(args, version: str | None) -> int:
     from rayline.registry import ModelVersion
     from rayline.serve import control
 
-    if args.address or os.environ.get("RAY_ADDRESS"):
+    if args.ray_address or os.environ.get("RAY_ADDRESS"):
         start(args)
-    try:
-        if version is None:
-            model, apps = control.rollback(args.root, args.name)
-        else:
-            apps = control.promote(args.root, args.name, version)
-            model = ModelVersion(args.name, version)
-    except control.ServeDeployError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # A failed switch is a ServeDeployError, a RaylineError: main prints it and exits with 2.
+    if version is None:
+        model, apps = control.rollback(args.root, args.name)
+    else:
+        apps = control.promote(args.root, args.name, version)
+        model = ModelVersion(args.name, version)
     print(control.switch_summary(args.root, model, apps))
     return 0
 
@@ -235,17 +199,17 @@ def cmd_submit(args) -> int:
 
     submission_id = jobs.submit(
         args.pipeline,
-        address=args.address,
+        address=args.dashboard,
         overrides=args.set,
         working_dir=args.working_dir,
         serve=args.serve,
         submission_id=args.job_id,
     )
-    print(f"submitted job {submission_id} to {jobs.dashboard_address(args.address)}")
+    print(f"submitted job {submission_id} to {jobs.dashboard_address(args.dashboard)}")
     if not args.wait:
         print(f"follow it with: rayline jobs logs {submission_id} --follow")
         return 0
-    final = jobs.follow(submission_id, args.address)
+    final = jobs.follow(submission_id, args.dashboard)
     print(f"job {submission_id} {final}")
     return 0 if final == "SUCCEEDED" else 1
 
@@ -254,22 +218,22 @@ def cmd_jobs(args) -> int:
     from rayline import jobs
 
     if args.action == "list":
-        for job in jobs.list_jobs(args.address):
+        for job in jobs.list_jobs(args.dashboard):
             print(f"{job.submission_id or job.job_id:36} {job.status!s:10} {job.entrypoint}")
         return 0
     if not args.job_id:
         raise ConfigError(f"rayline jobs {args.action}: needs a job id (see `rayline jobs list`)")
     if args.action == "status":
-        info = jobs.status(args.job_id, args.address)
+        info = jobs.status(args.job_id, args.dashboard)
         print(f"{args.job_id} {info.status}" + (f": {info.message}" if info.message else ""))
     elif args.action == "logs" and args.follow:
-        final = jobs.follow(args.job_id, args.address)
+        final = jobs.follow(args.job_id, args.dashboard)
         print(f"job {args.job_id} {final}")
         return 0 if final == "SUCCEEDED" else 1
     elif args.action == "logs":
-        print(jobs.logs(args.job_id, args.address), end="")
+        print(jobs.logs(args.job_id, args.dashboard), end="")
     else:
-        stopping = jobs.stop(args.job_id, args.address)
+        stopping = jobs.stop(args.job_id, args.dashboard)
         print(f"stopping job {args.job_id}" if stopping else f"job {args.job_id} had already ended")
     return 0
 
@@ -278,9 +242,32 @@ def cmd_jobs(args) -> int:
 
 
 def start(args) -> str:
-    from rayline.runtime import connect
+    from rayline.runtime import connect, quiet_serve
 
-    return connect(verbose=args.verbose, address=getattr(args, "address", None))
+    dashboard = connect(verbose=args.verbose, address=args.ray_address)
+    if args.command in ("run", "demo", "serve") and not args.verbose:
+        quiet_serve()
+    stop_on_sigterm()
+    return dashboard
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemctl stop, a deleted Kubernetes pod), raised where Ctrl-C raises
+    KeyboardInterrupt, so both leave the same way: Serve, then the embedded cluster, shut down."""
+
+
+def stop_on_sigterm() -> None:
+    """Take SIGTERM back from Ray: at ray.init its core worker installs a C-level handler that prints a
+    stack dump and aborts. A second SIGTERM while shutting down is ignored (SIGKILL still ends it)."""
+    import signal
+    import threading
+
+    def terminate(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def train(cfg: PipelineConfig, args):
@@ -303,21 +290,10 @@ def search(cfg: PipelineConfig, args):
     return search_and_register(cfg, resume=getattr(args, "resume", False), verbose=args.verbose)
 
 
-def describe_prediction(prediction: dict) -> str:
-    if "label" in prediction:
-        return f"label {prediction['label']} (p={prediction['probabilities'][prediction['label']]:.4f})"
-    return f"value {prediction['value']:.4f}"
-
-
 def feature_names(cfg: PipelineConfig) -> set[str]:
     from rayline.data.infer import resolve_features
 
     return {f.name for f in resolve_features(cfg.data).features}
-
-
-def print_report(report) -> None:
-    shown = " ".join(f"{k}={v:.4f}" for k, v in report.test_metrics.items())
-    print(f"registered model {report.version}; test: {shown or '(no test split)'}")
 
 
 def serve_until_interrupted(root: str, model, serve_cfg: ServeConfig | None, dashboard: str) -> int:
@@ -341,95 +317,73 @@ def serve_until_interrupted(root: str, model, serve_cfg: ServeConfig | None, das
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rayline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, func: Callable, help: str, pipeline: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func=func)
-        p.add_argument("--verbose", action="store_true", help="show Ray's logs and progress bars")
-        if pipeline:
-            p.add_argument("pipeline", help="pipeline YAML file")
-            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-        return p
-
-    validate = command("validate", cmd_validate, "check a pipeline YAML without starting Ray")
-    validate.add_argument(
-        "--data", action="store_true", help="read the source's first rows (no Ray) and print its features as YAML"
-    )
-    command("train", cmd_train, "ingest, train and register a model")
-    run = command("run", cmd_run, "train, register and serve until Ctrl-C")
-    run.add_argument("--no-serve", action="store_true", help="stop after registering")
-    tune = command("tune", cmd_tune, "search hyperparameters with Ray Tune and register the best")
-    tune.add_argument("--resume", action="store_true", help="continue an interrupted search")
-    report = command("tune-report", cmd_tune_report, "redraw a search's table and learning curves", pipeline=False)
-    report.add_argument("results_dir", help="the search folder, <storage.root>/tune/<run name>")
-    command("demo", cmd_demo, "train, serve, send one HTTP request, shut down")
-    serve = command("serve", cmd_serve, "serve a registered model until Ctrl-C", pipeline=False)
-    serve.add_argument("pipeline", nargs="?", help="pipeline YAML: serves its model (storage and serve settings too)")
-    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    serve.add_argument("--model", metavar="NAME[/vN]", help="model name to serve, without a pipeline")
-    serve.add_argument("--version", help="version of the model, e.g. v3 (default: its serving one)")
-    serve.add_argument("--root", default=DEFAULT_ROOT, help="storage root (without a pipeline)")
-    predict = command("predict", cmd_predict, "batch prediction over a file with Ray Data", pipeline=False)
-    predict.add_argument(
-        "--model", metavar="NAME[/vN]", help="model name, or one version of it (default: the serving version)"
-    )
-    predict.add_argument("--input", required=True, help="file, directory or glob of Parquet/CSV/JSON lines")
-    predict.add_argument("--output", required=True, help="output directory; its extension picks the format")
-    predict.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
-    models = command("models", cmd_models, "list registered model versions", pipeline=False)
-    models.add_argument("name", nargs="?", help="only this model name's versions")
-    models.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
-    promote = command("promote", cmd_promote, "serve a registered version, switching running apps", pipeline=False)
-    promote.add_argument("name", help="model name (see `rayline models`)")
-    promote.add_argument("version", help="version of that model, e.g. v3")
-    rollback = command("rollback", cmd_rollback, "serve the model's previously served version again", pipeline=False)
-    rollback.add_argument("name", help="model name (see `rayline models`)")
-    for p in (promote, rollback):
-        p.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
-        p.add_argument("--address", help="Ray cluster whose running apps to switch (default: $RAY_ADDRESS)")
-    example = command("make-example", cmd_make_example, "write a bundled tabular example as CSV", pipeline=False)
-    example.add_argument("name", choices=["breast_cancer", "diabetes"], help="which example")
-    example.add_argument("--output", help="CSV path (default: data/NAME.csv)")
-    digits = command("make-digits", cmd_make_digits, "write scikit-learn's digits to Parquet", pipeline=False)
-    digits.add_argument("--output", default="data/digits.parquet")
-    for name in ("train", "run", "tune", "demo", "serve", "predict"):
-        sub.choices[name].add_argument(
-            "--address", help="join this running Ray cluster (host:port, or auto) instead of starting one"
-        )
-    add_job_commands(command)
-    return parser
+COMMANDS: dict[str, Callable] = {
+    "validate": cmd_validate,
+    "train": cmd_train,
+    "run": cmd_run,
+    "tune": cmd_tune,
+    "tune-report": cmd_tune_report,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+    "predict": cmd_predict,
+    "models": cmd_models,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "make-example": cmd_make_example,
+    "make-digits": cmd_make_digits,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+}
 
 
-def add_job_commands(command: Callable) -> None:
-    where = "the cluster's dashboard URL (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)"
-    submit = command("submit", cmd_submit, "run a pipeline as a Ray Job on a running cluster (Jobs API)")
-    submit.add_argument("--address", help=where)
-    submit.add_argument("--wait", action="store_true", help="print the job's logs until it ends; exit 1 on failure")
-    submit.add_argument("--serve", action="store_true", help="keep serving after registering, until stopped")
-    submit.add_argument("--working-dir", default=".", help="directory uploaded for the job (default: .)")
-    submit.add_argument("--job-id", help="submission id (default: rayline-<pipeline>-<random>)")
-    jobs = command("jobs", cmd_jobs, "status, logs, stop or list the cluster's Ray Jobs", pipeline=False)
-    jobs.add_argument("action", choices=["status", "logs", "stop", "list"])
-    jobs.add_argument("job_id", nargs="?", help="submission id (all but list)")
-    jobs.add_argument("--address", help=where)
-    jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
+def build_parser():
+    from rayline.cli_parser import build_parser as parser_for
+
+    return parser_for(COMMANDS, version_text())
+
+
+def version_text() -> str:
+    """`rayline --version`: rayline's own version and the Ray and torch it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"rayline {installed('rayline')} (ray {installed('ray')}, torch {installed('torch')})"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done (a server asked to stop by Ctrl-C or SIGTERM is done too), 2 a user error (one
+    line on stderr), 130 work cut short by Ctrl-C, 143 by SIGTERM, 1 a failed job or request."""
+    import signal
+
     args = build_parser().parse_args(argv)
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(f"config error: {one_line(err)}", file=sys.stderr)
     except RaylineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return 130
+    finally:
+        if sigterm is not None:  # None: a handler not set from Python (Ray's), which cannot be put back
+            signal.signal(signal.SIGTERM, sigterm)
     return 2
+
+
+def one_line(err: Exception) -> str:
+    """The message on one line: a ConfigError lists each bad field on a line of its own."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip(" ^"))
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -204,6 +204,65 @@ class ModelConfig(Section):
         return self
 
 
+def model_input_problem(model: ModelConfig, num_inputs: int, inputs: str) -> str | None:
+    """Why `model` cannot take `num_inputs` inputs per row (`inputs` says where they come from, e.g. "the 60
+    features"), with the settings that would fit; None when it can (an mlp takes any width)."""
+    if model.kind == "cnn":
+        values = model.image_shape[0] * model.image_shape[1] * model.image_shape[2]
+        if values != num_inputs:
+            fits = ", ".join(str(list(s)) for s in image_shapes(num_inputs, channels=model.image_shape[0]))
+            return (
+                f"model.image_shape {list(model.image_shape)} holds {values} values, but {inputs} give "
+                f"{num_inputs} inputs per row; shapes that fit: {fits}"
+            )
+    if model.kind == "transformer" and num_inputs % model.token_size:
+        fits = ", ".join(str(d) for d in divisors(num_inputs))
+        return (
+            f"model.token_size {model.token_size} does not cut the {num_inputs} inputs per row that {inputs} give "
+            f"into whole tokens; sizes that fit: {fits}"
+        )
+    return None
+
+
+def check_model_inputs(cfg: PipelineConfig, num_inputs: int | None = None, inputs: str | None = None) -> None:
+    """Refuse, on the driver, a model that cannot take the run's inputs per row: `num_inputs` once the
+    preprocessor is fitted (categorical widths), else what the listed features fix (nothing when they do not)."""
+    width = listed_input_width(cfg.data) if num_inputs is None else num_inputs
+    if width is None:
+        return
+    problem = model_input_problem(cfg.model, width, inputs or features_phrase(cfg.data))
+    if problem:
+        raise ConfigError(problem)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def image_shapes(num_inputs: int, channels: int, most: int = 4) -> list[tuple[int, int, int]]:
+    """(channels, height, width) shapes that hold num_inputs values, squarest first; the configured channel
+    count when it divides num_inputs, else one channel."""
+    c = channels if num_inputs % channels == 0 else 1
+    pixels = num_inputs // c
+    heights = [h for h in divisors(pixels) if h * h <= pixels]
+    return [(c, h, pixels // h) for h in reversed(heights)][:most]
+
+
+def listed_input_width(data: DataConfig) -> int | None:
+    """Model inputs per row when the config alone fixes them (listed numeric features: one each, two with a
+    missing indicator); None when it depends on the data (features: auto, categorical features)."""
+    if not data.resolved or any(f.kind != "numeric" for f in data.features):
+        return None
+    indicators = [f.indicator if f.indicator is not None else data.missing.indicator for f in data.features]
+    return sum(2 if indicator else 1 for indicator in indicators)
+
+
+def features_phrase(data: DataConfig) -> str:
+    """ "the 64 features" (after features: auto is resolved)."""
+    count = len(data.features) if data.resolved else 0
+    return f"the {count} feature{'s' if count != 1 else ''}"
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -320,6 +379,9 @@ class TrainConfig(Section):
     """How often Ray Train's controller collects the workers' reports and checks their health. A worker's
     second report waits until its first is collected, so Ray's default (2 s) holds epochs shorter than that
     back. Each poll is one remote call to every worker."""
+    start_timeout_s: Annotated[float, Field(gt=0.0)] = 300.0
+    """On an autoscaling cluster, how long a run waits for nodes that can hold its workers before it fails (a
+    fixed cluster that cannot hold them fails at once)."""
 
     @property
     def data_parallel_size(self) -> int:
@@ -559,6 +621,16 @@ class PipelineConfig(Section):
                 "at most 100 characters, and not a version such as v3"
             )
         return self
+
+    @field_validator("model")
+    @classmethod
+    def _model_fits_inputs(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        # Only where the config alone fixes the input width; the driver checks the rest once features are known.
+        data = info.data.get("data")
+        width = None if data is None else listed_input_width(data)
+        if width is not None and (problem := model_input_problem(model, width, features_phrase(data))):
+            raise ValueError(problem)
+        return model
 
     @field_validator("train")
     @classmethod

@@ -72,8 +72,9 @@ def client(address: str | None = None):
         ) from None
     except ConnectionError:
         raise JobsError(
-            f"cannot reach the Jobs API at {url}: is the cluster up, and the SSH tunnel to its dashboard "
-            "open (`ray dashboard cluster.yaml`, or `ssh -L 8265:localhost:8265 HEAD`)?"
+            f"cannot reach the Jobs API at {url}: is the cluster up, --dashboard its dashboard URL (port 8265 by "
+            "default), and the SSH tunnel to it open (`ray dashboard cluster.yaml`, or "
+            "`ssh -L 8265:localhost:8265 HEAD`)?"
         ) from None
 
 

@@ -10,13 +10,16 @@ from typing import Any
 import torch
 
 from rayline import baseline as linear
-from rayline.config import ConfigError, PipelineConfig
-from rayline.data import PreparedData, prepare_datasets
+from rayline.checkpoint import checkpoint_config, load_checkpoint
+from rayline.config import ConfigError, PipelineConfig, check_model_inputs, features_phrase
+from rayline.data import PreparedData, Preprocessor, prepare_datasets
+from rayline.data.infer import resolve_features
 from rayline.evaluation import confusion_matrix_png
-from rayline.registry import ModelVersion, Registry, checkpoint_config, load_checkpoint
+from rayline.registry import ModelVersion, Registry
 from rayline.train import TrainOutcome, fit
 from rayline.train.driver import batch_for_small_data
 from rayline.train.evaluate import SplitResult, evaluate
+from rayline.train.resources import check_cluster_fits
 from rayline.train.weights import check_class_weight, class_weights_for
 
 CONFUSION_PNG = "confusion_matrix.png"
@@ -43,9 +46,9 @@ def train_and_register(
     verbose: bool = False,
 ) -> TrainReport:
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
-    require_writable_storage(cfg.storage.root)
-    check_class_weight(cfg)  # before the data is read
-    data = prepare_datasets(cfg.data)
+    cfg = preflight(cfg)
+    wait_for_nodes = check_cluster_fits(cfg.train, log)
+    data = prepare_datasets(cfg.data, check=model_takes_inputs(cfg))
     cfg = cfg.model_copy(update={"data": data.data_cfg})  # features: auto resolved, for workers and checkpoints
     log_rows_left_out(data, log)
     log(
@@ -55,7 +58,9 @@ def train_and_register(
     )
     cfg = fit_batch_to_data(cfg, data, log)
     class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)  # counted once: model, baseline
-    outcome = fit(cfg, data, on_epoch=on_epoch, verbose=verbose, class_weights=class_weights)
+    outcome = fit(
+        cfg, data, on_epoch=on_epoch, verbose=verbose, class_weights=class_weights, wait_for_nodes=wait_for_nodes
+    )
     summary = early_stopping_summary(outcome, cfg)
     test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
     evaluation.update(training_notes(outcome, cfg, class_weights, data))
@@ -70,6 +75,26 @@ def train_and_register(
         artifacts=artifacts,
     )
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
+
+
+def preflight(cfg: PipelineConfig) -> PipelineConfig:
+    """Checks that read no data through Ray, so a mistake costs seconds: storage, class weights, and whether the
+    model takes the features (features: auto resolved here from the source's first rows)."""
+    require_writable_storage(cfg.storage.root)
+    check_class_weight(cfg)
+    cfg = cfg.model_copy(update={"data": resolve_features(cfg.data)})
+    check_model_inputs(cfg)
+    return cfg
+
+
+def model_takes_inputs(cfg: PipelineConfig) -> Callable[[Preprocessor], None]:
+    """The check of the fitted preprocessor's width (categorical features), before any split is transformed."""
+
+    def check(preprocessor: Preprocessor) -> None:
+        inputs = f"{features_phrase(cfg.data)} (after encoding)"
+        check_model_inputs(cfg, preprocessor.num_inputs, inputs)
+
+    return check
 
 
 def log_rows_left_out(data: PreparedData, log: Callable[[str], None]) -> None:
@@ -105,12 +130,18 @@ def search_and_register(
     cfg: PipelineConfig, *, resume: bool = False, log: Callable[[str], None] = print, verbose: bool = False
 ) -> TrainReport:
     """Search hyperparameters with distributed trials, report them, and register the best checkpoint."""
-    from rayline.tune import run_search
-    from rayline.tune.report import report_from_dir
+    import ray
 
-    require_writable_storage(cfg.storage.root)
-    check_class_weight(cfg)  # before the data is read
-    data = prepare_datasets(cfg.data)
+    from rayline.tune import run_search
+    from rayline.tune.plan import cluster_resources, plan_trials
+    from rayline.tune.report import report_from_dir
+    from rayline.tune.space import load_search_space
+
+    cfg = preflight(cfg)
+    load_search_space(cfg.tune.search_space, cfg)  # every searched model value against the features, too
+    if ray.is_initialized():
+        plan_trials(cfg, *cluster_resources())  # planned again, for concurrency, once the data is ready
+    data = prepare_datasets(cfg.data, check=model_takes_inputs(cfg))
     cfg = cfg.model_copy(update={"data": data.data_cfg})
     log_rows_left_out(data, log)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")

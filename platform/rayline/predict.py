@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rayline.checkpoint import load_checkpoint
 from rayline.data import DataError
 from rayline.data.errors import reading
 from rayline.data.files import resolve_source
 from rayline.data.read import open_source
-from rayline.registry import ModelVersion, Registry, load_checkpoint
+from rayline.registry import ModelVersion, Registry
 
 WRITERS = {"parquet": "write_parquet", "csv": "write_csv", "json": "write_json"}
 

@@ -59,8 +59,12 @@ class ModelVersion:
         return f"{self.name}/{self.version}"
 
 
+def is_version(text: object) -> bool:
+    return isinstance(text, str) and bool(VERSION.fullmatch(text))
+
+
 def is_name(text: str) -> bool:
-    return bool(NAME.fullmatch(text)) and not VERSION.fullmatch(text)
+    return bool(NAME.fullmatch(text)) and not is_version(text)
 
 
 def check_name(name: str, where: str = "model name") -> str:
@@ -73,21 +77,21 @@ def check_name(name: str, where: str = "model name") -> str:
 
 
 def check_version(version: str, known: list[str], name: str) -> str:
-    if not isinstance(version, str) or not VERSION.fullmatch(version):
+    if not is_version(version):
         shown = ", ".join(known) or "none yet"
         raise RegistryError(f"{version!r} is not a model version; versions look like v3 ({name} has: {shown})")
     return version
 
 
 def version_number(name: str) -> int:
-    return int(name[1:]) if VERSION.fullmatch(name) else 0
+    return int(name[1:]) if is_version(name) else 0
 
 
 def split_model_spec(spec: str) -> tuple[str, str | None]:
     """'digits/v3' -> ('digits', 'v3'); 'digits' -> ('digits', None). Checks the forms, not existence."""
     name, slash, version = spec.partition("/")
     check_name(name, "--model")
-    if slash and not VERSION.fullmatch(version):
+    if slash and not is_version(version):
         raise RegistryError(f"--model {spec!r}: {version!r} is not a version; write NAME or NAME/v3")
     return name, version or None
 
@@ -175,11 +179,11 @@ class RegisteredModel:
     def versions(self) -> list[str]:
         if not self.path.is_dir():
             return []
-        found = [p.name for p in self.path.iterdir() if VERSION.fullmatch(p.name) and (p / RECORD_FILE).is_file()]
+        found = [p.name for p in self.path.iterdir() if is_version(p.name) and (p / RECORD_FILE).is_file()]
         return sorted(found, key=version_number)
 
     def record(self, version: str) -> dict[str, Any]:
-        if not isinstance(version, str) or not VERSION.fullmatch(version):
+        if not is_version(version):
             check_version(version, self.versions(), self.name)
         path = self.path / version / RECORD_FILE
         if not path.is_file():
@@ -262,7 +266,7 @@ def unnamed_versions(registry: Path) -> dict[str, Path]:
     models = registry / "models"
     if not models.is_dir():
         return {}
-    return {p.name: p for p in models.iterdir() if p.is_dir() and VERSION.fullmatch(p.name)}
+    return {p.name: p for p in models.iterdir() if p.is_dir() and is_version(p.name)}
 
 
 def has_unnamed_layout(registry: Path) -> bool:
@@ -324,7 +328,7 @@ def reclaim_or_claim(folder: Path, taken: set[Path]) -> Path:
     """A new number for a version whose own is taken. A migration cut short has already claimed (and may have
     written into a marker) empty version folders, in this same order: reuse those first, so the markers it wrote
     still name the versions that move there."""
-    empty = [p for p in folder.iterdir() if VERSION.fullmatch(p.name) and p.is_dir() and not any(p.iterdir())]
+    empty = [p for p in folder.iterdir() if is_version(p.name) and p.is_dir() and not any(p.iterdir())]
     for candidate in sorted(empty, key=lambda p: version_number(p.name)):
         if candidate not in taken:
             return candidate

@@ -1,4 +1,4 @@
-"""Connecting to Ray: an embedded local cluster by default, an existing one when --address or RAY_ADDRESS says so."""
+"""Connecting to Ray: an embedded local cluster by default, an existing one named by --ray-address or RAY_ADDRESS."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import logging
 import os
 import socket
 import time
+
+from rayline.errors import RaylineError
+
+
+class ClusterError(RaylineError, ConnectionError):
+    """The Ray cluster to join is not there, or what was given is not a Ray address."""
 
 
 def quiet_environment(verbose: bool) -> None:
@@ -28,6 +34,7 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
     quiet_environment(verbose)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        check_reachable(address)
         # Cluster-wide options may only be given when this process starts the cluster.
         embedded = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if not address else {}
         if not verbose:
@@ -40,17 +47,43 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             # Distributed trials start many small-CPU actors at once; the raylet's default cap (one
             # starting worker per core) serialises their start-up and warns about it on every search.
             os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
-        ray.init(
-            # "local", not None: ray.init(None) would join whatever cluster `ray start` last started on
-            # this machine; joining one is asked for with --address (auto, or host:port).
-            address=address or "local",
-            logging_level=logging.INFO if verbose else logging.WARNING,
-            log_to_driver=verbose,
-            **embedded,
-        )
+        try:
+            ray.init(
+                # "local", not None: ray.init(None) would join whatever cluster `ray start` last started on
+                # this machine; joining one is asked for with --ray-address (auto, or host:port).
+                address=address or "local",
+                logging_level=logging.INFO if verbose else logging.WARNING,
+                log_to_driver=verbose,
+                **embedded,
+            )
+        except ConnectionError as err:  # `auto` with no cluster on this machine, a GCS that went away
+            raise ClusterError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
     wait_for_resources()
     quiet_data(verbose)
     return dashboard_url()
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse a dashboard URL, and a host:port nothing listens on, at once: for an unreachable GCS
+    ray.init retries for minutes."""
+    if not address or address in ("auto", "local") or address.startswith("ray://"):
+        return
+    given = f"--ray-address / RAY_ADDRESS {address!r}"
+    if "://" in address:
+        raise ClusterError(
+            f"{given} is a URL: it takes the Ray cluster's GCS address, HOST:6379 (or auto on a node of the "
+            "cluster); the dashboard URL (HOST:8265) is for `rayline submit` / `rayline jobs` --dashboard"
+        )
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"{given} is not HOST:PORT (the GCS address, e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err}): is it up (`ray start --head` "
+            "prints its address), and is this its GCS port (6379 by default), not the dashboard's?"
+        ) from None
 
 
 def wait_for_resources(timeout_s: float = 15.0) -> None:
@@ -130,8 +163,45 @@ def dashboard_url() -> str:
     return url if url.startswith("http") else f"http://{url}"
 
 
+def quiet_serve() -> None:
+    """Serve's INFO lines (Started Serve in namespace ...) off; its warnings stay. `import ray.serve` sets up
+    its logger at INFO, so this runs after that import, before Serve starts."""
+    import ray.serve  # noqa: F401
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def shutdown_serve(timeout_s: float = 30.0) -> None:
+    """serve.shutdown(), without the warning stock Serve ends every shutdown with.
+
+    serve.shutdown() asks the controller to shut down with a call that only ends when the controller has
+    killed itself. The call inherits the controller's infinite task retries, so its expected failure reaches
+    the driver as "Task ServeController.graceful_shutdown failed. There are infinite retries remaining...".
+    The same call without retries ends with a plain RayActorError, which is the controller exiting.
+    """
+    import ray
+    from ray.serve.context import _disconnect, _get_global_client
+
+    if not ray.is_initialized():
+        return
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return
+    client.shutdown_cached_handles()
+    try:
+        ray.get(client._controller.graceful_shutdown.options(max_task_retries=0).remote(), timeout=timeout_s)
+    except ray.exceptions.RayActorError:
+        pass  # the controller exited once everything was down
+    except ray.exceptions.GetTimeoutError:
+        logging.getLogger(__name__).warning("Serve's controller did not shut down within %g s", timeout_s)
+    client._shutdown = True
+    _disconnect()
+
+
 def disconnect() -> None:
+    """Shut Serve down, then Ray (and with it the embedded cluster's processes, when this process started it)."""
     import ray
 
     if ray.is_initialized():
+        shutdown_serve()
         ray.shutdown()

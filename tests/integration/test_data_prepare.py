@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import PIXELS, digits_source
 from rayline.config import DataConfig, MissingConfig, SplitConfig
 from rayline.data import (
     DataError,
@@ -12,7 +13,6 @@ from rayline.data import (
     prepare_datasets,
     read_source,
     split_dataset,
-    write_digits,
 )
 from rayline.data.prepare import leave_out
 
@@ -56,12 +56,12 @@ def test_split_is_deterministic_whatever_the_block_layout(ray_cluster, houses):
     first = split_dataset(read_source(cfg), cfg.split)
     # Another block layout of the same rows must not move any row to another split.
     again = split_dataset(read_source(cfg).repartition(5), cfg.split)
-    for a, b in zip(first[:3], again[:3], strict=True):
-        assert ids(a) == ids(b)
-    sizes = [len(ids(s)) for s in first[:3]]
+    train, validation, test = (ids(split) for split in first[:3])
+    assert [train, validation, test] == [ids(split) for split in again[:3]]
+    sizes = [len(train), len(validation), len(test)]
     assert sum(sizes) == 200
     assert abs(sizes[1] - 40) <= 15 and abs(sizes[2] - 20) <= 12, sizes
-    assert sorted(ids(first.train) + ids(first.validation) + ids(first.test)) == list(range(200))
+    assert sorted(train + validation + test) == list(range(200))
     assert first.train.columns() == ["id", "size", "zone", "price", "kind"]
 
 
@@ -98,14 +98,7 @@ def test_statistics_come_from_the_training_split_only(ray_cluster, houses):
 
 
 def test_prepare_digits(ray_cluster, tmp_path):
-    source = tmp_path / "digits.parquet"
-    write_digits(str(source))
-    cfg = DataConfig(
-        source=str(source),
-        task="classification",
-        label="label",
-        features=[f"pixel_{i}" for i in range(64)],
-    )
+    cfg = DataConfig(source=str(digits_source(tmp_path)), task="classification", label="label", features=PIXELS)
     data = prepare_datasets(cfg)
 
     assert sum(data.num_rows.values()) == 1797
@@ -123,7 +116,7 @@ def test_prepare_digits(ray_cluster, tmp_path):
     np.testing.assert_allclose(train["x"].mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(train["x"][:, varying].std(axis=0), 1.0, atol=1e-4)
     raw_test = data.raw_test.to_pandas()
-    assert list(raw_test.columns) == [f"pixel_{i}" for i in range(64)] + ["label"]
+    assert list(raw_test.columns) == [*PIXELS, "label"]
     assert len(raw_test) == data.num_rows["test"] == data.test.count()
 
 

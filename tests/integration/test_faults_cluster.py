@@ -10,37 +10,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from clusters import RayCluster, RayNode, start_cluster
 from faults import command_line, crash_process_group, process_tree, wait_until
-from rayline.data import write_digits
+from pipelines import digits_pipeline, write_pipeline
 from rayline.registry import Registry
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 6
 
+# The GCS declares a node dead after this many failed health checks this far apart (Ray's defaults, 5 x 3 s,
+# leave a run waiting 15 s for workers that are already gone). Each check still has Ray's 10 s timeout, so
+# a node that is only slow is not declared dead.
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
-def write_pipeline(tmp_path: Path) -> Path:
-    source = tmp_path / "digits.parquet"
-    write_digits(str(source))
-    pipeline = {
-        "name": "node-loss",
-        "data": {
-            "source": str(source),
-            "task": "classification",
-            "label": "label",
-            "features": [f"pixel_{i}" for i in range(64)],
-        },
-        "model": {"kind": "mlp", "hidden_sizes": [64]},
-        "train": {"num_workers": 2, "cpus_per_worker": 1, "epochs": EPOCHS, "batch_size": 16, "max_failures": 2},
-        # One machine plays every node here, so a local path is storage every node shares.
-        "storage": {"root": str(tmp_path / "store")},
-    }
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(pipeline))
-    return path
+
+def node_loss_pipeline(tmp_path: Path) -> Path:
+    # One machine plays every node here, so a local path (storage.root under tmp_path) is storage every node shares.
+    train = {"num_workers": 2, "cpus_per_worker": 1, "epochs": EPOCHS, "batch_size": 16, "max_failures": 2}
+    pipeline = digits_pipeline(tmp_path, "node-loss", model={"hidden_sizes": [64]}, train=train)
+    return write_pipeline(tmp_path / "pipeline.yaml", pipeline)
 
 
 def runs(node: RayNode, process_title: str) -> bool:
@@ -56,10 +46,9 @@ def epochs_printed(log: Path) -> list[int]:
 @pytest.fixture
 def cluster() -> Iterator[RayCluster]:
     """A head without CPUs (it runs the driver) and three 1-CPU worker nodes."""
-    cluster = start_cluster(num_cpus=0)
+    cluster = start_cluster(num_cpus=0, node_env=FAST_NODE_DEATH)
     try:
-        for _ in range(3):
-            cluster.add_node(num_cpus=1)
+        cluster.add_nodes(3, num_cpus=1)
         yield cluster
     finally:
         cluster.stop()
@@ -74,7 +63,7 @@ def test_a_node_lost_mid_training_is_survived_on_the_remaining_nodes(cluster, tm
     one without it: losing the queue is a fault of its own (test_faults_train.py).
     """
     log = tmp_path / "train.log"
-    command = [sys.executable, "-m", "rayline.cli", "train", str(write_pipeline(tmp_path))]
+    command = [sys.executable, "-m", "rayline.cli", "train", str(node_loss_pipeline(tmp_path))]
     env = cluster.client_env()
     with log.open("w") as out:
         driver = subprocess.Popen(

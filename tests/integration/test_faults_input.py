@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from faults import register_tiny_model
+from pipelines import PIXELS, digits_source
+from rayline.checkpoint import file_sha256
 from rayline.config import PipelineConfig, validate_config
-from rayline.data import DataError, write_digits
+from rayline.data import DataError
 from rayline.pipeline import train_and_register
-from rayline.registry import Registry, file_sha256
-
-FEATURES = [f"pixel_{i}" for i in range(64)]
+from rayline.registry import Registry
 
 
 def quiet(_: str) -> None:
@@ -27,13 +27,11 @@ def quiet(_: str) -> None:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> pd.DataFrame:
-    path = tmp_path_factory.mktemp("clean") / "digits.parquet"
-    write_digits(str(path))
-    return pd.read_parquet(path)
+    return pd.read_parquet(digits_source(tmp_path_factory.mktemp("clean")))
 
 
 def pipeline(source: Path, root: Path, missing: dict | None = None, **train) -> PipelineConfig:
-    data = {"source": str(source), "task": "classification", "label": "label", "features": FEATURES}
+    data = {"source": str(source), "task": "classification", "label": "label", "features": PIXELS}
     return validate_config(
         {
             "name": "hostile",

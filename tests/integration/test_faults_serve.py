@@ -19,8 +19,9 @@ from faults import (
     sigkill,
     wait_until,
 )
+from rayline.checkpoint import file_sha256
 from rayline.config import ServeConfig
-from rayline.registry import Registry, file_sha256
+from rayline.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -72,11 +73,11 @@ def wide_rows(rows: int) -> bytes:
 
 
 HOSTILE = {
-    # name: (body, statuses that are a clear answer, words the error must hold)
+    # name: (body, statuses that are a clear answer, words the error must hold: never "", which every error holds)
     "10 MB body": (b'{"rows": [[1, 2, 3, "' + b"9" * (10 << 20) + b'"]]}', {413}, "larger than the limit"),
     "100k-row batch": (wide_rows(100_000), {413}, "larger than the limit"),
     "2,000-row batch": (wide_rows(2_000), {422}, "limit of 1024"),
-    "JSON nested 50,000 deep": (deeply_nested(50_000), {400, 422}, ""),
+    "JSON nested 50,000 deep": (deeply_nested(50_000), {400}, "not valid JSON"),
     "non-numeric strings": (json.dumps({"rows": [["a", "b", "c", "d"]]}).encode(), {422}, "expected a number"),
     "NaN and Infinity": (b'{"rows": [[NaN, Infinity, -Infinity, 1]]}', {422}, "finite"),
     "a number beyond float64": (b'{"rows": [[1e999, 1, 2, 3]]}', {422}, "finite"),
@@ -87,6 +88,7 @@ HOSTILE = {
 def test_a_hostile_request_gets_a_clear_error_and_the_replicas_survive(served, case):
     root, url = served
     body, statuses, words = HOSTILE[case]
+    assert words.strip(), "an empty expected text matches every error message"
     before, registry_before = replica_pids(APP), registry_digests(root)
 
     began = time.monotonic()
@@ -108,8 +110,10 @@ def test_a_hostile_request_gets_a_clear_error_and_the_replicas_survive(served, c
 def test_a_replica_killed_under_load_is_replaced_and_clients_barely_notice(served):
     _, url = served
     assert len(replica_pids(APP)) == 2
-    with BackgroundLoad(f"{url}/predict", ROW, concurrency=4, timeout_s=REQUEST_TIMEOUT_S, retries=3) as load:
+    concurrency = 4
+    with BackgroundLoad(f"{url}/predict", ROW, concurrency=concurrency, timeout_s=REQUEST_TIMEOUT_S, retries=3) as load:
         load.wait_for(100)
+        assert load.report.retried == 0, f"retries before the fault: {load.report.summary()}"
         killed = kill_serve_replica(APP)
         began = time.monotonic()
         wait_until(lambda: killed not in (p := replica_pids(APP)) and len(p) == 2, 180, "a replacement replica")
@@ -118,7 +122,15 @@ def test_a_replica_killed_under_load_is_replaced_and_clients_barely_notice(serve
     report = load.report
     print(f"replica {killed} killed; replaced in {recovery_s:.1f} s; {report.summary()}")
 
-    assert report.error_rate < 0.01, report.summary()
+    # Retries would hide dropped requests, so they are counted: SIGKILL loses only the requests that were
+    # inside the killed replica at that moment, and a closed-loop client has at most one request in flight,
+    # so at most `concurrency` attempts fail (each retried once, onto the surviving replica). More means
+    # Serve kept routing to the dead replica, or the replacement dropped requests too.
+    assert report.retried <= concurrency, report.summary()
+    assert report.failed == 0, report.summary()
+    assert all(
+        e.startswith(("HTTP 5", "RemoteProtocolError", "ReadError", "ConnectError")) for e in report.retry_errors
+    ), report.summary()
     assert report.timeouts == 0, "no request hung until the client gave up"
     assert report.slowest_s < REQUEST_TIMEOUT_S, report.summary()
 
@@ -147,6 +159,8 @@ def test_requests_to_a_blocked_replica_get_a_timely_error_not_a_hang(blocked):
     print(f"blocked replica: {report.summary()}")
     assert report.timeouts == 0, report.summary()
     assert set(report.statuses) == {504}, report.summary()
+    limit = f"took longer than the {BLOCKED_TIMEOUT_S:g} s limit"
+    assert all(limit in e for e in report.errors), report.summary()
     assert report.slowest_s < BLOCKED_TIMEOUT_S + 3, report.summary()
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from faults import freeze_writer, kill_train_worker, live_actors, sigkill, train_worker_pids, wait_until
-from rayline.config import PipelineConfig, validate_config
-from rayline.data import write_digits
+from pipelines import digits_config, digits_source
+from rayline.checkpoint import MODEL_FILE, load_checkpoint, verify_checkpoint
+from rayline.config import PipelineConfig
 from rayline.pipeline import TrainReport, train_and_register
-from rayline.registry import MODEL_FILE, Registry, RegistryError, load_checkpoint, verify_checkpoint
+from rayline.registry import Registry, RegistryError
 
 pytestmark = pytest.mark.slow
 
@@ -31,33 +32,21 @@ def quiet(_: str) -> None:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("digits") / "digits.parquet"
-    write_digits(str(path))
-    return path
+    """The directory holding the digits file every run here reads."""
+    directory = tmp_path_factory.mktemp("digits")
+    digits_source(directory)
+    return directory
 
 
 def pipeline(digits: Path, root: Path, run_name: str, *, hidden: list[int], **train) -> PipelineConfig:
-    return validate_config(
-        {
-            "name": "faults",
-            "data": {
-                "source": str(digits),
-                "task": "classification",
-                "label": "label",
-                "features": [f"pixel_{i}" for i in range(64)],
-            },
-            # No dropout: its random masks are not checkpointed, and without them a resumed run is the same
-            # computation as an undisturbed one, so their accuracies can be compared point for point.
-            "model": {"kind": "mlp", "hidden_sizes": hidden, "dropout": 0.0},
-            "train": {
-                "num_workers": 2,
-                "epochs": EPOCHS,
-                "batch_size": 16,
-                "optimizer": {"name": "adamw", "lr": 0.003},
-                **train,
-            },
-            "storage": {"root": str(root), "run_name": run_name},
-        }
+    return digits_config(
+        digits,
+        "faults",
+        # No dropout: its random masks are not checkpointed, and without them a resumed run is the same
+        # computation as an undisturbed one, so their accuracies can be compared point for point.
+        model={"kind": "mlp", "hidden_sizes": hidden, "dropout": 0.0},
+        train={"epochs": EPOCHS, "batch_size": 16, "optimizer": {"name": "adamw", "lr": 0.003}, **train},
+        storage={"root": str(root), "run_name": run_name},
     )
 
 

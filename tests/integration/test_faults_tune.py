@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from faults import crash_process_group, kill_processes_with_env, wait_until
+from pipelines import digits_pipeline, write_pipeline
+from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 from rayline.config import load_config
-from rayline.data import write_digits
 from rayline.pipeline import TrainReport, search_and_register
-from rayline.registry import Registry, checkpoint_metrics, complete_checkpoints
+from rayline.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -32,32 +33,21 @@ IMPOSSIBLE = 2**40
 """A hidden width whose first layer needs 64 x 2^40 float32 weights (256 TiB): no machine can allocate it."""
 
 
-def write_pipeline(tmp_path: Path, space: dict, max_t: int = 3, train: dict | None = None, **tune) -> Path:
-    source = tmp_path / "digits.parquet"
-    write_digits(str(source))
+def search_pipeline(tmp_path: Path, space: dict, max_t: int = 3, train: dict | None = None, **tune) -> Path:
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    pipeline = {
-        "name": "search",
-        "data": {
-            "source": str(source),
-            "task": "classification",
-            "label": "label",
-            "features": [f"pixel_{i}" for i in range(64)],
-        },
-        "model": {"kind": "mlp", "hidden_sizes": [32]},
-        "train": {"num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 64, **(train or {})},
-        "tune": {
+    pipeline = digits_pipeline(
+        tmp_path,
+        "search",
+        train={"cpus_per_worker": 0.5, **(train or {})},
+        tune={
             "search_space": str(tmp_path / "space.yaml"),
             "metric": "val_accuracy",
             "mode": "max",
             "scheduler": {"kind": "fifo", "max_t": max_t},
             **tune,
         },
-        "storage": {"root": str(tmp_path / "store")},
-    }
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(pipeline))
-    return path
+    )
+    return write_pipeline(tmp_path / "pipeline.yaml", pipeline)
 
 
 def trial_results(experiment: Path) -> list[list[dict]]:
@@ -107,7 +97,7 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     space = {"train.optimizer.lr": {"loguniform": [0.001, 0.01]}}
     # Epochs here take a fraction of a second; reports collected every 2 s keep a trial in flight long enough
     # to be caught there.
-    pipeline = write_pipeline(tmp_path, space, train={"poll_interval_s": 2.0}, num_samples=2, max_concurrent_trials=1)
+    pipeline = search_pipeline(tmp_path, space, train={"poll_interval_s": 2.0}, num_samples=2, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
     # crashed cluster's files, and any process it leaves, are told apart from every other Ray on the machine.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlf-", dir="/tmp"))
@@ -191,7 +181,7 @@ class ImpossibleTrial:
 def impossible_trial(ray_cluster, tmp_path_factory) -> ImpossibleTrial:
     tmp_path = tmp_path_factory.mktemp("impossible")
     space = {"model.hidden_sizes": {"grid": [[32], [IMPOSSIBLE]]}}
-    cfg = load_config(write_pipeline(tmp_path, space, searcher="grid", num_samples=1, max_t=2))
+    cfg = load_config(search_pipeline(tmp_path, space, searcher="grid", num_samples=1, max_t=2))
     printed = io.StringIO()
     report = error = None
     with contextlib.redirect_stdout(printed):  # Tune's progress callback prints in this process

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from clusters import REPO, VENV_BIN, Lines, metric_samples, read_metrics, start_cluster, wait_for_samples
-from rayline.data import write_digits
+from pipelines import PIXELS, digits_source
 from rayline.registry import Registry
 from rayline.runtime import free_port
 
@@ -28,9 +28,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "digits.parquet"
-    write_digits(str(path))
-    return str(path)
+    return str(digits_source(tmp_path_factory.mktemp("data")))
 
 
 def run(command: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -59,7 +57,7 @@ def test_rayline_submit_searches_serves_exports_tune_metrics_and_stops(cluster, 
     overrides += ["tune.num_samples=2", "tune.searcher=random", "tune.scheduler.max_t=2"]
     overrides += ["tune.scheduler.grace_period=1", "train.num_workers=1", "model.channels=[8, 16]"]
     command = [str(VENV_BIN / "rayline"), "submit", "pipelines/digits_tune.yaml", "--serve", "--job-id", "tune-1"]
-    command += ["--address", cluster.dashboard_url]
+    command += ["--dashboard", cluster.dashboard_url]
     for override in overrides:
         command += ["--set", override]
 
@@ -80,19 +78,19 @@ def test_rayline_submit_searches_serves_exports_tune_metrics_and_stops(cluster, 
     assert running_seen, "the endpoint showed trials running during the search"
     epochs = wait_for_samples(cluster.nodes[0].metrics_port, "ray_rayline_train_epoch", lambda samples: samples)
     assert {labels["run"].split("/")[0] for labels, _ in epochs} == {"digits-tune"}, "per-trial training gauges"
-    answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": [[0.0] * 64]}, timeout=30)
+    answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": [[0.0] * len(PIXELS)]}, timeout=30)
     assert answer.status_code == 200, answer.text
 
-    listed = run([str(VENV_BIN / "rayline"), "jobs", "list", "--address", cluster.dashboard_url], env)
+    listed = run([str(VENV_BIN / "rayline"), "jobs", "list", "--dashboard", cluster.dashboard_url], env)
     assert "tune-1" in listed.stdout and "RUNNING" in listed.stdout, listed.stdout + listed.stderr
-    stopped = run([str(VENV_BIN / "rayline"), "jobs", "stop", "tune-1", "--address", cluster.dashboard_url], env)
+    stopped = run([str(VENV_BIN / "rayline"), "jobs", "stop", "tune-1", "--dashboard", cluster.dashboard_url], env)
     assert "stopping job tune-1" in stopped.stdout, stopped.stdout + stopped.stderr
     assert wait_for_status(env, cluster.dashboard_url, "tune-1", "STOPPED")
 
 
 def follow_logs(env: dict, job_id: str) -> subprocess.Popen:
     address = env["RAY_API_SERVER_ADDRESS"]
-    command = [str(VENV_BIN / "rayline"), "jobs", "logs", job_id, "--follow", "--address", address]
+    command = [str(VENV_BIN / "rayline"), "jobs", "logs", job_id, "--follow", "--dashboard", address]
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -117,7 +115,7 @@ def watch_trials_until(logs: Lines, metrics_port: int, prefix: str, timeout: flo
 def wait_for_status(env: dict, address: str, job_id: str, status: str, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        shown = run([str(VENV_BIN / "rayline"), "jobs", "status", job_id, "--address", address], env).stdout
+        shown = run([str(VENV_BIN / "rayline"), "jobs", "status", job_id, "--dashboard", address], env).stdout
         if f"{job_id} {status}" in shown:
             return True
         time.sleep(1)
@@ -128,7 +126,7 @@ def test_rayline_submit_without_the_token_is_refused_with_a_fix(cluster, tmp_pat
     env = cluster.client_env()
     env.pop("RAY_AUTH_TOKEN_PATH")
     env.update({"RAY_AUTH_MODE": "token", "HOME": str(tmp_path)})  # no ~/.ray/auth_token either
-    command = [str(VENV_BIN / "rayline"), "submit", "pipelines/digits.yaml", "--address", cluster.dashboard_url]
+    command = [str(VENV_BIN / "rayline"), "submit", "pipelines/digits.yaml", "--dashboard", cluster.dashboard_url]
 
     done = run(command + ["--set", f"storage.root={tmp_path}"], env, timeout=60)
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from clusters import REPO, VENV_BIN, Lines, start_cluster, wait_for_samples
-from rayline.data import write_digits
+from pipelines import PIXELS, digits_source
 from rayline.registry import Registry
 from rayline.runtime import free_port
 
@@ -34,11 +34,10 @@ def cluster():
 
 def test_two_workers_on_two_nodes_train_then_serve(cluster, tmp_path):
     shared = tmp_path / "shared"
-    source = tmp_path / "digits.parquet"
-    write_digits(str(source))
+    source = digits_source(tmp_path)
     port = free_port()
     overrides = [f"data.source={source}", f"storage.root={shared}", "train.epochs=2", "train.cpus_per_worker=2"]
-    command = [str(VENV_BIN / "rayline"), "run", "pipelines/digits.yaml", "--address", cluster.address]
+    command = [str(VENV_BIN / "rayline"), "run", "pipelines/digits.yaml", "--ray-address", cluster.address]
     for override in [*overrides, f"serve.port={port}"]:
         command += ["--set", override]
     # State tracking lets the dashboard (and this test) see which node each rank ran on.
@@ -58,7 +57,7 @@ def test_two_workers_on_two_nodes_train_then_serve(cluster, tmp_path):
         assert registry.model("digits").serving_version() == "v1"
         assert (shared / "runs" / "digits").is_dir(), "checkpoints went to the shared path"
 
-        row = {f"pixel_{i}": 0.0 for i in range(64)}
+        row = dict.fromkeys(PIXELS, 0.0)
         answer = httpx.post(url, json={"rows": [row]}, timeout=30)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"][0]["label"] in [str(d) for d in range(10)]

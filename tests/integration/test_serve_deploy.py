@@ -61,11 +61,11 @@ def test_serve_deploy_serves_the_registrys_model_and_cli_switches_it(tmp_path):
 
         rayline = [str(VENV_BIN / "rayline")]
         name = model_name("classification")
-        out = run([*rayline, "promote", name, "v1", "--root", root, "--address", cluster.address], env)
+        out = run([*rayline, "promote", name, "v1", "--root", root, "--ray-address", cluster.address], env)
         assert f"switched running app(s) rayline to {name}/v1 in place" in out
         assert served_version(url) == "v1"
         assert Registry(root).model(name).serving_version() == "v1"
-        out = run([*rayline, "rollback", name, "--root", root, "--address", cluster.address], env)
+        out = run([*rayline, "rollback", name, "--root", root, "--ray-address", cluster.address], env)
         assert f"now serving model {name}/v2" in out
         assert served_version(url) == "v2"
     finally:
@@ -73,7 +73,9 @@ def test_serve_deploy_serves_the_registrys_model_and_cli_switches_it(tmp_path):
 
 
 def test_the_shipped_configs_name_the_app_builder():
+    from rayline.serve.app import IMPORT_PATH, BuildArgs
+
     for path in sorted(Path(REPO / "serve").glob("*.yaml")):
         app = yaml.safe_load(path.read_text())["applications"][0]
-        assert app["import_path"] == "rayline.serve.app:build"
-        assert set(app["args"]) <= {"storage_root", "model_name", "version", "serve", "token_sha256"}
+        assert app["import_path"] == IMPORT_PATH == "rayline.serve.app:build"
+        assert set(app["args"]) <= set(BuildArgs.model_fields)

@@ -6,39 +6,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayline.config import validate_config
-from rayline.data import DataError, write_digits
+from pipelines import digits_config as digits_pipeline_config
+from rayline.checkpoint import STATE_FILE, last_complete_checkpoint
+from rayline.config import ConfigError
+from rayline.data import DataError
+from rayline.data.split import TEST, assign_splits
 from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
-from rayline.registry import STATE_FILE, Registry, last_complete_checkpoint, read_json
+from rayline.registry import Registry
+from rayline.registry_layout import read_json
+from rayline.train.resources import PlanError
 
 pytestmark = pytest.mark.slow
 
 
 def digits_config(tmp_path, **train):
-    source = tmp_path / "digits.parquet"
-    if not source.exists():
-        write_digits(str(source))
-    return validate_config(
-        {
-            "name": "digits-test",
-            "data": {
-                "source": str(source),
-                "task": "classification",
-                "label": "label",
-                "features": [f"pixel_{i}" for i in range(64)],
-            },
-            "model": {"kind": "cnn", "image_shape": [1, 8, 8], "channels": [32, 64], "hidden_sizes": [128]},
-            "train": {
-                "num_workers": 2,
-                "epochs": 12,
-                "batch_size": 32,
-                "optimizer": {"name": "adamw", "lr": 0.003},
-                **train,
-            },
-            "storage": {"root": str(tmp_path / "store")},
-        }
+    return digits_pipeline_config(
+        tmp_path,
+        model={"kind": "cnn", "image_shape": [1, 8, 8], "channels": [32, 64], "hidden_sizes": [128]},
+        train={"epochs": 12, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.003}, **train},
     )
+
+
+def held_out(frame: pd.DataFrame, cfg) -> pd.DataFrame:
+    """The rows the run's test split held (a row's split is a hash of its source values): never trained on."""
+    columns = list(pd.read_parquet(cfg.data.source).columns)
+    return frame[assign_splits(frame[columns], cfg.data.split) == TEST]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +65,9 @@ def test_batch_prediction_over_a_file(trained, tmp_path):
     assert {"prediction", "probability_0", "probability_9", "label"} <= set(out.columns)
     probabilities = out[[f"probability_{d}" for d in range(10)]].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    assert (out["prediction"].astype(int) == out["label"]).mean() >= 0.95
+    test_rows = held_out(out, cfg)
+    assert len(test_rows) == report.num_rows["test"], "the same rows the run held out"
+    assert (test_rows["prediction"].astype(int) == test_rows["label"]).mean() >= 0.95
 
 
 def test_batch_prediction_rejects_an_unknown_output_format(trained, tmp_path):
@@ -101,3 +96,23 @@ def test_rerunning_a_run_name_resumes_the_epoch_count(trained):
     run = Path(cfg.storage.root) / "runs" / cfg.run_name
     history = read_json(last_complete_checkpoint(run) / STATE_FILE)["history"]
     assert [m["epoch"] for m in history] == list(range(13)), "the learning curve spans both runs"
+
+
+def test_a_gpu_run_on_a_cpu_only_cluster_fails_at_once_saying_what_it_needs(ray_cluster, tmp_path):
+    lines: list[str] = []
+    with pytest.raises(PlanError) as err:
+        train_and_register(digits_config(tmp_path, use_gpu=True), log=lines.append)
+    message = str(err.value)
+    assert "the run needs 2 workers x 1 CPUs and 1 GPUs (2 CPUs and 2 GPUs in all)" in message
+    assert "0 GPUs" in message and "does not autoscale" in message
+    assert not any(line.startswith("data:") for line in lines), "refused before any data was prepared"
+
+
+def test_a_model_that_does_not_fit_auto_features_is_refused_before_the_data_is_prepared(ray_cluster, tmp_path):
+    cfg = digits_pipeline_config(
+        tmp_path, data={"features": "auto"}, model={"kind": "transformer", "token_size": 7, "d_model": 16}
+    )
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match="model.token_size 7 .* the 64 features give .* sizes that fit: 1, 2, 4, 8"):
+        train_and_register(cfg, log=lines.append)
+    assert not any(line.startswith("data:") for line in lines)

@@ -9,17 +9,13 @@ import httpx
 import pandas as pd
 import pytest
 
+from pipelines import PIXELS, digits_source
+from rayline.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, last_complete_checkpoint
 from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
-from rayline.data import write_digits
+from rayline.data.split import TEST, assign_splits
 from rayline.pipeline import TrainReport, train_and_register
-from rayline.registry import (
-    MODEL_FILE,
-    SHARDED_DIR,
-    STATE_FILE,
-    Registry,
-    last_complete_checkpoint,
-    read_json,
-)
+from rayline.registry import Registry
+from rayline.registry_layout import read_json
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +39,7 @@ def quiet(_: str) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("strategies")
-    write_digits(str(root / "digits.parquet"))
+    digits_source(root)
     return root
 
 
@@ -107,8 +103,11 @@ def test_fsdp_workers_hold_half_of_ddps_state(trained):
 def test_every_strategys_checkpoint_is_served_over_http(trained, store):
     from rayline.serve import deploy, shutdown
 
-    digits = pd.read_parquet(store / "digits.parquet").sample(40, random_state=0)
-    rows = digits[[f"pixel_{i}" for i in range(64)]].to_numpy().tolist()
+    source = pd.read_parquet(store / "digits.parquet")
+    cfg = trained("ddp")[0]
+    # Rows of the runs' test split only (every run splits the same file with the same seed): never trained on.
+    digits = source[assign_splits(source, cfg.data.split) == TEST].sample(40, random_state=0)
+    rows = digits[PIXELS].to_numpy().tolist()
     try:
         for name in SHIPPED:
             cfg, report, _ = trained(name)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines import digits_pipeline
+from pipelines import write_pipeline as write_yaml
 from rayline.config import load_config
-from rayline.data import write_digits
 from rayline.pipeline import search_and_register
 from rayline.registry import Registry
 from rayline.tune import PlanError, run_search
@@ -21,41 +22,29 @@ SPACE = {
 }
 
 
+TRIALS = 4
+"""Two rounds of two trials at once: enough for ASHA to compare trials at a rung and stop the weaker ones."""
+
+
 def write_pipeline(tmp_path: Path, **tune) -> Path:
-    source = tmp_path / "digits.parquet"
-    if not source.exists():
-        write_digits(str(source))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    pipeline = {
-        "name": "search",
-        "data": {
-            "source": str(source),
-            "task": "classification",
-            "label": "label",
-            "features": [f"pixel_{i}" for i in range(64)],
-        },
+    pipeline = digits_pipeline(
+        tmp_path,
+        "search",
         # Settings of the digits pipelines, not the defaults (those are tuned for small tabular sets).
-        "model": {"kind": "mlp", "dropout": 0.1},
-        "train": {
-            "num_workers": 2,
-            "cpus_per_worker": 0.5,
-            "batch_size": 64,
-            "optimizer": {"name": "adamw", "weight_decay": 0.0001},
-        },
-        "tune": {
+        model={"dropout": 0.1, "hidden_sizes": None},
+        train={"cpus_per_worker": 0.5, "optimizer": {"name": "adamw", "weight_decay": 0.0001}},
+        tune={
             "search_space": str(tmp_path / "space.yaml"),
-            "num_samples": 6,
+            "num_samples": TRIALS,
             "metric": "val_accuracy",
             "mode": "max",
             "searcher": "optuna",
             "scheduler": {"kind": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
             **tune,
         },
-        "storage": {"root": str(tmp_path / "store")},
-    }
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(pipeline))
-    return path
+    )
+    return write_yaml(tmp_path / "pipeline.yaml", pipeline)
 
 
 def test_asha_optuna_search_over_ddp_trials_finishes_and_registers_the_best(ray_cluster, tmp_path):
@@ -65,7 +54,7 @@ def test_asha_optuna_search_over_ddp_trials_finishes_and_registers_the_best(ray_
 
     experiment = Path(cfg.storage.root) / "tune" / "search"
     table = (experiment / "trials.txt").read_text().splitlines()
-    assert len(table) == 1 + 6, "a row per trial under the header"
+    assert len(table) == 1 + TRIALS, "a row per trial under the header"
     assert "2 trial(s) at once" in "\n".join(lines)
     stopped = [row for row in table[1:] if row.rstrip().endswith("yes")]
     assert stopped, "ASHA stopped at least one trial early"

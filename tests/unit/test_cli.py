@@ -155,3 +155,109 @@ def test_models_says_which_versions_are_worse_than_their_linear_baseline(capsys,
     lines = capsys.readouterr().out.splitlines()
     column = lines[0].split().index("baseline")
     assert [row.lstrip("* ").split()[column] for row in lines[1:3]] == ["WORSE", "ok"]
+
+
+# ---------------------------------------------------------------- one error type, one line, exit 2
+
+
+def broken_inputs(tmp: Path) -> dict[str, list[str]]:
+    """One broken input for every subcommand that can fail on one before Ray starts."""
+    (tmp / "bad_value.yaml").write_text((REPO / "pipelines/digits.yaml").read_text() + "\ntrain: {epochs: many}\n")
+    (tmp / "not_yaml.yaml").write_text("name: [\n")
+    (tmp / "a_file").write_text("a file where a folder should be")
+    empty = str(tmp / "empty")
+    digits = str(REPO / "pipelines/digits.yaml")
+    return {
+        "validate": ["validate", str(tmp / "missing.yaml")],
+        "validate-yaml": ["validate", str(tmp / "not_yaml.yaml")],
+        "train": ["train", digits, "--set", "train.epochs=0"],
+        "run": ["run", str(tmp / "bad_value.yaml")],
+        "tune": ["tune", digits],
+        "tune-report": ["tune-report", str(tmp)],
+        "demo": ["demo", digits, "--set", "model.kind=rnn"],
+        "serve": ["serve", "--root", empty],
+        "predict": ["predict", "--root", empty, "--model", "nope", "--input", "x.csv", "--output", "o.csv"],
+        "models": ["models", "nope", "--root", empty],
+        "promote": ["promote", "nope", "v1", "--root", empty],
+        "rollback": ["rollback", "nope", "--root", empty],
+        "make-example": ["make-example", "diabetes", "--output", str(tmp / "a_file" / "x.csv")],
+        "make-digits": ["make-digits", "--output", str(tmp / "a_file" / "digits.parquet")],
+        "submit": ["submit", digits, "--set", "storage.root=/mnt/x", "--dashboard", "http://127.0.0.1:1"],
+        "jobs": ["jobs", "list", "--dashboard", "http://127.0.0.1:1"],
+        "train-ray-address": ["train", digits, "--ray-address", "127.0.0.1:1"],
+        "run-dashboard-url": ["run", digits, "--ray-address", "http://127.0.0.1:8265"],
+    }
+
+
+CASES = ["validate", "validate-yaml", "train", "run", "tune", "tune-report", "demo", "serve", "predict", "models"]
+CASES += ["promote", "rollback", "make-example", "make-digits", "submit", "jobs", "train-ray-address"]
+CASES += ["run-dashboard-url"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_command_fails_on_a_broken_input_with_one_line_and_exit_2(case, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_DASHBOARD_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    code = main(broken_inputs(tmp_path)[case])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith(("error: ", "config error: ")), err
+    assert "Traceback" not in err
+
+
+def test_the_broken_inputs_cover_every_command(tmp_path):
+    from rayline.cli import COMMANDS
+
+    assert {argv[0] for argv in broken_inputs(tmp_path).values()} == set(COMMANDS)
+    assert set(CASES) == set(broken_inputs(tmp_path))
+
+
+def test_version_names_rayline_ray_and_torch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert out.startswith("rayline ") and "ray 2." in out and "torch " in out
+
+
+def test_help_describes_rayline_not_the_module(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Imported by nothing" not in out and "cli_parser" not in out
+    assert "rayline demo PIPELINE.yaml" in out and "--version" in out
+
+
+def test_address_flags_say_what_they_take(capsys):
+    from rayline.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "p.yaml"], ["promote", "m", "v1"], ["serve"]):
+        assert parser.parse_args([*argv, "--ray-address", "auto"]).ray_address == "auto"
+        assert parser.parse_args([*argv, "--address", "auto"]).ray_address == "auto", "the old name still works"
+    for argv in (["submit", "p.yaml"], ["jobs", "list"]):
+        url = "http://head:8265"
+        assert parser.parse_args([*argv, "--dashboard", url]).dashboard == url
+        assert parser.parse_args([*argv, "--address", url]).dashboard == url
+    with pytest.raises(SystemExit):
+        parser.parse_args(["jobs", "list", "--ray-address", "auto"])
+    capsys.readouterr()
+    for command in ("train", "submit"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        shown = capsys.readouterr().out
+        assert "--address" not in shown.replace("--ray-address", "")
+
+
+def test_a_failed_serve_deploy_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
+    from rayline.serve import control
+
+    def refuse(*args, **kwargs):
+        raise control.ServeDeployError("Serve app 'digits' is DEPLOY_FAILED: the replica died")
+
+    two_models(tmp_path)
+    monkeypatch.setattr(control, "promote", refuse)
+    assert main(["promote", "tiny-classification", "v1", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: Serve app 'digits' is DEPLOY_FAILED: the replica died\n"

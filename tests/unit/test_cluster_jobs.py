@@ -80,13 +80,13 @@ def test_the_pipeline_must_travel_with_the_working_dir(tmp_path, monkeypatch):
 
 def test_an_invalid_pipeline_fails_here_with_the_usual_message(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    code = main(["submit", "pipelines/digits.yaml", "--set", "train.epochs=-1", "--address", "http://127.0.0.1:1"])
+    code = main(["submit", "pipelines/digits.yaml", "--set", "train.epochs=-1", "--dashboard", "http://127.0.0.1:1"])
     assert code == 2
     assert "train.epochs" in capsys.readouterr().err
 
 
 def test_an_unreachable_cluster_is_named_with_the_tunnel_hint(clean_env, capsys):
-    code = main(["jobs", "list", "--address", "http://127.0.0.1:1"])
+    code = main(["jobs", "list", "--dashboard", "http://127.0.0.1:1"])
     assert code == 2
     assert "cannot reach the Jobs API at http://127.0.0.1:1" in capsys.readouterr().err
 
@@ -98,5 +98,5 @@ def test_jobs_commands_other_than_list_need_an_id(capsys):
 
 def test_pipeline_commands_take_a_cluster_address():
     for command in ("train", "run", "tune", "demo"):
-        args = build_parser().parse_args([command, "p.yaml", "--address", "auto"])
-        assert args.address == "auto"
+        args = build_parser().parse_args([command, "p.yaml", "--ray-address", "auto"])
+        assert args.ray_address == "auto"

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from faults import fill, remount_read_only, tmpfs, tmpfs_unavailable
+from rayline.checkpoint import file_sha256, save_checkpoint
 from rayline.config import validate_config
 from rayline.data.preprocess import NumericStat, Preprocessor
 from rayline.models import build_model
-from rayline.registry import Registry, file_sha256, save_checkpoint
+from rayline.registry import Registry
 
 CONFIG = validate_config(
     {

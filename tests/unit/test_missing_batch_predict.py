@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
+from rayline.checkpoint import load_checkpoint, save_checkpoint
 from rayline.config import validate_config
 from rayline.data import CategoricalStat, DataError, NumericStat, Preprocessor
 from rayline.models import build_model
 from rayline.predict import BatchPredictor
-from rayline.registry import load_checkpoint, save_checkpoint
 
 PRE = Preprocessor(
     "classification",

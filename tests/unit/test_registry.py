@@ -3,17 +3,11 @@ import json
 import pytest
 import torch
 
+from rayline.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from rayline.config import validate_config
 from rayline.data.preprocess import NumericStat, Preprocessor
 from rayline.models import build_model
-from rayline.registry import (
-    ModelVersion,
-    Registry,
-    RegistryError,
-    load_checkpoint,
-    load_training_state,
-    save_checkpoint,
-)
+from rayline.registry import ModelVersion, Registry, RegistryError
 
 CONFIG = validate_config(
     {
@@ -149,7 +143,7 @@ def test_a_search_picks_the_best_checkpoint_that_verifies(tmp_path):
 
 
 def test_a_cut_short_run_record_is_moved_aside_and_the_last_complete_checkpoint_named(tmp_path):
-    from rayline.registry import last_complete_checkpoint
+    from rayline.checkpoint import last_complete_checkpoint
     from rayline.train.driver import RUN_SNAPSHOT, recover_run_state
 
     write_checkpoint(tmp_path / "checkpoint_000000", epoch=0)
@@ -162,7 +156,7 @@ def test_a_cut_short_run_record_is_moved_aside_and_the_last_complete_checkpoint_
 
 
 def test_a_sound_run_record_is_left_to_ray_train(tmp_path):
-    from rayline.registry import last_complete_checkpoint
+    from rayline.checkpoint import last_complete_checkpoint
     from rayline.train.driver import RUN_SNAPSHOT, recover_run_state
 
     write_checkpoint(tmp_path / "checkpoint_000000", epoch=0)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rayline.checkpoint import save_checkpoint
 from rayline.config import validate_config
 from rayline.data.preprocess import NumericStat, Preprocessor
 from rayline.models import build_model
-from rayline.registry import ModelVersion, Registry, RegistryError, save_checkpoint
+from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.registry_layout import (
     migrate_unnamed_layout,
     plan_targets,

@@ -106,6 +106,7 @@ def test_serve_config_replicas_and_limits():
 
 def test_deployment_options_come_from_the_config():
     from rayline.serve.app import deployment_options
+    from rayline.serve.settings import replica_settings
 
     cfg = ServeConfig(
         autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
@@ -118,7 +119,7 @@ def test_deployment_options_come_from_the_config():
         max_body_bytes=4096,
         request_timeout_s=3.0,
     )
-    options = deployment_options(cfg, ModelVersion("m", "v2"))
+    options = deployment_options(cfg, replica_settings(cfg, ModelVersion("m", "v2")))
     assert "num_replicas" not in options
     assert options["autoscaling_config"]["max_replicas"] == 4
     assert options["autoscaling_config"]["target_ongoing_requests"] == 8
@@ -132,7 +133,8 @@ def test_deployment_options_come_from_the_config():
         "max_body_bytes": 4096,
         "request_timeout_s": 3.0,
     }
-    assert deployment_options(ServeConfig(num_replicas=3), ModelVersion("m", "v1"))["num_replicas"] == 3
+    three = ServeConfig(num_replicas=3)
+    assert deployment_options(three, replica_settings(three, ModelVersion("m", "v1")))["num_replicas"] == 3
 
 
 def test_haproxy_ingress_gets_its_own_files_and_ports():
@@ -146,10 +148,10 @@ def test_haproxy_ingress_gets_its_own_files_and_ports():
 
 
 def test_register_helper_uses_the_given_serve_section(tmp_path):
-    from rayline.serve.model import ServedModel
+    from rayline.checkpoint import checkpoint_config
 
-    register(tmp_path, serve=ServeConfig(max_batch_size=7))
-    assert ServedModel.load(tmp_path, None).serve_config.max_batch_size == 7
+    ref = register(tmp_path, serve=ServeConfig(max_batch_size=7))
+    assert checkpoint_config(Registry(tmp_path).checkpoint_dir(ref)).serve.max_batch_size == 7
 
 
 def test_app_config_round_trips_through_build_args(tmp_path):

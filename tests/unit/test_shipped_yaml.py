@@ -42,6 +42,37 @@ def test_serve_config_validates(path):
     assert all(app.import_path == "rayline.serve.app:build" for app in config.applications)
 
 
+@pytest.mark.parametrize("path", shipped("serve/*.yaml"), ids=lambda p: p.name)
+def test_serve_config_args_are_taken_by_the_app_builder(path, tmp_path):
+    """The app's own builder (what `serve deploy` runs) takes every shipped app's args."""
+    from rayline.serve.app import BuildArgs, build
+    from serve_models import register
+
+    register(tmp_path, name="digits")  # the model name the YAMLs mention
+    for app in yaml.safe_load(path.read_text())["applications"]:
+        BuildArgs.model_validate(app["args"])  # as shipped, storage root included
+        assert type(build({**app["args"], "storage_root": str(tmp_path)})).__name__ == "Application"
+
+
+def test_haproxy_serve_config_sets_what_rayline_serve_sets(monkeypatch):
+    """serve/rayline-haproxy.yaml's controller environment is what `rayline serve` gives Serve for ingress: haproxy,
+    but for the ports (free ones there, fixed ones here)."""
+    import tempfile
+
+    from rayline.config import ServeConfig
+    from rayline.serve.control import controller_options
+
+    raw = yaml.safe_load((REPO / "serve" / "rayline-haproxy.yaml").read_text())
+    shipped_env = raw["controller_options"]["runtime_env"]["env_vars"]
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    cfg = ServeConfig(ingress="haproxy", port=raw["http_options"]["port"])
+    ours = controller_options(cfg)["runtime_env"]["env_vars"]
+    assert set(shipped_env) == set(ours)
+    ports = {key for key in ours if key.endswith("_PORT")}
+    assert ports and all(shipped_env[key].isdigit() for key in ports)
+    assert {k: v for k, v in shipped_env.items() if k not in ports} == {k: v for k, v in ours.items() if k not in ports}
+
+
 @pytest.mark.parametrize("path", shipped("cluster*.yaml"), ids=lambda p: p.name)
 def test_cluster_config_validates_with_rays_launcher(path):
     import jsonschema
@@ -75,4 +106,4 @@ def test_cluster_config_installs_rayline_with_token_auth_and_metrics(path):
 
 
 def test_there_is_something_to_check():
-    assert shipped("pipelines/*.yaml") and shipped("cluster*.yaml")
+    assert shipped("pipelines/*.yaml") and shipped("cluster*.yaml") and shipped("serve/*.yaml")

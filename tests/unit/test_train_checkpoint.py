@@ -3,12 +3,8 @@
 import pytest
 import torch
 
-from rayline.config import validate_config
-from rayline.data.preprocess import NumericStat, Preprocessor
-from rayline.models import build_model
-from rayline.registry import (
+from rayline.checkpoint import (
     SHARDED_DIR,
-    RegistryError,
     checkpoint_config,
     load_checkpoint,
     load_sharded_state,
@@ -16,6 +12,10 @@ from rayline.registry import (
     save_sharded_state,
     verify_checkpoint,
 )
+from rayline.config import validate_config
+from rayline.data.preprocess import NumericStat, Preprocessor
+from rayline.models import build_model
+from rayline.registry import RegistryError
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

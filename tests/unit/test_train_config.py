@@ -13,7 +13,12 @@ TRANSFORMER = {"kind": "transformer", "token_size": 8, "d_model": 64, "n_heads":
 def config(train: dict, model: dict | None = None) -> dict:
     return {
         "name": "t",
-        "data": {"source": "x.parquet", "task": "classification", "label": "y", "features": ["a", "b"]},
+        "data": {
+            "source": "x.parquet",
+            "task": "classification",
+            "label": "y",
+            "features": [f"f{i}" for i in range(64)],
+        },
         "model": model if model is not None else TRANSFORMER,
         "train": train,
     }

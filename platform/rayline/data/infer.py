@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from rayline.config import DataConfig, FeatureConfig, FeatureKind, PipelineConfig
+from rayline.config import DataConfig, FeatureConfig, FeatureKind, PipelineConfig, check_model_inputs
 from rayline.data.errors import DataError
 from rayline.data.files import SourceFiles, resolve_source
 from rayline.data.read import read_sample
@@ -208,6 +208,8 @@ def describe_features(cfg: PipelineConfig | DataConfig) -> str:
             heading += " and exclude:"
     resolved = with_features(data_cfg, inference.features)
     check_schema(inference.schema, resolved, data_cfg.source)
+    if isinstance(cfg, PipelineConfig):
+        check_model_inputs(cfg.model_copy(update={"data": resolved}))  # as a run checks it, before any data
     return "\n".join(
         [
             f"# source: {data_cfg.source} ({files.format}, {len(files.paths)} file(s); {inference.rows} rows read)",

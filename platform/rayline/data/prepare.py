@@ -50,12 +50,15 @@ class PreparedData:
     """Rows (with a label) left out of every split because a feature with missing rule drop_row was missing."""
 
 
-def prepare_datasets(data_cfg: DataConfig) -> PreparedData:
-    """Model-ready, materialized splits; statistics come from the training split only."""
+def prepare_datasets(data_cfg: DataConfig, *, check: Callable[[Preprocessor], None] | None = None) -> PreparedData:
+    """Model-ready, materialized splits; statistics come from the training split only. `check` sees the fitted
+    preprocessor before any split is transformed (e.g. whether the model takes its inputs)."""
     data_cfg = resolve_features(data_cfg)
     fingerprint = fingerprint_source(data_cfg)
     splits = read_and_split(data_cfg)
     preprocessor = fit(splits.train, data_cfg)
+    if check is not None:
+        check(preprocessor)
     transformed = {
         name: None if split is None else transform(split, preprocessor, data_cfg, name)
         for name, split in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))

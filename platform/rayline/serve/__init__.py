@@ -1,4 +1,5 @@
-"""Ray Serve: the model deployment (app.py), deploying and switching versions (control.py), request schema.
+"""Ray Serve: the replica (replica.py), the app builder (app.py), deploying and switching versions (control.py),
+request schema.
 
 The Ray-dependent names are imported on first use, so `rayline.serve.schema` stays free of Ray.
 """
@@ -11,7 +12,7 @@ from typing import Any
 from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema
 
 _LAZY = {
-    "ModelServer": "app",
+    "ModelServer": "replica",
     "build": "app",
     "build_app": "app",
     "deploy": "control",

@@ -11,7 +11,7 @@ works on its own. Every error, ours or the framework's (404, 405), is JSON: `{"e
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Path, Request
 from fastapi.openapi.utils import get_openapi
@@ -20,10 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayline.registry_layout import NAME, VERSION
-from rayline.serve.http import header
-
-if TYPE_CHECKING:
-    from rayline.serve.app import ModelServer
+from rayline.serve.http import error_body, header
 
 VERSION_PATTERN = f"^{VERSION.pattern}$"
 NAME_PATTERN = f"^{NAME.pattern}$"
@@ -46,7 +43,24 @@ class ErrorResponse(BaseModel):
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)}
 
 
-def create_api(server: ModelServer) -> FastAPI:
+class Replica(Protocol):
+    """What the routes need from the replica (replica.py's ModelServer)."""
+
+    @property
+    def primary(self) -> Any:
+        """The served model (model.py's ServedModel): name, version, schema."""
+        ...
+
+    async def answer(
+        self, name: str | None, version: str | None, body: bytes, content_type: str | None
+    ) -> tuple[int, Any, Any]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def list_models(self) -> dict[str, Any]: ...
+
+
+def create_api(server: Replica) -> FastAPI:
     """The FastAPI app of one replica; routes are thin and call into the server."""
     api = FastAPI(
         title="rayline model server",
@@ -101,14 +115,14 @@ def create_api(server: ModelServer) -> FastAPI:
     return api
 
 
-async def answer(server: ModelServer, request: Request, name: str | None, version: str | None) -> JSONResponse:
+async def answer(server: Replica, request: Request, name: str | None, version: str | None) -> JSONResponse:
     content_type = header(request.scope, b"content-type")
     body = await request.body()
     status, payload, _ = await server.answer(name, version, body, content_type and content_type.decode())
     return JSONResponse(payload, status_code=status)
 
 
-def openapi_for(api: FastAPI, server: ModelServer) -> dict[str, Any]:
+def openapi_for(api: FastAPI, server: Replica) -> dict[str, Any]:
     """The OpenAPI document, rebuilt when the served version changes (its features may differ)."""
     primary = server.primary
     cached = getattr(api, "_rayline_openapi", None)
@@ -126,17 +140,12 @@ def openapi_for(api: FastAPI, server: ModelServer) -> dict[str, Any]:
     return spec
 
 
-def error_response(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": []}, status_code=status)
-
-
 async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    body = {"error": str(err.detail), "detail": []}
-    return JSONResponse(body, status_code=err.status_code, headers=err.headers)
+    return JSONResponse(error_body(str(err.detail)), status_code=err.status_code, headers=err.headers)
 
 
 async def internal_error(_: Request, err: Exception) -> JSONResponse:
-    return error_response(500, f"internal error: {type(err).__name__}: {err}")
+    return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}"), status_code=500)
 
 
 def finite_or_none(value: Any) -> Any:

@@ -4,13 +4,14 @@ Apps are deployed declaratively (the path `serve deploy` takes), as one entry of
 with `import_path: rayline.serve.app:build`. Serve then treats a change of nothing but a
 deployment's `user_config` as a reconfiguration of the running replicas rather than a new code
 version, and that is how `promote` and `rollback` switch versions with no dropped request: each
-replica loads the new model beside the old one and swaps (app.py's `reconfigure`).
+replica loads the new model beside the old one and swaps (replica.py's `reconfigure`).
+
+Before anything changes, the version's checkpoint is checked here against its manifest (each file read
+once; no weights are loaded) and, unless serve settings are given, its config is read for them.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +20,14 @@ from typing import Any
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
+from rayline.checkpoint import checkpoint_config, verify_checkpoint
 from rayline.config import ServeConfig
 from rayline.errors import RaylineError
 from rayline.registry import ModelVersion, Registry, RegistryError
-from rayline.serve.app import DEPLOYMENT_NAME, IMPORT_PATH
-from rayline.serve.http import TOKEN_ENV, token_digest
-from rayline.serve.model import ServedModel
+from rayline.runtime import free_port, shutdown_serve
+from rayline.serve.app import IMPORT_PATH, absolute
+from rayline.serve.http import env_token_digest
+from rayline.serve.replica import DEPLOYMENT_NAME
 
 QUIET = {"log_level": "WARNING"}
 
@@ -51,25 +54,33 @@ def deploy(
 
     `serve_cfg` defaults to the `serve` section of the config the model was trained with. The host,
     port and ingress only apply when this starts Serve; a Serve instance already running keeps its
-    own. The checkpoint is loaded and checked here first, so a bad one fails before anything starts.
+    own. The checkpoint is checked here first, so a bad one fails before anything starts.
     With wait=False this returns once Serve has the app; `wait_until_running` waits for it.
     """
     root = absolute(storage_root)
-    model = model or Registry(root).resolve()
-    served = ServedModel.load(root, model.name, model.version)
-    cfg = serve_cfg or served.serve_config
+    model, directory = checked_version(root, model)
+    cfg = serve_cfg or checkpoint_config(directory).serve
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
         logging_config=QUIET,
         controller_options=controller_options(cfg),
     )
-    token = token_digest(os.environ.get(TOKEN_ENV))
-    apply_apps({cfg.app_name: app_config(root, served.ref, cfg, token)})
+    apply_apps({cfg.app_name: app_config(root, model, cfg, env_token_digest())})
     url = endpoint_url(cfg)
     if wait:
         wait_until_running(cfg.app_name, timeout_s)
         wait_until_reachable(url, timeout_s)
     return url
+
+
+def checked_version(root: str, model: ModelVersion | None = None) -> tuple[ModelVersion, Path]:
+    """The registered version to serve (default: the serving version of the only name) and its checkpoint,
+    every file of which matches the manifest; RegistryError otherwise."""
+    registry = Registry(root)
+    model = registry.resolve(model.name, model.version) if model else registry.resolve()
+    directory = registry.checkpoint_dir(model)
+    verify_checkpoint(directory)
+    return model, directory
 
 
 def app_config(root: str, model: ModelVersion, cfg: ServeConfig, token_sha256: str | None) -> dict[str, Any]:
@@ -115,15 +126,9 @@ def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
     return {"runtime_env": {"env_vars": env}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def shutdown() -> None:
     """Stop every Serve application and the proxy; the Ray cluster keeps running."""
-    serve.shutdown()
+    shutdown_serve()
 
 
 def endpoint_url(cfg: ServeConfig) -> str:
@@ -143,8 +148,7 @@ def promote(storage_root: str, name: str, version: str, *, timeout_s: float = 18
     next deploy serves it). Returns the names of the running apps that were switched.
     """
     root = absolute(storage_root)
-    model = Registry(root).resolve(name, version)
-    ServedModel.load(root, name, version)  # refuse a bad checkpoint before anything changes
+    model, _ = checked_version(root, ModelVersion(name, version))  # refuse a bad checkpoint before anything changes
     Registry(root).model(name).set_serving(version)
     return switch_running_apps(root, model, timeout_s)
 
@@ -156,7 +160,7 @@ def rollback(storage_root: str, name: str, *, timeout_s: float = 180.0) -> tuple
     history = entry.serving_history()
     if not history:
         raise RegistryError(f"nothing to roll back to: model {name!r} has no earlier serving version in {root}")
-    ServedModel.load(root, name, history[-1])
+    checked_version(root, entry.ref(history[-1]))
     model = entry.ref(entry.rollback_serving())
     return model, switch_running_apps(root, model, timeout_s)
 
@@ -189,7 +193,7 @@ def switch_summary(storage_root: str, model: ModelVersion, apps: list[str]) -> s
     if apps:
         lines.append(f"switched running app(s) {', '.join(apps)} to {model} in place")
     elif serve_client() is None:
-        lines.append("no Ray cluster joined (--address or RAY_ADDRESS), so running apps were not switched")
+        lines.append("no Ray cluster joined (--ray-address or RAY_ADDRESS), so running apps were not switched")
     else:
         lines.append(f"no running app on this cluster serves {model.name} from this registry; the next deploy does")
     return "\n".join(lines)
@@ -282,8 +286,3 @@ def wait_until_reachable(url: str, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise ServeDeployError(f"{url}/healthz did not answer within {timeout_s:g} s")
         time.sleep(0.2)
-
-
-def absolute(storage_root: str | Path) -> str:
-    # Replicas and Serve's build task run elsewhere: give them an absolute path.
-    return str(Path(storage_root).expanduser().resolve())

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,7 @@ class Limits:
 
 
 class Predictor(Protocol):
-    """What the front door needs from the replica (app.py's ModelServer)."""
+    """What the front door needs from the replica (replica.py's ModelServer)."""
 
     limits: Limits
 
@@ -66,9 +67,16 @@ class ClientGone(Exception):
     pass
 
 
-def token_digest(token: str | None) -> str | None:
+def token_digest(token: str | bytes | None) -> str | None:
     """The SHA-256 of a bearer token: what travels to replicas and is compared, never the token itself."""
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
+    if not token:
+        return None
+    return hashlib.sha256(token.encode() if isinstance(token, str) else token).hexdigest()
+
+
+def env_token_digest() -> str | None:
+    """The digest of RAYLINE_API_TOKEN in this process's environment; None when it is not set."""
+    return token_digest(os.environ.get(TOKEN_ENV))
 
 
 class FrontDoor:
@@ -102,7 +110,7 @@ class FrontDoor:
     def authorized(self, scope: Scope) -> bool:
         value = header(scope, b"authorization") or b""
         scheme, _, token = value.partition(b" ")
-        presented = hashlib.sha256(token.strip()).hexdigest().encode()
+        presented = (token_digest(token.strip()) or "").encode()
         # Compare digests in constant time: equal length always, and no early exit on the first wrong byte.
         return hmac.compare_digest(presented, self.token_sha256) and scheme.lower() == b"bearer"
 

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayline.config import ServeConfig
 from rayline.data.errors import DataError
 from rayline.data.preprocess import Preprocessor
 from rayline.registry import ModelVersion, Registry, RegistryError
@@ -32,8 +31,6 @@ class ServedModel:
     record: dict[str, Any]
     schema: RequestSchema
     encoder: FastEncoder
-    serve_config: ServeConfig
-    """The `serve:` section of the pipeline that trained this version."""
     input_columns: list[str] = field(default_factory=list)
 
     @classmethod
@@ -56,7 +53,6 @@ class ServedModel:
             record=registry.record(loaded.version),
             schema=schema,
             encoder=FastEncoder(pre, max_rows=max_rows),
-            serve_config=loaded.config.serve,
             input_columns=pre.input_columns(),
         )
 

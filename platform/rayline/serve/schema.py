@@ -26,6 +26,8 @@ from pydantic import (
     create_model,
 )
 
+from rayline.serve.http import error_body
+
 MAX_ROWS = 1024
 """Most rows one request may carry; larger requests are rejected (422) and should be split."""
 MAX_DETAIL = 20
@@ -42,7 +44,7 @@ class RequestError(Exception):
         self.detail = detail or []
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
+        return error_body(self.error, self.detail)
 
 
 def problem(loc: str, msg: str) -> dict[str, str]:

@@ -18,15 +18,15 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from rayline.config import ConfigError, PipelineConfig
-from rayline.data.preprocess import Preprocessor
-from rayline.registry import (
+from rayline.checkpoint import (
     checkpoint_config,
     load_sharded_state,
     load_training_state,
     save_checkpoint,
     save_sharded_state,
 )
+from rayline.config import ConfigError, PipelineConfig
+from rayline.data.preprocess import Preprocessor
 from rayline.train.strategies import Parallelized
 
 

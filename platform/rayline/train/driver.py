@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,20 @@ from typing import Any
 import ray
 import ray.train
 from ray.exceptions import RayActorError
+from ray.train import ControllerError
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.v2.api.callback import UserCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayline.checkpoint import checkpoint_metrics, last_complete_checkpoint
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import validation_metric_names
-from rayline.registry import checkpoint_metrics, last_complete_checkpoint
 from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
+from rayline.train.resources import cluster_state, start_timed_out
 from rayline.train.weights import class_weights_for
 
 
@@ -81,10 +85,13 @@ def fit(
     run_name: str | None = None,
     verbose: bool = False,
     class_weights: list[float] | None = None,
+    wait_for_nodes: bool = False,
 ) -> TrainOutcome:
     """Train across cfg.train.num_workers Ray actors with cfg.train.strategy; resume if the run name exists.
 
-    `class_weights`: the balanced loss weights when the caller has counted them already (else counted here)."""
+    `class_weights`: the balanced loss weights when the caller has counted them already (else counted here).
+    `wait_for_nodes`: the cluster cannot hold the workers yet (check_cluster_fits): they get
+    train.start_timeout_s to be placed, then the run fails with a PlanError."""
     callbacks = list(extra_callbacks)
     queue = printer = None
     if on_epoch is not None:
@@ -102,9 +109,11 @@ def fit(
         run_name=run_name or cfg.run_name,
         verbose=verbose,
         class_weights=class_weights,
+        controller_failure_limit=0 if wait_for_nodes else -1,
     )
     try:
-        result = trainer.fit()
+        with start_timeout(cfg.train if wait_for_nodes else None):
+            result = trainer.fit()
     finally:
         if queue is not None:
             # fit() returns after the controller's last put, so whatever the printer has not taken yet
@@ -115,6 +124,28 @@ def fit(
                 on_epoch(metrics)
             queue.shutdown()
     return outcome_of(result, cfg)
+
+
+@contextmanager
+def start_timeout(train: TrainConfig | None):
+    """With `train`: its workers get train.start_timeout_s to be placed (Ray Train reads the timeout from the
+    environment of the process that calls fit()), and a start that times out is a PlanError."""
+    if train is None:
+        yield
+        return
+    before = os.environ.get(START_TIMEOUT_ENV)
+    os.environ[START_TIMEOUT_ENV] = str(train.start_timeout_s)
+    try:
+        yield
+    except ControllerError as err:
+        if isinstance(err.controller_failure, WorkerGroupStartupTimeoutError):
+            raise start_timed_out(train, cluster_state()) from None
+        raise
+    finally:
+        if before is None:
+            os.environ.pop(START_TIMEOUT_ENV, None)
+        else:
+            os.environ[START_TIMEOUT_ENV] = before
 
 
 def on_this_node() -> NodeAffinitySchedulingStrategy:
@@ -186,6 +217,7 @@ def build_trainer(
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 def set_poll_interval(train: TrainConfig) -> None:

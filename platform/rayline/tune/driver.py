@@ -8,16 +8,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayline.config import ConfigError, PipelineConfig, TuneConfig
+from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
+from rayline.config import ConfigError, PipelineConfig, TuneConfig, features_phrase
 from rayline.data import PreparedData
 from rayline.evaluation import validation_metric_names
-from rayline.registry import checkpoint_metrics, complete_checkpoints
 from rayline.train.driver import build_trainer, check_batch_fits
 from rayline.train.weights import class_weights_for
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
-from rayline.tune.space import apply_params, decode_params, encode, load_search_space, to_tune_space
+from rayline.tune.space import (
+    apply_params,
+    check_model_inputs_of_trials,
+    decode_params,
+    encode,
+    load_search_space,
+    to_tune_space,
+)
 
 SUMMARY_FILE = "rayline_search.json"
+
+# Trials that started in this process and whose end Tune has not reported. On Ctrl-C Tune marks its running trials
+# TERMINATED, as if they had finished, so only this set tells an interrupted search from a finished one. Module
+# state, not the callback's own: Tuner.restore brings back an unpickled copy of the callback.
+UNFINISHED_TRIALS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ def run_search(
     space = to_tune_space(params, cfg.tune.searcher)
     check_points_to_evaluate(cfg, [p.path for p in params])
     plan = plan_trials(cfg, *cluster_resources())
+    inputs = f"{features_phrase(cfg.data)} (after encoding)"
+    check_model_inputs_of_trials(cfg, params, data.preprocessor.num_inputs, inputs)
     check_batch_fits(cfg.train, data.num_rows["train"])
     check_search_metric(cfg, data)
     class_weights = search_class_weights(cfg, data, [p.path for p in params])
@@ -61,9 +75,10 @@ def run_search(
             )
         tuner = build_tuner(cfg, trainable, space, plan, experiment_dir, verbose)
     write_summary(experiment_dir, cfg)
+    UNFINISHED_TRIALS.clear()
     results = tuner.fit()
     ended = results.num_terminated + results.num_errors
-    if ended < cfg.tune.num_samples:
+    if ended < cfg.tune.num_samples or UNFINISHED_TRIALS:
         # On Ctrl-C Tune saves its state and returns what it has, as if the search were over; registering its
         # best so far would leave a second "best" model once the search is resumed.
         raise SearchInterrupted(
@@ -186,6 +201,7 @@ def progress_printer(t: TuneConfig):
             record_trials(trial.experiment_dir_name, self.counts.counts(trials))
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            unfinished_trials().add(trial.trial_id)
             self.export(trials, trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -206,16 +222,25 @@ def progress_printer(t: TuneConfig):
                 else "stopped early by the scheduler"
             )
             print(f"  trial {trial.trial_id} {how} after {epochs} epochs", flush=True)
+            unfinished_trials().discard(trial.trial_id)
             self.counts.end(trial.trial_id, "finished" if finished else "stopped")
             self.export(trials, trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             cause = last_error_line(trial)
             print(f"  trial {trial.trial_id} FAILED: {cause} (full trace in {trial.local_path})", flush=True)
+            unfinished_trials().discard(trial.trial_id)
             self.counts.end(trial.trial_id, "errored")
             self.export(trials, trial)
 
     return TrialProgress()
+
+
+def unfinished_trials() -> set[str]:
+    """This module's set, looked up at call time: a callback restored from a pickle holds copies of its globals."""
+    from rayline.tune import driver
+
+    return driver.UNFINISHED_TRIALS
 
 
 def last_error_line(trial) -> str:

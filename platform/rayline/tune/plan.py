@@ -11,11 +11,9 @@ import math
 from dataclasses import dataclass
 
 from rayline.config import PipelineConfig
-from rayline.errors import RaylineError
+from rayline.train.resources import PlanError, worker_resources, workers_that_fit
 
-
-class PlanError(RaylineError, ValueError):
-    """The search cannot run even one trial on this cluster."""
+__all__ = ["Plan", "PlanError", "cluster_resources", "plan_trials"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +43,7 @@ class Plan:
 def plan_trials(cfg: PipelineConfig, total: dict[str, float], nodes: list[dict[str, float]]) -> Plan:
     """Fit trials into the cluster's totals (`ray.cluster_resources()`) and per-node resources."""
     assert cfg.tune is not None
-    worker = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        worker["GPU"] = 1.0
+    worker = worker_resources(cfg.train)
     driver = {"cpu": cfg.tune.trial_driver_cpus}
     plan = Plan(0, driver, worker, cfg.train.num_workers)
     check_a_worker_fits_a_node(worker, nodes)
@@ -72,9 +68,8 @@ def plan_trials(cfg: PipelineConfig, total: dict[str, float], nodes: list[dict[s
 
 
 def check_a_worker_fits_a_node(worker: dict[str, float], nodes: list[dict[str, float]]) -> None:
-    for node in nodes:
-        if all(node.get(name, 0.0) >= amount for name, amount in worker.items()):
-            return
+    if workers_that_fit(worker, nodes) >= 1:
+        return
     biggest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     raise PlanError(
         f"no node can hold one training worker ({worker}); the largest node has {biggest:g} CPUs "

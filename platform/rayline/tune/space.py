@@ -21,7 +21,9 @@ from rayline.config import (
     PipelineConfig,
     Section,
     apply_override_value,
+    check_model_inputs,
     format_validation_error,
+    model_input_problem,
     read_yaml_mapping,
 )
 
@@ -115,6 +117,19 @@ def extreme_values(kind: str, args: list) -> list:
     if kind == "randint":
         return [args[0], args[1] - 1]  # high is exclusive
     return [args[0], args[1]]
+
+
+def check_model_inputs_of_trials(base: PipelineConfig, params: list[Param], num_inputs: int, inputs: str) -> None:
+    """Every searched model value (and the base config) must take the fitted inputs per row: categorical
+    features make the width known only once the preprocessor is fitted, on the driver, before any trial."""
+    check_model_inputs(base, num_inputs, inputs)
+    for p in params:
+        if not p.path.startswith("model."):
+            continue
+        for value in extreme_values(p.kind, list(p.args)):
+            trial = apply_params(base, {p.path: value})
+            if problem := model_input_problem(trial.model, num_inputs, inputs):
+                raise ConfigError(f"{base.tune.search_space}: {p.path}: the value {value!r} does not fit: {problem}")
 
 
 def check_value(base: PipelineConfig, key: str, value: Any, where: str) -> None:
