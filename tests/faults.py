@@ -243,13 +243,20 @@ def paused(pids: list[int]) -> Iterator[None]:
 
 
 def after_checkpoint(
-    run_dir: Path, epoch: int, pids: Callable[[], list[int]], fault: Callable[[], object], timeout_s: float = 600
+    run_dir: Path,
+    epoch: int,
+    pids: Callable[[], list[int]],
+    fault: Callable[[], object],
+    timeout_s: float = 600,
+    settled: Callable[[], bool] | None = None,
 ) -> threading.Thread:
     """Start a thread that injects `fault` with the training processes paused, as soon as the checkpoint of
     `epoch` is complete under `run_dir` and before the next one is written.
 
     The driver hears of an epoch only after the workers have gone on to the next, so a fault injected from
     progress reports can land one checkpoint late; watching the storage and pausing the writers cannot.
+    `settled`: with the writers paused, wait (up to 30 s) until it holds before the fault, e.g. until the Train
+    controller, which keeps running, has passed the epochs already written on to the driver.
     """
     from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 
@@ -264,6 +271,9 @@ def after_checkpoint(
                 workers = pids()
             elif written():
                 with paused(workers):
+                    if settled is not None:
+                        with contextlib.suppress(TimeoutError):
+                            wait_until(settled, 30, "the state before the fault to settle", 0.05)
                     fault()
                 return
             time.sleep(0.005)

@@ -79,11 +79,17 @@ def storage_fault(request, ray_cluster, digits, tmp_path_factory) -> Iterator[St
     require_tmpfs()
     tmp = tmp_path_factory.mktemp(f"storage-{request.param}")
     with tmpfs(tmp / "mount", 16 << 20) as mount:
-        cfg = pipeline(digits, mount / "store")
+        # The controller polls the workers often, so it holds epoch 0's report by the time the fault's pause
+        # stops the workers answering its polls.
+        cfg = pipeline(digits, mount / "store", poll_interval_s=0.05)
         seen: list[int] = []
         fault = (lambda: fill(mount)) if request.param == "full" else (lambda: remount_read_only(mount))
         both_workers = lambda: p if len(p := train_worker_pids()) == 2 else []  # noqa: E731
-        injector = after_checkpoint(mount / "store" / "runs" / "run", FAULT_AFTER - 1, both_workers, fault)
+        # Epochs here take a fraction of a second, faster than the controller passes reports on; with the workers
+        # paused it catches up, so the driver has seen training before the storage goes bad.
+        injector = after_checkpoint(
+            mount / "store" / "runs" / "run", FAULT_AFTER - 1, both_workers, fault, settled=lambda: bool(seen)
+        )
         with pytest.raises(Exception) as err:
             train_and_register(cfg, on_epoch=lambda m: seen.append(int(m["epoch"])), log=quiet)
         injector.join(timeout=5)
@@ -97,7 +103,7 @@ def readable_checkpoint_epochs(run_dir: Path) -> list[int]:
 @pytest.mark.parametrize("storage_fault", ["full", "read-only"], indirect=True)
 def test_bad_storage_stops_training_with_a_clear_error_and_earlier_checkpoints_intact(storage_fault):
     # Progress reaches the driver asynchronously (the controller may die on the bad storage first, so the last
-    # good epoch may go unreported), but the first epoch's report was sent long before the fault.
+    # good epoch may go unreported), but the fault waited for the first epoch's report.
     assert storage_fault.seen, "no epoch was reported: the run never trained before the fault"
     assert storage_fault.seen == list(range(len(storage_fault.seen))) and len(storage_fault.seen) <= FAULT_AFTER
     assert MESSAGES[storage_fault.kind] in str(storage_fault.error)
