@@ -8,6 +8,8 @@ Category frequencies come from ValueCounter over the cells' keys.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -43,7 +45,8 @@ def fit_preprocessor(train_ds: ray.data.Dataset, data_cfg: DataConfig) -> Prepro
     prepared = train_ds.select_columns(numeric + categorical).map_batches(
         fit_columns, fn_kwargs={"numeric": numeric, "categorical": categorical}, batch_format="pandas"
     )
-    result = prepared.aggregate(*aggregates(numeric, categorical, medians(data_cfg)))
+    with task_based_shuffle(prepared):
+        result = prepared.aggregate(*aggregates(numeric, categorical, medians(data_cfg)))
     where = data_cfg.source
     features = [fit_feature(f, data_cfg, result, where) for f in data_cfg.features]
     if data_cfg.task == "regression":
@@ -56,6 +59,23 @@ def fit_preprocessor(train_ds: ray.data.Dataset, data_cfg: DataConfig) -> Prepro
             "classification needs at least two classes"
         )
     return Preprocessor("classification", data_cfg.label, features, classes, None, None)
+
+
+@contextmanager
+def task_based_shuffle(ds: ray.data.Dataset) -> Iterator[None]:
+    """Ray Data's default shuffle runs an aggregate through hash-shuffle operators, about 2 s before the
+    first row even on a few thousand rows on 2 cores; a global aggregate (no key) needs no hash partitioning,
+    and the pull-based sort shuffle runs it as plain map and reduce tasks. A dataset plans with the
+    DataContext it was created with (`ds.context`), so that is the one to set."""
+    from ray.data.context import ShuffleStrategy
+
+    context = ds.context
+    before = context.shuffle_strategy
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield
+    finally:
+        context.shuffle_strategy = before
 
 
 def fitted_columns(data_cfg: DataConfig) -> tuple[list[str], list[str]]:
