@@ -1,5 +1,6 @@
 """`rayline serve` stopped the way Docker, systemd and Kubernetes stop a process (SIGTERM): Serve and the
-embedded Ray cluster shut down as on Ctrl-C, the exit status is normal, and no process it started is left."""
+embedded Ray cluster shut down as on Ctrl-C, the exit status is normal, and no process it started is left:
+with HAProxy in front, that includes the haproxy process (it once outlived its stop, still listening)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ pytestmark = pytest.mark.slow
 RAYLINE = str(Path(sys.executable).parent / "rayline")
 
 
-def test_sigterm_stops_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path):
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_sigterm_stops_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path, ingress):
     port = free_port()
-    register(tmp_path / "store", serve=ServeConfig(port=port))
+    register(tmp_path / "store", serve=ServeConfig(port=port, ingress=ingress, cpus_per_replica=0.25))
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so anything
     # it left behind is told apart from every other Ray on the machine, and cleaned up whatever happens.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rls-", dir="/tmp"))
@@ -52,6 +54,8 @@ def test_sigterm_stops_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path)
         tree = process_tree(server.pid)
         started = {pid: command_line(pid) for pid in tree}
         assert any("raylet" in c for c in started.values()) and any("gcs_server" in c for c in started.values())
+        if ingress == "haproxy":
+            assert any("haproxy -" in c for c in started.values()), "HAProxy runs in front of the replicas"
 
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=180)
