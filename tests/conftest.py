@@ -32,6 +32,7 @@ def ray_cluster():
     ctx = ray.init(
         address="local",
         num_cpus=4,
+        num_gpus=0,  # the CPU-only scenarios (a use_gpu run refused) hold on a GPU machine too
         include_dashboard=True,
         dashboard_port=point_state_api_at_own_dashboard(preferred=8266),
         logging_level=logging.WARNING,

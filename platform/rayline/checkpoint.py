@@ -135,21 +135,34 @@ def verify_checkpoint(directory: str | Path, *, contents: bool = True) -> None:
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     """The checkpoints of a Train run that pass verify_checkpoint, by name (oldest first). One being written,
     cut short, or pruned while it is looked at is left out."""
-    complete = []
-    for directory in sorted(Path(run_dir).glob("checkpoint_*")):
-        if not directory.is_dir():  # Ray Train's checkpoint_manager_snapshot.json
-            continue
-        try:
-            verify_checkpoint(directory)
-        except (RegistryError, OSError):
-            continue
-        complete.append(directory)
-    return complete
+    return [d for d in checkpoint_dirs(run_dir) if is_complete(d)]
 
 
 def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint of a Train run with the highest epoch; None when it has none."""
-    return max(complete_checkpoints(run_dir), key=lambda d: int(checkpoint_metrics(d)["epoch"]), default=None)
+    """The complete checkpoint of a Train run with the highest epoch; None when it has none. Checked newest
+    first, so only the one returned (and any cut short after it) is hashed, not every checkpoint kept."""
+    return next((d for d in sorted(checkpoint_dirs(run_dir), key=saved_epoch, reverse=True) if is_complete(d)), None)
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders of a Train run by name (oldest first); Ray Train's snapshot file is not one."""
+    return [d for d in sorted(Path(run_dir).glob("checkpoint_*")) if d.is_dir()]
+
+
+def is_complete(directory: Path) -> bool:
+    try:
+        verify_checkpoint(directory)
+    except (RegistryError, OSError):
+        return False
+    return True
+
+
+def saved_epoch(directory: Path) -> int:
+    """The epoch a checkpoint folder says it holds; -1 when it cannot say (cut short before its state)."""
+    try:
+        return int(checkpoint_metrics(directory)["epoch"])
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:
@@ -181,7 +194,7 @@ class LoadedModel:
 def load_checkpoint(directory: str | Path, version: ModelVersion | None = None) -> LoadedModel:
     directory = Path(directory)
     verify_checkpoint(directory)
-    config = PipelineConfig.model_validate(read_json(directory / CONFIG_FILE))
+    config = checkpoint_config(directory)
     preprocessor = Preprocessor.from_dict(read_json(directory / PREPROCESSOR_FILE))
     model = build_model(config.model, **preprocessor.model_shape())
     model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True, map_location="cpu"))

@@ -97,6 +97,17 @@ def model_takes_inputs(cfg: PipelineConfig) -> Callable[[Preprocessor], None]:
     return check
 
 
+def trials_take_inputs(cfg: PipelineConfig, params) -> Callable[[Preprocessor], None]:
+    """model_takes_inputs for the base config and every model value the search may try."""
+    from rayline.tune.space import check_model_inputs_of_trials
+
+    def check(preprocessor: Preprocessor) -> None:
+        inputs = f"{features_phrase(cfg.data)} (after encoding)"
+        check_model_inputs_of_trials(cfg, params, preprocessor.num_inputs, inputs)
+
+    return check
+
+
 def log_rows_left_out(data: PreparedData, log: Callable[[str], None]) -> None:
     if data.rows_without_label:
         log(f"left out {data.rows_without_label} rows whose label is missing")
@@ -138,10 +149,10 @@ def search_and_register(
     from rayline.tune.space import load_search_space
 
     cfg = preflight(cfg)
-    load_search_space(cfg.tune.search_space, cfg)  # every searched model value against the features, too
+    params = load_search_space(cfg.tune.search_space, cfg)  # every searched model value against the features
     if ray.is_initialized():
         plan_trials(cfg, *cluster_resources())  # planned again, for concurrency, once the data is ready
-    data = prepare_datasets(cfg.data, check=model_takes_inputs(cfg))
+    data = prepare_datasets(cfg.data, check=trials_take_inputs(cfg, params))
     cfg = cfg.model_copy(update={"data": data.data_cfg})
     log_rows_left_out(data, log)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")

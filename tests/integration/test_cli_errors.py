@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+from clusters import VENV_BIN
 from serve_models import model_name, register
 
-RAYLINE = str(Path(sys.executable).parent / "rayline")
+RAYLINE = str(VENV_BIN / "rayline")
 # Ray's C++ core worker logs this for every actor-pool map_batches (rayline.predict's) straight to fd 2, where
 # no Python logging setting reaches. Known and left to predict.py (its actors' max_restarts); nothing else passes.
 KNOWN_RAY_LINE = re.compile(r"^\[[\d\- :,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'MapWorker\(")

@@ -8,13 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from clusters import VENV_BIN
 from faults import alive, command_line, kill_processes_with_env, process_tree, wait_until
 from rayline.config import ServeConfig
 from rayline.runtime import free_port
@@ -22,7 +22,7 @@ from serve_models import register
 
 pytestmark = pytest.mark.slow
 
-RAYLINE = str(Path(sys.executable).parent / "rayline")
+RAYLINE = str(VENV_BIN / "rayline")
 
 
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])

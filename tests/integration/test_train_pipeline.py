@@ -98,7 +98,17 @@ def test_rerunning_a_run_name_resumes_the_epoch_count(trained):
     assert [m["epoch"] for m in history] == list(range(13)), "the learning curve spans both runs"
 
 
-def test_a_gpu_run_on_a_cpu_only_cluster_fails_at_once_saying_what_it_needs(ray_cluster, tmp_path):
+@pytest.fixture
+def no_data_preparation(monkeypatch):
+    """Any data preparation fails the test: what it guards must be refused before the data is read."""
+
+    def prepare(*args, **kwargs):
+        raise AssertionError("the data was prepared before the refusal")
+
+    monkeypatch.setattr("rayline.pipeline.prepare_datasets", prepare)
+
+
+def test_a_gpu_run_on_a_cpu_only_cluster_fails_at_once_saying_what_it_needs(ray_cluster, tmp_path, no_data_preparation):
     lines: list[str] = []
     with pytest.raises(PlanError) as err:
         train_and_register(digits_config(tmp_path, use_gpu=True), log=lines.append)
@@ -108,7 +118,9 @@ def test_a_gpu_run_on_a_cpu_only_cluster_fails_at_once_saying_what_it_needs(ray_
     assert not any(line.startswith("data:") for line in lines), "refused before any data was prepared"
 
 
-def test_a_model_that_does_not_fit_auto_features_is_refused_before_the_data_is_prepared(ray_cluster, tmp_path):
+def test_a_model_that_does_not_fit_auto_features_is_refused_before_the_data_is_prepared(
+    ray_cluster, tmp_path, no_data_preparation
+):
     cfg = digits_pipeline_config(
         tmp_path, data={"features": "auto"}, model={"kind": "transformer", "token_size": 7, "d_model": 16}
     )

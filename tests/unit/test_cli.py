@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import digits_source
 from rayline.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,6 +168,7 @@ def broken_inputs(tmp: Path) -> dict[str, list[str]]:
     (tmp / "a_file").write_text("a file where a folder should be")
     empty = str(tmp / "empty")
     digits = str(REPO / "pipelines/digits.yaml")
+    source = f"data.source={digits_source(tmp)}"
     return {
         "validate": ["validate", str(tmp / "missing.yaml")],
         "validate-yaml": ["validate", str(tmp / "not_yaml.yaml")],
@@ -184,8 +186,9 @@ def broken_inputs(tmp: Path) -> dict[str, list[str]]:
         "make-digits": ["make-digits", "--output", str(tmp / "a_file" / "digits.parquet")],
         "submit": ["submit", digits, "--set", "storage.root=/mnt/x", "--dashboard", "http://127.0.0.1:1"],
         "jobs": ["jobs", "list", "--dashboard", "http://127.0.0.1:1"],
-        "train-ray-address": ["train", digits, "--ray-address", "127.0.0.1:1"],
-        "run-dashboard-url": ["run", digits, "--ray-address", "http://127.0.0.1:8265"],
+        # With data that exists, so the address is what gets refused (EXPECTED), not a missing file.
+        "train-ray-address": ["train", digits, "--ray-address", "127.0.0.1:1", "--set", source],
+        "run-dashboard-url": ["run", digits, "--ray-address", "http://127.0.0.1:8265", "--set", source],
     }
 
 
@@ -205,6 +208,14 @@ def test_every_command_fails_on_a_broken_input_with_one_line_and_exit_2(case, ca
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith(("error: ", "config error: ")), err
     assert "Traceback" not in err
+    assert EXPECTED.get(case, "") in lines[0], err
+
+
+EXPECTED = {
+    "train-ray-address": "cannot reach the Ray cluster at 127.0.0.1:1",
+    "run-dashboard-url": "is a URL: it takes the Ray cluster's GCS address",
+}
+"""The one line the address cases must print: any other one-line error (a missing file) would not do."""
 
 
 def test_the_broken_inputs_cover_every_command(tmp_path):

@@ -68,13 +68,11 @@ class ModelServer:
         torch.set_num_threads(self.fixed.torch_threads)
         self.storage_root = storage_root
         self.primary: ServedModel | None = None
-        self.settings = hot_settings(None)
-        self.limits = Limits(self.settings.serve.max_body_bytes, self.settings.serve.request_timeout_s)
         self.token_sha256 = token_sha256 or env_token_digest()
         self.metrics = ServeMetrics(serve.get_replica_context().app_name)
         self.counters = {"requests_served": 0, "rows_served": 0, "batches_served": 0}
-        cfg = self.settings.serve
-        self.batcher = Batcher(self._run_batch, max_rows=cfg.max_batch_size, wait_s=cfg.batch_wait_timeout_s)
+        self.batcher = Batcher(self._run_batch, max_rows=1, wait_s=0.0)
+        self.apply(hot_settings(None))
         self._other_model = multiplexed_loader(self._load_other, self.fixed.max_models_per_replica)
         self._forward_since: float | None = None
         """When the forward pass now running began (monotonic), None between passes."""
@@ -86,6 +84,10 @@ class ModelServer:
             # In a thread: the current model keeps answering requests while the next one loads.
             self.primary = await asyncio.to_thread(self._load, settings.model_name, settings.model_version)
             logger.info("now serving model %s", self.primary.ref)
+        self.apply(settings)
+
+    def apply(self, settings: HotSettings) -> None:
+        """The hot settings in force: request limits and how requests are batched."""
         self.settings = settings
         cfg = settings.serve
         self.limits = Limits(cfg.max_body_bytes, cfg.request_timeout_s)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
-from rayline.config import ConfigError, PipelineConfig, TuneConfig, features_phrase
+from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
 from rayline.evaluation import validation_metric_names
 from rayline.train.driver import build_trainer, check_batch_fits
@@ -17,7 +17,6 @@ from rayline.train.weights import class_weights_for
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
 from rayline.tune.space import (
     apply_params,
-    check_model_inputs_of_trials,
     decode_params,
     encode,
     load_search_space,
@@ -44,7 +43,9 @@ class SearchOutcome:
 def run_search(
     cfg: PipelineConfig, data: PreparedData, *, resume: bool = False, verbose: bool = False, log=print
 ) -> SearchOutcome:
-    """Search cfg.tune's space with its scheduler and searcher; return the best trial's best checkpoint."""
+    """Search cfg.tune's space with its scheduler and searcher; return the best trial's best checkpoint.
+    Whether every searched model value takes the data's inputs is checked while the data is prepared
+    (rayline.pipeline.search_and_register), before any split is transformed."""
     from ray import tune
 
     assert cfg.tune is not None, "run_search needs a tune: section"
@@ -52,8 +53,6 @@ def run_search(
     space = to_tune_space(params, cfg.tune.searcher)
     check_points_to_evaluate(cfg, [p.path for p in params])
     plan = plan_trials(cfg, *cluster_resources())
-    inputs = f"{features_phrase(cfg.data)} (after encoding)"
-    check_model_inputs_of_trials(cfg, params, data.preprocessor.num_inputs, inputs)
     check_batch_fits(cfg.train, data.num_rows["train"])
     check_search_metric(cfg, data)
     class_weights = search_class_weights(cfg, data, [p.path for p in params])
