@@ -32,9 +32,10 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
     import ray
 
     quiet_environment(verbose)
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Checked even when this process is already connected: a wrong address must not pass silently.
+    check_reachable(address)
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        check_reachable(address)
         # Cluster-wide options may only be given when this process starts the cluster.
         embedded = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if not address else {}
         if not verbose:

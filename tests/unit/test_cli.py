@@ -211,6 +211,16 @@ def test_every_command_fails_on_a_broken_input_with_one_line_and_exit_2(case, ca
     assert EXPECTED.get(case, "") in lines[0], err
 
 
+@pytest.mark.parametrize("case", ["train-ray-address", "run-dashboard-url"])
+def test_a_wrong_address_is_refused_even_in_a_process_already_connected_to_ray(
+    case, ray_cluster, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(broken_inputs(tmp_path)[case]) == 2
+    assert EXPECTED[case] in capsys.readouterr().err
+
+
 EXPECTED = {
     "train-ray-address": "cannot reach the Ray cluster at 127.0.0.1:1",
     "run-dashboard-url": "is a URL: it takes the Ray cluster's GCS address",
