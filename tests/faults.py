@@ -204,27 +204,47 @@ def files_open_under(pid: int, directory: Path) -> list[Path]:
 def freeze_writer(pids: Callable[[], list[int]], directory: Path, timeout_s: float) -> tuple[int, Path]:
     """Wait until one of `pids()` has a file under `directory` open, and SIGSTOP it while it still has.
 
-    Checked again after the stop, so the process is frozen mid-write, not just after it. Returns the PID
-    (still stopped: SIGKILL or SIGCONT it) and the file it was writing.
+    Checked again after the stop, so the process is frozen mid-write, not just after it. A local checkpoint
+    upload lasts milliseconds, too short for scanning file descriptors alone to catch reliably on a busy
+    machine: so every candidate is also frozen the moment a new entry appears under `directory` (a listing is
+    cheap), which is when an upload starts. Returns the PID (still stopped: SIGKILL or SIGCONT it) and the
+    file it was writing.
     """
     deadline = time.monotonic() + timeout_s
     candidates: list[int] = []
     refreshed = 0.0
+    entries = set(os.listdir(directory)) if directory.is_dir() else set()
     while time.monotonic() < deadline:
         if time.monotonic() - refreshed > 2:  # the State API is slow; the file scan must not be
             candidates, refreshed = pids(), time.monotonic()
-        for pid in candidates:
-            if not files_open_under(pid, directory):
-                continue
-            os.kill(pid, signal.SIGSTOP)
-            # The stop is delivered asynchronously: look again only once the process has stopped.
-            wait_until(lambda pid=pid: process_state(pid) in ("T", ""), 10, f"process {pid} to stop", 0.001)
-            still_open = files_open_under(pid, directory)
-            if still_open:
-                return pid, still_open[0]
-            os.kill(pid, signal.SIGCONT)
+        now = set(os.listdir(directory)) if directory.is_dir() else set()
+        writers = candidates if now - entries else [pid for pid in candidates if files_open_under(pid, directory)]
+        entries = now
+        if writers:
+            caught = catch_writing(writers, directory)
+            if caught is not None:
+                return caught
         time.sleep(0.001)
     raise TimeoutError(f"no process wrote under {directory} within {timeout_s:.0f} s")
+
+
+def catch_writing(pids: list[int], directory: Path) -> tuple[int, Path] | None:
+    """SIGSTOP every process; keep the first that still has a file under `directory` open, SIGCONT the rest."""
+    caught = None
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        # The stop is delivered asynchronously: look only once the process has stopped.
+        wait_until(lambda pid=pid: process_state(pid) in ("T", ""), 10, f"process {pid} to stop", 0.001)
+        still_open = files_open_under(pid, directory)
+        if caught is None and still_open:
+            caught = pid, still_open[0]
+    for pid in pids:
+        if caught is None or pid != caught[0]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    return caught
 
 
 @contextlib.contextmanager

@@ -1,9 +1,12 @@
 """What the driver asks Ray Train for, per config (no cluster needed)."""
 
+from types import SimpleNamespace
+
 import pytest
+import ray.train
 
 from rayline.config import TrainConfig
-from rayline.train.driver import dataset_config, scaling_config, torch_config
+from rayline.train.driver import scaling_config, torch_config, worker_shards
 
 
 def test_use_gpu_selects_nccl_and_a_gpu_per_worker():
@@ -21,27 +24,39 @@ def test_cpu_training_uses_gloo():
 
 
 @pytest.mark.parametrize(
-    ("train", "split"),
+    ("train", "shards"),
     [
-        (TrainConfig(strategy="ddp"), "all"),
-        (TrainConfig(strategy="fsdp"), "all"),
-        (TrainConfig(strategy="tensor"), []),
-        (TrainConfig(strategy="pipeline", batch_size=8), []),
-        (TrainConfig(strategy="hybrid", num_workers=4, mesh=(2, 2)), []),
+        (TrainConfig(strategy="ddp"), ["train 0/2 equal", "train 1/2 equal"]),
+        (TrainConfig(strategy="fsdp"), ["train 0/2 equal", "train 1/2 equal"]),
+        (TrainConfig(strategy="ddp", num_workers=1), ["train"]),
+        (TrainConfig(strategy="tensor"), ["train", "train"]),
+        (TrainConfig(strategy="pipeline", batch_size=8), ["train", "train"]),
+        (TrainConfig(strategy="hybrid", num_workers=4, mesh=(2, 2)), ["train"] * 4),
     ],
 )
-def test_ray_data_splits_per_worker_only_when_every_worker_is_a_replica(train, split):
-    assert dataset_config(train)._datasets_to_split == split
+def test_every_worker_gets_its_own_shard_only_when_every_worker_is_a_replica(train, shards):
+    class Split(str):
+        def split(self, n: int, *, equal: bool) -> list[str]:
+            return [f"{self} {i}/{n}{' equal' if equal else ''}" for i in range(n)]
+
+    given = worker_shards(SimpleNamespace(train=Split("train"), validation=Split("validation")), train)
+    assert given["train"] == shards
+    assert len(given["validation"]) == train.num_workers
 
 
-def test_the_poll_interval_reaches_the_run_controller(monkeypatch):
+def test_the_poll_interval_and_the_preemption_watcher_setting_reach_the_run_controller(monkeypatch):
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
-    from rayline.train.driver import POLL_INTERVAL_ENV, set_poll_interval
+    from rayline.train.driver import POLL_INTERVAL_ENV, PREEMPTION_WATCHER_ENV, set_controller_environment
 
     monkeypatch.setenv(POLL_INTERVAL_ENV, "2")  # restored after the test
-    set_poll_interval(TrainConfig(poll_interval_s=0.5))
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV, raising=False)
+    set_controller_environment(TrainConfig(poll_interval_s=0.5))
     assert get_env_vars_to_propagate()[POLL_INTERVAL_ENV] == "0.5"
+    assert get_env_vars_to_propagate()[PREEMPTION_WATCHER_ENV] == "0"
+    monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "1")  # a spot-instance cluster turns it on
+    set_controller_environment(TrainConfig())
+    assert get_env_vars_to_propagate()[PREEMPTION_WATCHER_ENV] == "1"
 
 
 def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
@@ -68,3 +83,18 @@ def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
     callback.after_report(None, [{"epoch": 1}], None)
     assert queue.puts == 1, "a lost queue is not called again"
     assert remaining(queue) == []
+
+
+def test_the_trainer_starts_no_dataset_manager_but_keeps_ray_trains_other_callbacks(tmp_path):
+    from ray.train.v2._internal.callbacks import BackendSetupCallback, DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from rayline.train.driver import Trainer
+
+    def loop(_config):
+        pass
+
+    trainer = Trainer(loop, run_config=ray.train.RunConfig(name="x", storage_path=str(tmp_path)))
+    kinds = {type(c) for c in trainer._create_default_callbacks()}
+    assert DatasetsCallback not in kinds
+    assert {BackendSetupCallback, PlacementGroupCleanerCallback} <= kinds

@@ -16,3 +16,9 @@ def test_random_and_grid_search_carry_the_planned_concurrency(searcher):
 
 def test_optuna_is_a_searcher_that_tune_caps_itself():
     assert isinstance(make_searcher(TuneConfig(search_space="space.yaml"), max_concurrent=2), Searcher)
+
+
+@pytest.mark.parametrize(("num_samples", "random_first"), [(1, 2), (8, 2), (12, 3), (24, 6), (100, 10)])
+def test_tpe_models_most_of_a_small_budget_instead_of_sampling_it_at_random(num_samples, random_first):
+    algorithm = make_searcher(TuneConfig(search_space="space.yaml", num_samples=num_samples), max_concurrent=2)
+    assert algorithm._sampler._n_startup_trials == random_first

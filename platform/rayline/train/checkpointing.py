@@ -1,6 +1,8 @@
 """Checkpoints of a parallelized model: a consolidated copy for serving, a sharded copy for resuming.
 
-The layout itself is the registry's; this module only gathers the state every strategy holds.
+The layout itself is the registry's; this module only gathers the state every strategy holds. Distributed
+checkpointing (torch.distributed.checkpoint, half a second of imports per worker) is imported only by the
+sharded strategies' paths: a ddp replica holds the whole model already.
 """
 
 from __future__ import annotations
@@ -11,12 +13,6 @@ from pathlib import Path
 import ray.train
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from rayline.checkpoint import (
     checkpoint_config,
@@ -32,7 +28,11 @@ from rayline.train.strategies import Parallelized
 
 def full_model_state(pm: Parallelized) -> dict[str, torch.Tensor] | None:
     """The whole plain model's state dict on CPU at rank 0 (None elsewhere); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     rank = dist.get_rank()
+    if not pm.sharded:
+        return {k: v.detach().cpu() for k, v in pm.module.state_dict().items()} if rank == 0 else None
     if pm.schedule is None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(pm.module, options=options)  # gathers DTensor shards to rank 0
@@ -46,13 +46,18 @@ def full_model_state(pm: Parallelized) -> dict[str, torch.Tensor] | None:
     return {k: v for part in parts for k, v in part.items()} if rank == 0 else None
 
 
-# Optimizer state keyed by parameter name: with per-group lists, pipeline stages' entries would share keys
-# ("param_groups.0") and the sharded copy would keep one stage's.
-SHARDED_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+def sharded_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Optimizer state keyed by parameter name: with per-group lists, pipeline stages' entries would share keys
+    # ("param_groups.0") and the sharded copy would keep one stage's.
+    return StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def sharded_state(pm: Parallelized, optimizer: torch.optim.Optimizer) -> dict:
-    model_state, optimizer_state = get_state_dict(pm.module, optimizer, options=SHARDED_OPTIONS)
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(pm.module, optimizer, options=sharded_options())
     return {"model": model_state, "optimizer": optimizer_state}
 
 
@@ -112,6 +117,8 @@ def restore_latest(
             pm.module.load_state_dict(model_state)
             optimizer.load_state_dict(optimizer_state)
             return epoch + 1, history
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
         state = sharded_state(pm, optimizer)
         epoch, history = load_sharded_state(directory, state)
         set_state_dict(
@@ -119,7 +126,7 @@ def restore_latest(
             optimizer,
             model_state_dict=state["model"],
             optim_state_dict=state["optimizer"],
-            options=SHARDED_OPTIONS,
+            options=sharded_options(),
         )
         return epoch + 1, history
 

@@ -16,6 +16,7 @@ import ray.train
 from ray.exceptions import RayActorError
 from ray.train import ControllerError
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.v2.api.callback import UserCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -176,7 +177,7 @@ def build_trainer(
     check_metric_names(cfg, data.preprocessor)
     if class_weights is None:
         class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)
-    set_poll_interval(cfg.train)
+    set_controller_environment(cfg.train)
     run_dir = Path(cfg.storage.root) / "runs" / run_name
     last = last_complete_checkpoint(run_dir)  # listed (and hashed) once per start
     if last is not None:
@@ -185,7 +186,7 @@ def build_trainer(
         require_same_strategy(last, cfg)
     resume_from = recover_run_state(run_dir, last)
     keep = cfg.train.checkpoint
-    return TorchTrainer(
+    return Trainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
@@ -193,11 +194,10 @@ def build_trainer(
             "resume_from": resume_from,
             "class_weights": class_weights if cfg.train.class_weight == "balanced" else None,
             "train_rows": data.num_rows["train"],
+            "shards": worker_shards(data, cfg.train),
         },
         torch_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),
-        datasets={"train": data.train, "validation": data.validation},
-        dataset_config=dataset_config(cfg.train),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(Path(cfg.storage.root) / "runs"),
@@ -215,15 +215,31 @@ def build_trainer(
     )
 
 
+class Trainer(TorchTrainer):
+    """A TorchTrainer that starts no dataset manager: the workers' shards come in the loop config
+    (worker_shards), and Ray Train 2.60 starts that actor for every run even with no datasets given.
+    (A private hook, so ray is pinned to one version; a unit test fails if the hook changes.)"""
+
+    def _create_default_callbacks(self) -> list:
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
+
+
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
-def set_poll_interval(train: TrainConfig) -> None:
-    """Ray Train reads it from the environment of the process that calls fit() (the driver or a Tune trial) and
-    passes it on to the run's controller."""
+def set_controller_environment(train: TrainConfig) -> None:
+    """Ray Train reads these from the environment of the process that calls fit() (the driver or a Tune trial)
+    and passes them on to the run's controller.
+
+    The preemption watcher is off unless the environment turns it on: it only watches for cloud spot-instance
+    preemption notices (set RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 on such a cluster), and it is one more
+    process started with every run and every Tune trial. Recovery from a lost worker or node does not need it:
+    train.max_failures restarts the worker group either way."""
     os.environ[POLL_INTERVAL_ENV] = str(train.poll_interval_s)
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
 
 def recover_run_state(run_dir: Path, last_complete: Path | None) -> str | None:
@@ -296,11 +312,19 @@ def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
     return ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources)
 
 
-def dataset_config(train: TrainConfig) -> ray.train.DataConfig:
-    """ddp and fsdp: Ray Data splits every dataset per worker. Strategies whose ranks share a replica (tensor,
-    pipeline, hybrid) give every worker whole datasets; the loop keeps its replica's share."""
-    split_per_worker = train.data_parallel_size == train.num_workers
-    return ray.train.DataConfig(datasets_to_split="all" if split_per_worker else [])
+def worker_shards(data: PreparedData, train: TrainConfig) -> dict[str, list[ray.data.Dataset]]:
+    """Each split's shard for every worker rank, in rank order: the prepared splits are materialized, so they
+    are split here (equal rows, as Ray Train would) and reach the workers as object references.
+
+    Not Ray Train's own dataset integration: for splits already in the object store it only adds three actors
+    to every run's start (its dataset manager and a streaming-split coordinator per split), started one after
+    another, seconds of every run and every Tune trial. ddp and fsdp: one shard per worker. Strategies whose
+    ranks share a replica (tensor, pipeline, hybrid) give every worker the whole split; the loop keeps its
+    replica's share."""
+    n = train.num_workers
+    split_per_worker = train.data_parallel_size == n
+    splits = {"train": data.train, "validation": data.validation}
+    return {name: ds.split(n, equal=True) if split_per_worker and n > 1 else [ds] * n for name, ds in splits.items()}
 
 
 def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:

@@ -10,7 +10,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
 from rayline.data.preprocess import Preprocessor
@@ -19,7 +18,7 @@ from rayline.train.batches import ShardCache, flag_last, replica_batches
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
 from rayline.train.evaluate import SplitSums, all_reduce, collective_device
 from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
-from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, make_loss_fn
+from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, local, make_loss_fn
 from rayline.train.stopping import decide
 from rayline.train.strategies import Parallelized, parallelize
 
@@ -46,8 +45,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     start_epoch, history = restore_latest(pm, optimizer, cfg, loop_config.get("resume_from"))
     dtypes = {"x": torch.float32, "y": torch.int64 if classification else torch.float32}
     limit = int(cfg.train.cache_shard_mb * 2**20)
+    rank = ray.train.get_context().get_world_rank()
     train_data, val_data = (
-        ShardCache(ray.train.get_dataset_shard(split), limit_bytes=limit, dtypes=dtypes, device=device)
+        ShardCache(loop_config["shards"][split][rank], limit_bytes=limit, dtypes=dtypes, device=device)
         for split in ("train", "validation")
     )
     steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
@@ -205,4 +205,4 @@ def memory_metrics(pm: Parallelized, optimizer: torch.optim.Optimizer, device: t
 
 
 def local_bytes(tensors) -> int:
-    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
+    return sum(local(t).nbytes for t in tensors)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from rayline.train.strategies import LossFn, Parallelized
@@ -37,7 +36,7 @@ def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         with model.no_sync():
             yield
         return
-    if isinstance(model, FSDPModule):
+    if loaded_instance(model, "torch.distributed.fsdp", "FSDPModule"):
         model.set_requires_gradient_sync(sync)
     yield
 
@@ -102,7 +101,7 @@ def clip_grad_norm(pm: Parallelized, max_norm: float) -> torch.Tensor:
 
 def layout(grad: torch.Tensor) -> tuple | None:
     """None for a plain tensor; for a DTensor its mesh and the mesh dimensions it is split over."""
-    if not isinstance(grad, DTensor):
+    if not is_dtensor(grad):
         return None
     assert not any(p.is_partial() for p in grad.placements), "gradients are reduced before clipping"
     # Not is_shard(): FSDP over tensor-parallel shards uses _StridedShard, which is no Shard.
@@ -110,7 +109,18 @@ def layout(grad: torch.Tensor) -> tuple | None:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    return loaded_instance(t, "torch.distributed.tensor", "DTensor")
+
+
+def loaded_instance(obj: object, module_name: str, class_name: str) -> bool:
+    """isinstance without importing the module: FSDP and DTensor cost every worker about a second of imports,
+    ddp never needs them, and no object of theirs can exist before a sharding strategy imported them."""
+    module = sys.modules.get(module_name)
+    return module is not None and isinstance(obj, getattr(module, class_name))
 
 
 @torch.no_grad()

@@ -2,6 +2,9 @@
 
 Ray Train only sets up the process group; meshes and wrapping are ours (RAY_NOTES §1). Every rank builds the
 whole model from the same seed first, so every strategy starts from the same weights as ddp.
+
+FSDP, tensor and pipeline parallelism are imported where they are applied: together they cost every worker
+process about a second of imports, which a ddp run (the common case) would pay at every start.
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from torch.nn.parallel import DistributedDataParallel
 
 from rayline.config import PipelineParallelConfig, TrainConfig
@@ -75,6 +75,8 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
 
     Each transformer block is its own unit, so only one block's parameters are gathered at a time.
     """
+    from torch.distributed.fsdp import fully_shard
+
     for module in model.modules():
         if isinstance(module, Block):
             fully_shard(module, mesh=mesh)
@@ -87,6 +89,8 @@ def apply_tensor(model: Transformer, *, mesh: DeviceMesh) -> Transformer:
     columns (heads / hidden units), the attention output and the second MLP projection by input rows, so each
     block needs one all-reduce in the forward pass and one in the backward. Norms, embeddings and the head
     stay replicated."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
     plan = {
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),
@@ -145,6 +149,8 @@ def apply_pipeline(
 
     `wrap` shards the stage over the data-parallel dimension (hybrid fsdp+pipeline).
     """
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
     stage_index, num_stages = mesh.get_local_rank(), mesh.size()
     stage_module = split_stage(model, stage=stage_index, num_stages=num_stages)
     runner = wrap(Autocast(stage_module, device.type) if bf16 else stage_module)

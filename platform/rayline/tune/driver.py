@@ -265,7 +265,7 @@ def make_searcher(t: TuneConfig, max_concurrent: int):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         return OptunaSearch(
-            sampler=optuna.samplers.TPESampler(seed=t.seed),
+            sampler=optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=random_startup_trials(t.num_samples)),
             points_to_evaluate=encoded_points(t) or None,
         )
     from ray.tune.search import BasicVariantGenerator
@@ -273,6 +273,12 @@ def make_searcher(t: TuneConfig, max_concurrent: int):
     return BasicVariantGenerator(
         points_to_evaluate=encoded_points(t) or None, max_concurrent=max_concurrent, random_state=t.seed
     )
+
+
+def random_startup_trials(num_samples: int) -> int:
+    """How many trials TPE samples at random before it models the results: a quarter of the budget, 2 to 10.
+    Optuna's fixed default of 10 would leave TPE almost nothing to propose in a search of 8 or 12 trials."""
+    return max(2, min(10, num_samples // 4))
 
 
 def encoded_points(t: TuneConfig) -> list[dict[str, Any]]:
