@@ -41,4 +41,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix platform tests benchmarks pipelines
 
 clean:
-	rm -rf $(VENV) .rayline data
+	rm -rf $(VENV) .rayline data benchmarks/.peer-venv
