@@ -521,11 +521,13 @@ class ServeAutoscalingConfig(Section):
 
 class ServeConfig(Section):
     host: str = "127.0.0.1"
-    """Address the HTTP proxy binds to; loopback unless you mean to expose it."""
+    """Address the endpoint binds to (and, with haproxy, each replica's own HTTP port and Serve's fallback proxy);
+    loopback unless you mean to expose it. HAProxy's stats and metrics pages always bind 127.0.0.1."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    """HTTP port of the Serve proxy."""
-    ingress: Literal["proxy", "haproxy"] = "proxy"
-    """proxy: Serve's Python proxy, binds only host; haproxy: faster, but opens HAProxy stats ports (README)."""
+    """HTTP port of the endpoint."""
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    """haproxy: HAProxy on the head node in front of replicas that answer HTTP themselves (several times the
+    requests/s); proxy: Serve's Python proxy, for replicas on several nodes or where no HAProxy binary exists."""
     route_prefix: str = Field(default="/", pattern=r"^/")
     """URL prefix of the endpoint."""
     app_name: str = "rayline"
@@ -543,9 +545,10 @@ class ServeConfig(Section):
     batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.005
     """How long a batch waits to fill before it runs."""
     max_ongoing_requests: PositiveInt = 64
-    """Requests a replica handles at once before the router queues."""
+    """Requests a replica handles at once; further ones queue (max_queued_requests)."""
     max_queued_requests: Annotated[int, Field(ge=-1)] = 256
-    """Requests waiting for a replica before new ones are refused (overload_status); -1 for no limit."""
+    """Requests waiting for a replica before new ones are refused (overload_status); -1 for no limit. Counted per
+    replica with haproxy, per proxy with proxy."""
     overload_status: Literal[503, 429] = 503
     """HTTP status of a request refused because the queue is full."""
     retry_after_s: Annotated[float, Field(ge=0.0)] = 1.0

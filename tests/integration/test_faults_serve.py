@@ -51,7 +51,7 @@ def registry_digests(root: Path) -> dict[Path, str]:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
-    """Two replicas of a tiny registered model behind Serve's HTTP proxy."""
+    """Two replicas of a tiny registered model behind the default ingress (HAProxy)."""
     from rayline.serve import shutdown
 
     root = tmp_path_factory.mktemp("serve-faults")

@@ -1,14 +1,15 @@
-"""Production serving over real HTTP, with HAProxy in front of the replicas (ingress: haproxy).
+"""Production serving over real HTTP with the default ingress: HAProxy in front of the replicas.
 
 Zero-downtime swaps, several versions side by side, bearer token, body cap, timeout, overload,
-refused checkpoints and the metrics export. test_serve_app.py covers the same app behind Serve's
-own proxy.
+refused checkpoints, the metrics export, and every serving listener on loopback. test_serve_app.py
+covers the same app behind Serve's own proxy (ingress: proxy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from serve_models import flood, make_registry, model_name, row, tamper
 PORT = 8127
 NAME = model_name("classification")
 TOKEN = "integration-test-token"
-COMMON = {"port": PORT, "ingress": "haproxy", "cpus_per_replica": 0.25}
+COMMON = {"port": PORT, "cpus_per_replica": 0.25}  # the default ingress: haproxy
 APPS = {
     "swap": ServeConfig(route_prefix="/swap", app_name="swap", max_models_per_replica=1, **COMMON),
     "secure": ServeConfig(route_prefix="/secure", app_name="secure", max_body_bytes=4096, **COMMON),
@@ -205,7 +206,7 @@ def test_overload_is_refused_with_retry_after(apps):
     assert time.monotonic() - began < 15
     codes = Counter(r.status_code for r in responses)
     assert set(codes) == {200, 503}, codes
-    assert next(r for r in responses if r.status_code == 503).headers["retry-after"] == "2"
+    assert all(r.headers["retry-after"] == "2" for r in responses if r.status_code == 503)
     assert predict(url).status_code == 200
 
 
@@ -251,3 +252,72 @@ def test_metrics_reach_the_export_endpoint(apps):
             break
         assert time.monotonic() < deadline, f"not exported after 60 s: {missing}"
         time.sleep(2)
+
+
+# ---------------------------------------------------------------- what listens where
+
+SERVE_ACTORS = ("ray::ServeController", "ray::HAProxyManager", "ray::ProxyActor", "ray::ServeReplica:")
+"""Process titles of Serve's actors (the fallback proxy is a ProxyActor)."""
+
+
+def serving_processes() -> tuple[list, list]:
+    """(HAProxy processes, Serve actor processes) of this session's cluster: this process started it, so all of
+    them descend from it, and no other Ray on the machine is looked at."""
+    import psutil  # Ray ships it
+
+    haproxy, actors = [], []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            command = process.cmdline()
+        except psutil.Error:
+            continue
+        if command and command[0].rpartition("/")[2] == "haproxy":
+            haproxy.append(process)
+        elif command and command[0].startswith(SERVE_ACTORS):
+            actors.append(process)
+    return haproxy, actors
+
+
+def listening(process) -> set[tuple[str, int]]:
+    import psutil
+
+    try:
+        found = process.net_connections("tcp")
+    except psutil.Error:  # gone since it was listed: a draining HAProxy, a replaced replica
+        return set()
+    return {(c.laddr.ip, c.laddr.port) for c in found if c.status == psutil.CONN_LISTEN}
+
+
+def answers_http1(ip: str, port: int) -> bool:
+    """Whether the listener is an HTTP/1 server; Ray's RPC servers (gRPC) speak HTTP/2 only and hang up."""
+    host = "127.0.0.1" if ip in ("0.0.0.0", "::") else ip
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        try:
+            return conn.recv(16).startswith(b"HTTP/1.")
+        except (ConnectionResetError, TimeoutError):
+            return False
+
+
+def test_every_serving_listener_is_on_loopback(apps):
+    """serve.host is 127.0.0.1: the endpoint, HAProxy's stats and metrics pages, every replica's own HTTP port and
+    Serve's fallback proxy listen there and nowhere else. Ray's own RPC servers (each worker's core-worker port,
+    each replica's inter-deployment gRPC) bind every interface in every Ray process, and are the cluster's
+    (rayline.serve.ingress says why); they are told apart by not speaking HTTP/1."""
+    for app, url in apps["urls"].items():
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200, app
+    haproxy, actors = serving_processes()
+
+    haproxy_listens = set().union(*map(listening, haproxy))
+    assert {ip for ip, _ in haproxy_listens} == {"127.0.0.1"}, haproxy_listens
+    assert ("127.0.0.1", PORT) in haproxy_listens and len(haproxy_listens) >= 3, "endpoint, stats, metrics"
+
+    listens = {(process.cmdline()[0].split(".")[0], process.pid): listening(process) for process in actors}
+    replicas = [key for key in listens if key[0].startswith("ray::ServeReplica:")]
+    assert len(replicas) >= len(APPS), listens
+    for key in [*replicas, *(key for key in listens if key[0] == "ray::ProxyActor")]:
+        assert any(ip == "127.0.0.1" for ip, _ in listens[key]), f"{key} serves HTTP on 127.0.0.1: {listens}"
+    wide = {(key, address) for key, found in listens.items() for address in found if address[0] != "127.0.0.1"}
+    exposed = {(key, address) for key, address in wide if answers_http1(*address)}
+    assert not exposed, f"HTTP listeners beyond 127.0.0.1: {exposed}"
+    print(f"Ray RPC listeners on every interface (not HTTP): {sorted(wide)}")

@@ -137,16 +137,6 @@ def test_deployment_options_come_from_the_config():
     assert deployment_options(three, replica_settings(three, ModelVersion("m", "v1")))["num_replicas"] == 3
 
 
-def test_haproxy_ingress_gets_its_own_files_and_ports():
-    from rayline.serve.control import controller_options
-
-    assert controller_options(ServeConfig()) is None
-    env = controller_options(ServeConfig(ingress="haproxy", port=8555))["runtime_env"]["env_vars"]
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-    assert "rayline-haproxy-8555" in env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
-
-
 def test_register_helper_uses_the_given_serve_section(tmp_path):
     from rayline.checkpoint import checkpoint_config
 

@@ -1,7 +1,8 @@
 """Ray Serve: the replica (replica.py), the app builder (app.py), deploying and switching versions (control.py),
-request schema.
+request schema (schema.py), ingress (ingress.py).
 
-The Ray-dependent names are imported on first use, so `rayline.serve.schema` stays free of Ray.
+Every name is imported on first use: Serve's controller imports rayline.serve.ingress as it starts, and
+`rayline.serve.schema` stays free of Ray.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema
-
 _LAZY = {
+    "MAX_ROWS": "schema",
+    "RequestError": "schema",
+    "RequestSchema": "schema",
     "ModelServer": "replica",
     "build": "app",
     "build_app": "app",
@@ -22,7 +24,7 @@ _LAZY = {
     "shutdown": "control",
 }
 
-__all__ = ["MAX_ROWS", "RequestError", "RequestSchema", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

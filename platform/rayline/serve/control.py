@@ -12,7 +12,6 @@ once; no weights are loaded) and, unless serve settings are given, its config is
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ from rayline.checkpoint import checkpoint_config, verify_checkpoint
 from rayline.config import ServeConfig
 from rayline.errors import RaylineError
 from rayline.registry import ModelVersion, Registry, RegistryError
-from rayline.runtime import free_port, shutdown_serve
+from rayline.runtime import shutdown_serve
 from rayline.serve.app import IMPORT_PATH, absolute
 from rayline.serve.http import env_token_digest
+from rayline.serve.ingress import check_ingress, controller_options, proxy_location
 from rayline.serve.replica import DEPLOYMENT_NAME
 
 QUIET = {"log_level": "WARNING"}
@@ -54,14 +54,18 @@ def deploy(
 
     `serve_cfg` defaults to the `serve` section of the config the model was trained with. The host,
     port and ingress only apply when this starts Serve; a Serve instance already running keeps its
-    own. The checkpoint is checked here first, so a bad one fails before anything starts.
+    own. The checkpoint and the ingress (an HAProxy binary for `haproxy`) are checked here first, so
+    either fails before anything starts.
     With wait=False this returns once Serve has the app; `wait_until_running` waits for it.
     """
     root = absolute(storage_root)
     model, directory = checked_version(root, model)
     cfg = serve_cfg or checkpoint_config(directory).serve
+    if serve_client() is None:
+        check_ingress(cfg)
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
+        proxy_location=proxy_location(cfg),
         logging_config=QUIET,
         controller_options=controller_options(cfg),
     )
@@ -97,33 +101,6 @@ def app_config(root: str, model: ModelVersion, cfg: ServeConfig, token_sha256: s
         "args": args,
         "logging_config": QUIET,
     }
-
-
-def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
-    """Serve's controller settings for `cfg.ingress`; the controller passes them on to proxies and replicas."""
-    if cfg.ingress != "haproxy":
-        return None
-    # HAProxy keeps its files under /tmp/haproxy-serve and its side ports fixed unless told otherwise, which
-    # collides with any other Serve instance on the machine: give each HTTP port its own of both.
-    state = Path(tempfile.gettempdir()) / f"rayline-haproxy-{cfg.port}"
-    env = {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        # Serve holds a stopping replica open 30 s by default so an external load balancer can notice;
-        # HAProxy here health-checks every 250 ms, and a long hold makes every shutdown and redeploy crawl.
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
-        # HAProxy's manager starts a subprocess before it reports ready; on a busy node that can take longer
-        # than Serve's 5 s ready check, three misses of which get the manager killed and serve.start failing.
-        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
-    }
-    return {"runtime_env": {"env_vars": env}}
 
 
 def shutdown() -> None:

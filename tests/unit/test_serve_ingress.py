@@ -1,0 +1,99 @@
+"""The ingress settings Serve is started with, and the wrapper that keeps HAProxy's side listeners on loopback,
+checked against the config Ray's own HAProxy template renders. No cluster."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rayline.config import ServeConfig
+from rayline.serve import ingress
+
+
+def test_haproxy_is_the_default_and_gets_its_own_files_ports_and_wrapper():
+    assert ServeConfig().ingress == "haproxy"
+    env = ingress.controller_options(ServeConfig(port=8555))["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert "rayline-haproxy-8555" in env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    assert env[ingress.BINARY_ENV].startswith(str(Path(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent))
+    assert env["RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH"] == ingress.CALLBACK
+    assert ingress.proxy_location(ServeConfig()) == "HeadOnly"
+
+
+def test_proxy_ingress_leaves_serve_as_it_is():
+    cfg = ServeConfig(ingress="proxy")
+    assert ingress.controller_options(cfg) is None and ingress.proxy_location(cfg) is None
+    ingress.check_ingress(cfg)  # needs no HAProxy
+
+
+def test_a_missing_haproxy_is_refused_naming_the_alternative(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingress, "find_haproxy", lambda: None)
+    monkeypatch.setenv(ingress.BINARY_ENV, str(tmp_path / "haproxy"))
+    with pytest.raises(ingress.IngressError, match=r"serve\.ingress: proxy"):
+        ingress.check_ingress(ServeConfig())
+    with pytest.raises(ingress.IngressError, match=r"serve\.ingress: proxy"):
+        ingress.install_haproxy_wrapper()
+
+
+def test_the_controller_callback_writes_an_executable_wrapper(tmp_path, monkeypatch):
+    target = tmp_path / "state" / "haproxy"
+    monkeypatch.setenv(ingress.BINARY_ENV, str(target))
+    monkeypatch.setattr(ingress, "find_haproxy", lambda: "/opt/ha proxy's/haproxy")
+    ingress.install_haproxy_wrapper()
+    assert target.stat().st_mode & 0o111
+    assert "exec '/opt/ha proxy'\\''s/haproxy' \"$@\"" in target.read_text()
+    assert [p.name for p in target.parent.iterdir()] == ["haproxy"], "no partial file is left"
+
+
+def rays_config(tmp_path: Path, host: str) -> Path:
+    """The config file Serve's HAProxy manager writes for an endpoint on host:8000, with no replicas yet."""
+    from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+    from ray.serve.config import HTTPOptions
+
+    cfg = HAProxyConfig(
+        http_options=HTTPOptions(host=host, port=8000),
+        stats_port=18404,
+        metrics_port=19101,
+        socket_path=str(tmp_path / "admin.sock"),
+        server_state_base=str(tmp_path),
+        server_state_file=str(tmp_path / "server-state"),
+        metrics_socket_path=str(tmp_path / "metrics.sock"),
+        is_head=True,
+    )
+    api = HAProxyApi(cfg=cfg, config_file_path=str(tmp_path / "haproxy.cfg"))
+    api._generate_config_file_internal()
+    return Path(api.config_file_path)
+
+
+def binds(config: Path) -> dict[int, str]:
+    """port -> address of every TCP bind line."""
+    found = re.findall(r"^\s*bind\s+(\S*):(\d+)", config.read_text(), flags=re.MULTILINE)
+    return {int(port): address for address, port in found}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_the_wrapper_moves_rays_side_listeners_to_loopback_and_keeps_the_endpoint(tmp_path, host):
+    config = rays_config(tmp_path, host)
+    assert binds(config) == {8000: "127.0.0.1" if host == "127.0.0.1" else "*", 18404: "*", 19101: ""}, (
+        "Ray's template changed: check what the wrapper rewrites"
+    )
+    wrapper = tmp_path / "haproxy"
+    wrapper.write_text(ingress.wrapper_script("/bin/echo"))
+    wrapper.chmod(0o755)
+    args = ["-db", "-f", str(config), "-dR", "-sf", "123", "-x", str(tmp_path / "admin.sock")]
+    ran = subprocess.run([str(wrapper), *args], capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == args, "the real binary gets Ray's arguments unchanged"
+    endpoint = "127.0.0.1" if host == "127.0.0.1" else "*"
+    assert binds(config) == {8000: endpoint, 18404: "127.0.0.1", 19101: "127.0.0.1"}
+
+
+def test_the_wrapper_refuses_to_run_haproxy_without_a_config_file(tmp_path):
+    wrapper = tmp_path / "haproxy"
+    wrapper.write_text(ingress.wrapper_script("/bin/echo"))
+    wrapper.chmod(0o755)
+    ran = subprocess.run([str(wrapper), "-db"], capture_output=True, text=True)
+    assert ran.returncode == 2 and "no -f CONFIG" in ran.stderr
