@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint format bench-tune bench-serve bench-train clean
+.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ bench-serve: $(STAMP)
 
 bench-tune: $(STAMP)
 	$(BIN)/python benchmarks/tune_asha.py
+
+bench-tune-overhead: $(STAMP)
+	$(BIN)/python benchmarks/tune_overhead.py
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py

@@ -1,10 +1,13 @@
 """Side (b) of train_bench.py: plain PyTorch DDP under `torchrun`, no Ray, on the same Parquet file and model.
 
-    torchrun --nproc_per_node=2 benchmarks/torchrun_ddp.py --pipeline P --source F --epochs N --output out.json
+    torchrun --nproc_per_node=2 benchmarks/torchrun_ddp.py --pipeline P --source F --epochs N --output out.json \
+        [--save model.pt]
 
 What a hand-written DDP job does: every rank reads the file with pyarrow, standardises the features, keeps its
-stride of the training rows, and runs the same model, optimizer and batch size as the rayline pipeline.
-Rank 0 writes per-epoch training throughput (all ranks' rows per second) and when training started.
+stride of the training rows, and runs the same model, optimizer and batch size as the rayline pipeline; with
+--save, rank 0 then writes the trained model's state_dict with torch.save (the job's end product).
+Rank 0 writes per-epoch training throughput (all ranks' rows per second), when each epoch started, and when
+each start-up phase ended (wall-clock times, for the launcher to set against its launch time).
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ def main() -> None:
     parser.add_argument("--source", required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--save", help="write the trained model's state_dict here (rank 0)")
     args = parser.parse_args()
 
+    phases = {"imports_done_at": time.time()}
     dist.init_process_group("gloo")
+    phases["process_group_at"] = time.time()
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = load_config(args.pipeline, [f"data.source={args.source}"])
     features = [f.name for f in cfg.data.features]
@@ -50,12 +56,14 @@ def main() -> None:
     x_rank, y_rank = x_all[rank::world], y_all[rank::world]
     rows = min(len(y_all[r::world]) for r in range(world))  # equal steps on every rank
     x_rank, y_rank = x_rank[:rows], y_rank[:rows]
+    phases["data_loaded_at"] = time.time()
 
     torch.manual_seed(cfg.train.seed)
     model = DistributedDataParallel(build_model(cfg.model, num_inputs=len(features), num_outputs=10))
     opt = cfg.train.optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     batch = cfg.train.batch_size
+    phases["model_built_at"] = time.time()
     epochs = []
     for epoch in range(args.epochs):
         started_at, started, cpu_started = time.time(), time.perf_counter(), time.process_time()
@@ -75,12 +83,17 @@ def main() -> None:
         dist.all_reduce(loss_sum)
         dist.all_reduce(cpu_s)
         epochs.append(
-            {"epoch": epoch, "epoch_started_at": started_at, "samples_per_s": rows * world / seconds,
-             "samples_per_cpu_s": rows * world / float(cpu_s), "train_loss": float(loss_sum) / (rows * world)}
+            {"epoch": epoch, "epoch_started_at": started_at, "epoch_time_s": seconds,
+             "samples_per_s": rows * world / seconds, "samples_per_cpu_s": rows * world / float(cpu_s),
+             "train_loss": float(loss_sum) / (rows * world)}
         )  # fmt: skip
+    phases["trained_at"] = time.time()
     if rank == 0:
+        if args.save:
+            torch.save(model.module.state_dict(), args.save)
+        phases["saved_at"] = time.time()
         with open(args.output, "w") as f:
-            json.dump({"epochs": epochs, "pid": os.getpid()}, f)
+            json.dump({"epochs": epochs, "phases": phases, "pid": os.getpid()}, f)
     dist.destroy_process_group()
 
 
