@@ -95,9 +95,10 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     started SIGKILLed, like a machine losing power) and is resumed again. Nothing is registered until the
     search is whole; then exactly one best model is."""
     space = {"train.optimizer.lr": {"loguniform": [0.001, 0.01]}}
-    # Epochs here take a fraction of a second; reports collected every 2 s keep a trial in flight long enough
-    # to be caught there.
-    pipeline = search_pipeline(tmp_path, space, train={"poll_interval_s": 2.0}, num_samples=2, max_concurrent_trials=1)
+    # Batches of 4 rows make an epoch last a few tenths of a second (a trial's epochs 1 and 2 are the window
+    # the crash must land in); reports collected every 2 s keep a finished trial in flight a while longer.
+    train = {"poll_interval_s": 2.0, "batch_size": 4}
+    pipeline = search_pipeline(tmp_path, space, train=train, num_samples=2, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
     # crashed cluster's files, and any process it leaves, are told apart from every other Ray on the machine.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlf-", dir="/tmp"))
@@ -139,7 +140,7 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
             epochs = trial_epochs(runs)
             return sum(epochs) > sum(at_interrupt) and any(0 < e < 3 for e in epochs)
 
-        wait_until(progress_then_one_in_flight, 600, "progress after the resume and a trial in flight")
+        wait_until(progress_then_one_in_flight, 600, "progress after the resume and a trial in flight", 0.02)
         at_crash = trial_epochs(runs)
         crashed = crash_process_group(second)
         print(f"stopped at epochs {sorted(at_interrupt)}; crashed with {len(crashed)} processes at {sorted(at_crash)}")
