@@ -1,6 +1,7 @@
-"""`rayline serve` stopped the way Docker, systemd and Kubernetes stop a process (SIGTERM): Serve and the
-embedded Ray cluster shut down as on Ctrl-C, the exit status is normal, and no process it started is left:
-with HAProxy in front, that includes the haproxy process (it once outlived its stop, still listening)."""
+"""`rayline serve` stopped with Ctrl-C (SIGINT to its whole process group, as a terminal sends it) and the way
+Docker, systemd and Kubernetes stop a process (SIGTERM to it alone), under each ingress: Serve and the embedded
+Ray cluster shut down, the exit status is normal, the port is free and no process it started is left: with
+HAProxy in front, that includes the haproxy process (it once outlived its stop, still listening)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,15 @@ pytestmark = pytest.mark.slow
 RAYLINE = str(VENV_BIN / "rayline")
 
 
+STOPS = {
+    "sigterm": lambda process: process.send_signal(signal.SIGTERM),
+    "ctrl-c": lambda process: os.killpg(process.pid, signal.SIGINT),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
-def test_sigterm_stops_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path, ingress):
+def test_a_stop_signal_ends_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path, ingress, stop):
     port = free_port()
     register(tmp_path / "store", serve=ServeConfig(port=port, ingress=ingress, cpus_per_replica=0.25))
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so anything
@@ -57,7 +65,7 @@ def test_sigterm_stops_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path,
         if ingress == "haproxy":
             assert any("haproxy -" in c for c in started.values()), "HAProxy runs in front of the replicas"
 
-        server.send_signal(signal.SIGTERM)
+        STOPS[stop](server)
         code = server.wait(timeout=180)
         printed, errors = out.read_text(), err.read_text()
         assert code == 0, f"exit status {code}\n{printed}\n{errors}"
