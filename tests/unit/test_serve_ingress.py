@@ -97,3 +97,22 @@ def test_the_wrapper_refuses_to_run_haproxy_without_a_config_file(tmp_path):
     wrapper.chmod(0o755)
     ran = subprocess.run([str(wrapper), "-db"], capture_output=True, text=True)
     assert ran.returncode == 2 and "no -f CONFIG" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "host", "nodes", "warned"),
+    [
+        ("haproxy", "127.0.0.1", 2, True),
+        ("haproxy", "::1", 3, True),
+        ("haproxy", "localhost", 2, True),
+        ("haproxy", "127.0.0.1", 1, False),
+        ("haproxy", "0.0.0.0", 2, False),
+        ("haproxy", "10.0.0.5", 2, False),
+        ("proxy", "127.0.0.1", 2, False),
+    ],
+)
+def test_haproxy_on_a_loopback_host_of_a_multi_node_cluster_is_warned_about(kind, host, nodes, warned):
+    warning = ingress.head_only_warning(ServeConfig(ingress=kind, host=host), nodes)
+    assert (warning is not None) == warned
+    if warned:
+        assert "serve.ingress: proxy" in warning and f"{nodes} nodes" in warning

@@ -12,6 +12,7 @@ once; no weights are loaded) and, unless serve settings are given, its config is
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.runtime import shutdown_serve
 from rayline.serve.app import IMPORT_PATH, absolute
 from rayline.serve.http import env_token_digest
-from rayline.serve.ingress import check_ingress, controller_options, proxy_location
+from rayline.serve.ingress import check_ingress, controller_options, head_only_warning, proxy_location
 from rayline.serve.replica import DEPLOYMENT_NAME
 
 QUIET = {"log_level": "WARNING"}
+logger = logging.getLogger(__name__)
 
 
 class ServeDeployError(RaylineError, RuntimeError):
@@ -63,6 +65,8 @@ def deploy(
     cfg = serve_cfg or checkpoint_config(directory).serve
     if serve_client() is None:
         check_ingress(cfg)
+        if (warning := head_only_warning(cfg, alive_nodes())) is not None:
+            logger.warning(warning)
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
         proxy_location=proxy_location(cfg),
@@ -208,6 +212,12 @@ def wait_for_version(app_name: str, model: ModelVersion, timeout_s: float) -> No
 
 
 # ---------------------------------------------------------------- Serve plumbing
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def serve_client() -> Any:

@@ -28,6 +28,7 @@ fallback proxy answers while none is up. Choose `proxy` when replicas run on sev
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -90,6 +91,25 @@ def check_ingress(cfg: ServeConfig) -> None:
     """Refuse, before Serve starts, an ingress that cannot run on this machine."""
     if cfg.ingress == "haproxy" and find_haproxy() is None:
         raise IngressError(missing_haproxy())
+
+
+def head_only_warning(cfg: ServeConfig, alive_nodes: int) -> str | None:
+    """What to tell a user who serves through HAProxy on a loopback host on a cluster of several nodes: replicas
+    off the head bind loopback too, so HAProxy on the head cannot reach them; None when that does not apply."""
+    if cfg.ingress != "haproxy" or alive_nodes < 2 or not is_loopback(cfg.host):
+        return None
+    return (
+        f"serve.ingress is haproxy with serve.host {cfg.host} on a cluster of {alive_nodes} nodes: HAProxy runs on "
+        "the head and reaches only the head's replicas, so replicas placed on other nodes get no traffic; set "
+        "`serve.ingress: proxy` for a multi-node cluster"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def find_haproxy() -> str | None:
