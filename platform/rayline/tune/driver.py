@@ -175,9 +175,9 @@ def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experim
             max_concurrent_trials=plan.max_concurrent_trials,
             search_alg=make_searcher(t, plan.max_concurrent_trials),
             scheduler=make_scheduler(t),
-            # A finished trial's driver actor runs the next trial: one process start and its imports (rayline,
-            # torch, Ray Train) fewer per trial. Every trial asks for the same resources, which reuse needs.
-            reuse_actors=True,
+            # Not reuse_actors: Tune resets a reused function trainable only if the last trial's thread ends within
+            # 2 s, and an ASHA-stopped trial is still inside TorchTrainer.fit() then: the next trial is failed
+            # with "Trainable runner reuse requires reset_config()" (seen in benchmarks/tune_asha.py).
         ),
         run_config=tune.RunConfig(
             name=experiment_dir.name,
