@@ -37,6 +37,8 @@ class FakeShard:
 
     def iter_torch_batches(self, *, batch_size, dtypes, device, **shuffle):
         self.streams += 1
+        self.shuffled = bool(shuffle)
+        batch_size = batch_size or len(self.y)  # None: whole blocks, here one
         for start in range(0, len(self.y), batch_size):
             yield {"x": self.x[start : start + batch_size], "y": self.y[start : start + batch_size]}
 
@@ -86,3 +88,21 @@ def test_drop_last_leaves_out_a_short_batch_from_memory_too():
     data = cache(FakeShard(10), limit_bytes=2**20)
     assert [len(b["y"]) for b in data.batches(4, seed=0, drop_last=True)] == [4, 4]
     assert [len(b["y"]) for b in data.batches(4, seed=1, drop_last=True)] == [4, 4]
+
+
+def test_a_shard_of_known_size_that_fits_is_read_whole_and_shuffled_in_memory_from_the_first_epoch():
+    shard = FakeShard(10)
+    data = ShardCache(shard, limit_bytes=2**20, dtypes={}, device=torch.device("cpu"), size_bytes=160)
+    first = rows_of(data.batches(4, seed=0))
+    assert sorted(first) == list(range(10)) and first != list(range(10)), "epoch 0 is shuffled like the others"
+    assert not shard.shuffled, "no shuffle buffer on the way in"
+    assert rows_of(data.batches(4, seed=0)) == first and shard.streams == 1
+    assert rows_of(data.batches(4, seed=None)) == list(range(10)), "validation keeps the order"
+
+
+def test_a_shard_of_known_size_over_the_limit_streams_every_epoch():
+    shard = FakeShard(10)
+    data = ShardCache(shard, limit_bytes=100, dtypes={}, device=torch.device("cpu"), size_bytes=160)
+    assert rows_of(data.batches(4, seed=0)) == list(range(10))
+    rows_of(data.batches(4, seed=1))
+    assert shard.streams == 2

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
-from rayline.train.batches import ShardCache, flag_last, replica_batches
+from rayline.train.batches import ShardCache, flag_last, materialized_size, replica_batches
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
 from rayline.train.evaluate import SplitSums, all_reduce, collective_device
 from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
@@ -46,9 +46,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     dtypes = {"x": torch.float32, "y": torch.int64 if classification else torch.float32}
     limit = int(cfg.train.cache_shard_mb * 2**20)
     rank = ray.train.get_context().get_world_rank()
+    shards = (loop_config["shards"][split][rank] for split in ("train", "validation"))
     train_data, val_data = (
-        ShardCache(loop_config["shards"][split][rank], limit_bytes=limit, dtypes=dtypes, device=device)
-        for split in ("train", "validation")
+        ShardCache(shard, limit_bytes=limit, dtypes=dtypes, device=device, size_bytes=materialized_size(shard))
+        for shard in shards
     )
     steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
     if history and (stopping := early_stop(history, cfg.train)) is not None:
