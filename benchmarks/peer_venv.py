@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 VENV = Path(__file__).resolve().parent / ".peer-venv"
-PACKAGES = ["litserve==0.2.19", "numpy", "pyyaml", "pydantic"]
+# pandas and pyarrow: the peers decode the model's outputs with rayline's own Preprocessor, which imports them.
+PACKAGES = ["litserve==0.2.19", "numpy", "pyyaml", "pydantic", "pandas>=2.0", "pyarrow>=14"]
 TORCH = "torch>=2.6,<2.14"
 STAMP = "rayline-peer-venv.json"
 

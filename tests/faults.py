@@ -229,7 +229,8 @@ def freeze_writer(pids: Callable[[], list[int]], directory: Path, timeout_s: flo
 
 
 def catch_writing(pids: list[int], directory: Path) -> tuple[int, Path] | None:
-    """SIGSTOP every process; keep the first that still has a file under `directory` open, SIGCONT the rest."""
+    """SIGSTOP every process; keep the first that still has a file under `directory` open with some of it written
+    (frozen inside the write, not before its first byte), SIGCONT the rest."""
     caught = None
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -237,7 +238,7 @@ def catch_writing(pids: list[int], directory: Path) -> tuple[int, Path] | None:
     for pid in pids:
         # The stop is delivered asynchronously: look only once the process has stopped.
         wait_until(lambda pid=pid: process_state(pid) in ("T", ""), 10, f"process {pid} to stop", 0.001)
-        still_open = files_open_under(pid, directory)
+        still_open = [path for path in files_open_under(pid, directory) if written(path)]
         if caught is None and still_open:
             caught = pid, still_open[0]
     for pid in pids:
@@ -245,6 +246,13 @@ def catch_writing(pids: list[int], directory: Path) -> tuple[int, Path] | None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
     return caught
+
+
+def written(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """What every server of the serve benchmark shares: its settings file, the model, and a ready marker.
 
 Imported by the server scripts in this folder, in rayline's virtualenv and in the peers' own one
-(benchmarks/.peer-venv), so it needs nothing but numpy, torch, pydantic and PyYAML: the model is
-rebuilt with rayline's own `build_model` from the checkpoint's config, weights and preprocessor
-statistics, exactly as rayline's replica builds it, without importing the rest of rayline.
+(benchmarks/.peer-venv), so it imports no Ray: the model is rebuilt with rayline's own `build_model` from
+the checkpoint's config and weights, and its outputs are decoded by rayline's own Preprocessor, exactly as
+rayline's replica does both.
 """
 
 from __future__ import annotations
@@ -51,18 +51,18 @@ class PeerModel:
         if str(PLATFORM) not in sys.path:
             sys.path.insert(0, str(PLATFORM))
         from rayline.config import PipelineConfig
+        from rayline.data.preprocess import NumericStat, Preprocessor, scale_of
         from rayline.models import build_model
 
         directory = Path(spec.checkpoint)
         config = PipelineConfig.model_validate(json.loads((directory / "config.json").read_text()))
-        pre = json.loads((directory / "preprocessor.json").read_text())
-        features = pre["features"]
-        assert all(f["kind"] == "numeric" and not f["indicator"] for f in features), "numeric features only"
-        self.mean = np.array([f["mean"] for f in features], dtype=np.float32)
-        self.scale = np.array([f["std"] if f["std"] > 0 else 1.0 for f in features], dtype=np.float32)
-        self.classes: list[str] = pre["classes"]
+        self.preprocessor = Preprocessor.from_dict(json.loads((directory / "preprocessor.json").read_text()))
+        features = self.preprocessor.features
+        assert all(isinstance(f, NumericStat) and not f.indicator for f in features), "numeric features only"
+        self.mean = np.array([f.mean for f in features], dtype=np.float32)
+        self.scale = np.array([scale_of(f.std) for f in features], dtype=np.float32)
         torch.set_num_threads(spec.torch_threads)
-        self.model = build_model(config.model, num_inputs=len(features), num_outputs=len(self.classes))
+        self.model = build_model(config.model, **self.preprocessor.model_shape())
         self.model.load_state_dict(torch.load(directory / "model.pt", weights_only=True, map_location="cpu"))
         self.model.eval()
         self.header = {"model_name": spec.model_name, "model_version": spec.model_version}
@@ -76,10 +76,4 @@ class PeerModel:
 
     def answer(self, out_bo: np.ndarray) -> dict[str, Any]:
         """The response body rayline sends: per row the label and every class's softmax probability."""
-        p = np.exp(out_bo - out_bo.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        predictions = []
-        for row in p:
-            probabilities = dict(zip(self.classes, row.tolist(), strict=True))
-            predictions.append({"label": self.classes[int(row.argmax())], "probabilities": probabilities})
-        return {**self.header, "predictions": predictions}
+        return {**self.header, "predictions": self.preprocessor.decode(out_bo)}

@@ -64,6 +64,13 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
     return dashboard_url()
 
 
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of each alive node of the connected cluster."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
     """Refuse a dashboard URL, and a host:port nothing listens on, at once: for an unreachable GCS
     ray.init retries for minutes."""

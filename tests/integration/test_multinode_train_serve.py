@@ -47,6 +47,9 @@ def test_two_workers_on_two_nodes_train_then_serve(cluster, tmp_path):
         output = Lines(driver)
         serving = output.wait_for("serving model digits/v1 at ", timeout=600)
         url = serving.split(" at ")[1].split()[0]
+        # Both nodes share 127.0.0.1 here, so HAProxy reaches the worker node's replicas too; on separate machines
+        # it would not, and the user is told so.
+        assert "reaches only the head's replicas" in output.text, output.text[-3000:]
 
         ranks = worker_nodes(cluster, run_name="digits")
         assert sorted(ranks) == [0, 1], ranks

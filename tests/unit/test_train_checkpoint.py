@@ -121,3 +121,29 @@ def test_a_ddp_checkpoint_has_no_sharded_copy_to_resume_from(tmp_path):
     )
     with pytest.raises(RegistryError, match="no sharded/ copy"):
         load_sharded_state(tmp_path / "ck", {})
+
+
+DDP_WORKER = """
+import sys, tempfile, torch, torch.distributed as dist
+dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+from rayline.train.checkpointing import full_model_state
+from rayline.train.strategies import Parallelized
+model = torch.nn.Linear(3, 2)
+state = full_model_state(Parallelized(model, model, "ddp", 0, 1, True))
+assert set(state) == {"weight", "bias"}, state
+print(",".join(m for m in SHARDING if m in sys.modules))
+"""
+
+
+def test_a_ddp_worker_checkpoints_without_importing_the_sharding_libraries():
+    """FSDP, DTensor, pipelining and distributed checkpointing cost a worker about a second of imports; a ddp
+    worker loads its loop and gathers its checkpoint without any of them."""
+    import subprocess
+    import sys
+
+    sharding = ["torch.distributed.fsdp", "torch.distributed.tensor", "torch.distributed.pipelining"]
+    sharding += ["torch.distributed.checkpoint"]
+    script = f"SHARDING = {sharding!r}\nimport rayline.train.loop\n" + DDP_WORKER
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", f"imported: {done.stdout.strip()}"

@@ -24,7 +24,7 @@ from rayline.checkpoint import checkpoint_config, verify_checkpoint
 from rayline.config import ServeConfig
 from rayline.errors import RaylineError
 from rayline.registry import ModelVersion, Registry, RegistryError
-from rayline.runtime import shutdown_serve
+from rayline.runtime import alive_nodes, shutdown_serve
 from rayline.serve.app import IMPORT_PATH, absolute
 from rayline.serve.http import env_token_digest
 from rayline.serve.ingress import check_ingress, controller_options, head_only_warning, proxy_location
@@ -65,7 +65,7 @@ def deploy(
     cfg = serve_cfg or checkpoint_config(directory).serve
     if serve_client() is None:
         check_ingress(cfg)
-        if (warning := head_only_warning(cfg, alive_nodes())) is not None:
+        if (warning := head_only_warning(cfg, len(alive_nodes()))) is not None:
             logger.warning(warning)
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
@@ -212,12 +212,6 @@ def wait_for_version(app_name: str, model: ModelVersion, timeout_s: float) -> No
 
 
 # ---------------------------------------------------------------- Serve plumbing
-
-
-def alive_nodes() -> int:
-    import ray
-
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def serve_client() -> Any:

@@ -28,11 +28,11 @@ from rayline.train.strategies import Parallelized
 
 def full_model_state(pm: Parallelized) -> dict[str, torch.Tensor] | None:
     """The whole plain model's state dict on CPU at rank 0 (None elsewhere); a collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     rank = dist.get_rank()
     if not pm.sharded:
         return {k: v.detach().cpu() for k, v in pm.module.state_dict().items()} if rank == 0 else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     if pm.schedule is None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(pm.module, options=options)  # gathers DTensor shards to rank 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from rayline.config import TrainConfig
 from rayline.errors import RaylineError
+from rayline.runtime import alive_nodes
 
 HOW_TO_FIT = "Lower train.num_workers or train.cpus_per_worker, set train.use_gpu false, or add nodes."
 
@@ -99,11 +100,8 @@ def start_timed_out(train: TrainConfig, cluster: Cluster) -> PlanError:
 
 def cluster_state() -> Cluster:
     """The connected cluster's alive nodes, and whether (and how far) an autoscaler may grow it."""
-    import ray
-
-    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
     autoscales, most = autoscaling()
-    return Cluster(nodes, autoscales, most)
+    return Cluster(alive_nodes(), autoscales, most)
 
 
 def autoscaling() -> tuple[bool, dict[str, float] | None]:

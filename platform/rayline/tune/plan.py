@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from rayline.config import PipelineConfig
+from rayline.runtime import alive_nodes
 from rayline.train.resources import PlanError, worker_resources, workers_that_fit
 
 __all__ = ["Plan", "PlanError", "cluster_resources", "plan_trials"]
@@ -81,5 +82,4 @@ def cluster_resources() -> tuple[dict[str, float], list[dict[str, float]]]:
     """Totals and per-node resources of the connected Ray cluster."""
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    return ray.cluster_resources(), nodes
+    return ray.cluster_resources(), alive_nodes()
