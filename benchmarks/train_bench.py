@@ -90,7 +90,7 @@ def run_strategy(name: str, source: Path, root: Path, epochs: int) -> dict:
     cfg = load(name, source, root, epochs)
     load_before = os.getloadavg()[0]
     launched = time.time()
-    data = prepare_datasets(cfg.data)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.root)
     # No live progress (it polls a queue actor on this 2-core machine): the metrics come from the newest
     # checkpoint's history.
     fit(cfg, data)

@@ -77,7 +77,7 @@ def prepare(cfg):
 
     cfg = preflight(cfg)
     params = load_search_space(cfg.tune.search_space, cfg)
-    return prepare_datasets(cfg.data, check=trials_take_inputs(cfg, params))
+    return prepare_datasets(cfg.data, storage_root=cfg.storage.root, check=trials_take_inputs(cfg, params))
 
 
 def with_data(cfg, data):

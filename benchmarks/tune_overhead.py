@@ -63,7 +63,7 @@ def run_rayline(trials: int, root: Path, log=print) -> dict[str, Any]:
     from rayline.tune.plan import cluster_resources, plan_trials
 
     cfg = rayline_config(trials, root)
-    data = prepare_datasets(cfg.data)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.root)
     cfg = cfg.model_copy(update={"data": data.data_cfg})
     plan = plan_trials(cfg, *cluster_resources())
     load_before = load_average()

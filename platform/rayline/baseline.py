@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rayline.data.prepared import SplitFiles
 from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import (
     classification_metrics,
@@ -47,13 +48,12 @@ class Baseline:
         return asdict(self)
 
 
-def split_arrays(dataset, *, total_rows: int, max_rows: int = MAX_ROWS, seed: int = 0):
+def split_arrays(split: SplitFiles, *, max_rows: int = MAX_ROWS, seed: int = 0):
     """(x, y) numpy arrays of a prepared split; a seeded uniform sample of about max_rows rows when larger."""
-    keep = min(1.0, max_rows / max(total_rows, 1))
+    keep = min(1.0, max_rows / max(split.rows, 1))
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for batch in dataset.iter_batches(batch_size=65536, batch_format="numpy"):
-        x, y = np.asarray(batch["x"], dtype=np.float32), np.asarray(batch["y"])
+    for x, y in split.iter_arrays():
         if keep < 1.0:
             mask = rng.random(len(y)) < keep
             x, y = x[mask], y[mask]

@@ -48,16 +48,16 @@ def train_and_register(
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
     cfg = preflight(cfg)
     wait_for_nodes = check_cluster_fits(cfg.train, log)
-    data = prepare_datasets(cfg.data, check=model_takes_inputs(cfg))
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.root, check=model_takes_inputs(cfg), log=log)
     cfg = cfg.model_copy(update={"data": data.data_cfg})  # features: auto resolved, for workers and checkpoints
-    log_rows_left_out(data, log)
+    log_preparation(data, log)
     log(
         f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation / "
         f"{data.num_rows['test']} test rows, {data.preprocessor.num_inputs} inputs, "
         f"fingerprint {data.fingerprint[:19]}…"
     )
     cfg = fit_batch_to_data(cfg, data, log)
-    class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)  # counted once: model, baseline
+    class_weights = class_weights_for(cfg, data.label_counts)  # counted once: model, baseline
     outcome = fit(
         cfg, data, on_epoch=on_epoch, verbose=verbose, class_weights=class_weights, wait_for_nodes=wait_for_nodes
     )
@@ -108,7 +108,12 @@ def trials_take_inputs(cfg: PipelineConfig, params) -> Callable[[Preprocessor], 
     return check
 
 
-def log_rows_left_out(data: PreparedData, log: Callable[[str], None]) -> None:
+def log_preparation(data: PreparedData, log: Callable[[str], None]) -> None:
+    where = data.train.root
+    if data.reused:
+        log(f"data: reused the data prepared in {data.seconds:.1f} s at {where} (the source is unchanged)")
+    else:
+        log(f"data: prepared in {data.seconds:.1f} s, stored at {where}")
     if data.rows_without_label:
         log(f"left out {data.rows_without_label} rows whose label is missing")
     if data.rows_dropped:
@@ -152,16 +157,16 @@ def search_and_register(
     params = load_search_space(cfg.tune.search_space, cfg)  # every searched model value against the features
     if ray.is_initialized():
         plan_trials(cfg, *cluster_resources())  # planned again, for concurrency, once the data is ready
-    data = prepare_datasets(cfg.data, check=trials_take_inputs(cfg, params))
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.root, check=trials_take_inputs(cfg, params), log=log)
     cfg = cfg.model_copy(update={"data": data.data_cfg})
-    log_rows_left_out(data, log)
+    log_preparation(data, log)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
     cfg = fit_batch_to_data(cfg, data, log)
     outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)
     log(report_from_dir(outcome.experiment_dir))
     log(f"report: {outcome.experiment_dir / 'trials.txt'}, {outcome.experiment_dir / 'learning_curves.png'}")
     best_cfg = checkpoint_config(outcome.best_checkpoint)  # the best trial's own settings
-    class_weights = class_weights_for(best_cfg, data.train, data.preprocessor.classes)
+    class_weights = class_weights_for(best_cfg, data.label_counts)
     summary: list[str] = []
     test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
     for line in summary:
@@ -225,10 +230,9 @@ def baseline_comparison(
     summary: list[str],
 ) -> dict[str, Any]:
     """Fit the linear baseline on the training split, score it on `split`, and compare."""
-    train = linear.split_arrays(data.train, total_rows=data.num_rows["train"], seed=cfg.data.split.seed)
+    train = linear.split_arrays(data.train, max_rows=linear.MAX_ROWS, seed=cfg.data.split.seed)
     # Every held-out row, as the model was scored on: only the baseline's training rows are sampled.
-    rows = data.num_rows[split]
-    held_out = linear.split_arrays(getattr(data, split), total_rows=rows, max_rows=rows, seed=cfg.data.split.seed)
+    held_out = linear.split_arrays(getattr(data, split), max_rows=data.num_rows[split], seed=cfg.data.split.seed)
     fitted = linear.fit_baseline(train, held_out, data.preprocessor, split=split, class_weights=class_weights)
     comparison = linear.compare(model_metrics, fitted, data.preprocessor.task)
     summary.append(linear.describe(comparison))

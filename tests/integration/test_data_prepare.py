@@ -6,15 +6,9 @@ import pytest
 
 from pipelines import PIXELS, digits_source
 from rayline.config import DataConfig, MissingConfig, SplitConfig
-from rayline.data import (
-    DataError,
-    fingerprint_source,
-    fit_preprocessor,
-    prepare_datasets,
-    read_source,
-    split_dataset,
-)
+from rayline.data import DataError, PreparedData, SplitFiles, fingerprint_source, prepare_datasets, read_source
 from rayline.data.prepare import leave_out
+from rayline.data.split import TEST, TRAIN, VALIDATION, split_codes
 
 
 @pytest.fixture(scope="module")
@@ -46,31 +40,47 @@ def houses_config(root, task="classification", features=None, **split) -> DataCo
     )
 
 
-def ids(ds) -> list[int]:
-    return sorted(ds.to_pandas()["id"].tolist())
+def prepare(cfg: DataConfig, root) -> PreparedData:
+    return prepare_datasets(cfg, storage_root=str(root), log=lambda line: None)
 
 
-def test_split_is_deterministic_whatever_the_block_layout(ray_cluster, houses):
+def arrays(split: SplitFiles) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(split.iter_arrays())
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def split_ids(data: PreparedData) -> list[list[int]]:
+    """Each split's ids, read back from the id feature's standardised input."""
+    id_stat = data.preprocessor.features[0]
+    splits = [data.train, data.validation, data.test]
+    return [sorted(np.rint(arrays(s)[0][:, 0] * id_stat.scale + id_stat.mean).astype(int).tolist()) for s in splits]
+
+
+def by_the_rule(df: pd.DataFrame, split: SplitConfig) -> list[list[int]]:
+    """Each split's ids as the hash rule assigns the rows (rayline.data.split), computed with pandas alone."""
+    codes = split_codes(df, split)
+    return [sorted(df["id"][codes == code].tolist()) for code in (TRAIN, VALIDATION, TEST)]
+
+
+def test_splits_follow_the_hash_rule_whatever_the_file_layout(ray_cluster, tmp_path, houses):
+    root, df = houses
+    df.sample(frac=1.0, random_state=3).to_csv(tmp_path / "shuffled.csv", index=False)
+    features = [{"name": "id"}, {"name": "size"}, {"name": "zone", "kind": "categorical"}]
+    split = {"validation": 0.2, "test": 0.1, "seed": 7}
+    parts = prepare(houses_config(root, features=features, **split), tmp_path / "a")
+    one_file = prepare(houses_config(tmp_path / "shuffled.csv", features=features, **split), tmp_path / "b")
+    expected = by_the_rule(pd.read_csv(tmp_path / "shuffled.csv"), SplitConfig(**split))
+    assert split_ids(parts) == split_ids(one_file) == expected, "the rule of every earlier release, any layout"
+    sizes = [len(ids) for ids in expected]
+    assert sum(sizes) == 200 and abs(sizes[1] - 40) <= 15 and abs(sizes[2] - 20) <= 12, sizes
+    assert parts.num_rows == dict(zip(["train", "validation", "test"], sizes, strict=True))
+
+
+def test_no_test_split_when_its_share_is_zero(ray_cluster, tmp_path, houses):
     root, _ = houses
-    cfg = houses_config(root, validation=0.2, test=0.1, seed=7)
-    first = split_dataset(read_source(cfg), cfg.split)
-    # Another block layout of the same rows must not move any row to another split.
-    again = split_dataset(read_source(cfg).repartition(5), cfg.split)
-    train, validation, test = (ids(split) for split in first[:3])
-    assert [train, validation, test] == [ids(split) for split in again[:3]]
-    sizes = [len(train), len(validation), len(test)]
-    assert sum(sizes) == 200
-    assert abs(sizes[1] - 40) <= 15 and abs(sizes[2] - 20) <= 12, sizes
-    assert sorted(train + validation + test) == list(range(200))
-    assert first.train.columns() == ["id", "size", "zone", "price", "kind"]
-
-
-def test_no_test_split_when_its_share_is_zero(ray_cluster, houses):
-    root, _ = houses
-    cfg = houses_config(root, validation=0.25, test=0.0)
-    splits = split_dataset(read_source(cfg), cfg.split)
-    assert splits.test is None
-    assert splits.train.count() + splits.validation.count() == 200
+    data = prepare(houses_config(root, validation=0.25, test=0.0), tmp_path)
+    assert data.test is None and data.num_rows["test"] == 0
+    assert data.num_rows["train"] + data.num_rows["validation"] == data.train.rows + data.validation.rows == 200
 
 
 def test_too_few_rows_for_a_split_says_which_split(ray_cluster, tmp_path, houses):
@@ -78,58 +88,58 @@ def test_too_few_rows_for_a_split_says_which_split(ray_cluster, tmp_path, houses
     df.iloc[:3].to_csv(tmp_path / "three.csv", index=False)
     cfg = houses_config(tmp_path / "three.csv", validation=0.1, test=0.1)
     with pytest.raises(DataError, match=r"split is empty: the source has 3 row\(s\)"):
-        split_dataset(read_source(cfg), cfg.split)
+        prepare(cfg, tmp_path)
+    assert not list(tmp_path.rglob("*.parquet")), "nothing written before the refusal"
 
 
-def test_statistics_come_from_the_training_split_only(ray_cluster, houses):
+def test_statistics_streamed_from_the_training_split_match_pandas(ray_cluster, tmp_path, houses):
     root, df = houses
     cfg = houses_config(root, task="regression")
-    splits = split_dataset(read_source(cfg), cfg.split)
-    train = splits.train.to_pandas()
-    pre = fit_preprocessor(splits.train, cfg)
+    pre = prepare(cfg, tmp_path).preprocessor
+    train = df[split_codes(df, cfg.split) == TRAIN]
 
     size, zone = pre.features
-    assert size.mean == pytest.approx(train["size"].mean())
-    assert size.std == pytest.approx(train["size"].std(ddof=0))
+    assert size.mean == pytest.approx(train["size"].mean(), rel=1e-12)
+    assert size.std == pytest.approx(train["size"].std(ddof=0), rel=1e-12)
+    assert size.fill == train["size"].median(), "exact median on small data"
     assert size.mean != pytest.approx(df["size"].mean(), abs=1e-9)
     assert zone.categories == sorted(train["zone"].unique())
-    assert pre.target_mean == pytest.approx(train["price"].mean())
-    assert pre.target_std == pytest.approx(train["price"].std(ddof=0))
+    assert pre.target_mean == pytest.approx(train["price"].mean(), rel=1e-12)
+    assert pre.target_std == pytest.approx(train["price"].std(ddof=0), rel=1e-12)
 
 
 def test_prepare_digits(ray_cluster, tmp_path):
     cfg = DataConfig(source=str(digits_source(tmp_path)), task="classification", label="label", features=PIXELS)
-    data = prepare_datasets(cfg)
+    data = prepare(cfg, tmp_path)
 
     assert sum(data.num_rows.values()) == 1797
     assert abs(data.num_rows["validation"] - 270) < 50 and abs(data.num_rows["test"] - 270) < 50
     assert data.preprocessor.classes == [str(i) for i in range(10)]
     assert data.preprocessor.num_inputs == 64
     assert data.fingerprint == fingerprint_source(cfg)
-    train = data.train.take_batch(2000, batch_format="numpy")
-    assert train["x"].shape == (data.num_rows["train"], 64)
-    assert train["x"].dtype == np.float32
-    assert train["y"].dtype == np.int64
-    assert set(train["y"].tolist()) == set(range(10))
+    x, y = arrays(data.train)
+    assert x.shape == (data.num_rows["train"], 64)
+    assert x.dtype == np.float32
+    assert y.dtype == np.int64
+    assert set(y.tolist()) == set(range(10))
+    assert data.label_counts == np.bincount(y, minlength=10).tolist()
     # Standardised with train statistics: every non-constant column has mean 0 and std 1 on train.
-    varying = train["x"].std(axis=0) > 0
-    np.testing.assert_allclose(train["x"].mean(axis=0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(train["x"][:, varying].std(axis=0), 1.0, atol=1e-4)
-    raw_test = data.raw_test.to_pandas()
-    assert list(raw_test.columns) == [*PIXELS, "label"]
-    assert len(raw_test) == data.num_rows["test"] == data.test.count()
+    varying = x.std(axis=0) > 0
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x[:, varying].std(axis=0), 1.0, atol=1e-4)
+    assert len(arrays(data.test)[1]) == data.num_rows["test"] == data.test.rows
 
 
-def test_prepare_regression_standardises_the_target_and_one_hots_categories(ray_cluster, houses):
+def test_prepare_regression_standardises_the_target_and_one_hots_categories(ray_cluster, tmp_path, houses):
     root, _ = houses
-    data = prepare_datasets(houses_config(root, task="regression", test=0.0))
-    assert data.test is None and data.raw_test is None and data.num_rows["test"] == 0
-    train = data.train.take_batch(200, batch_format="numpy")
-    assert train["x"].shape == (data.num_rows["train"], 1 + 3)
-    assert train["y"].dtype == np.float32
-    assert abs(float(train["y"].mean())) < 1e-5
-    np.testing.assert_array_equal(train["x"][:, 1:].sum(axis=1), 1.0)  # one zone per row
-    decoded = data.preprocessor.decode(train["y"][:3])
+    data = prepare(houses_config(root, task="regression", test=0.0), tmp_path)
+    assert data.test is None and data.num_rows["test"] == 0
+    x, y = arrays(data.train)
+    assert x.shape == (data.num_rows["train"], 1 + 3)
+    assert y.dtype == np.float32
+    assert abs(float(y.mean())) < 1e-5
+    np.testing.assert_array_equal(x[:, 1:].sum(axis=1), 1.0)  # one zone per row
+    decoded = data.preprocessor.decode(y[:3])
     assert all(300 < d["value"] < 700 for d in decoded)
 
 
@@ -146,19 +156,21 @@ def test_missing_cells_are_imputed_with_the_training_median_and_unlabelled_rows_
     _, df = houses
     gappy(df).to_csv(tmp_path / "gaps.csv", index=False)
     cfg = houses_config(tmp_path / "gaps.csv").model_copy(update={"missing": MissingConfig(indicator=True)})
-    data = prepare_datasets(cfg)
+    data = prepare(cfg, tmp_path)
 
     no_label = len(df.index[2::11])
     assert data.rows_without_label == no_label and data.rows_dropped == 0
     assert sum(data.num_rows.values()) == 200 - no_label
-    # The fill is the median of the training split as read (the same split, drawn again).
-    raw_train = split_dataset(read_source(cfg), cfg.split, leave_out(cfg)).train.to_pandas()
+    # The fill is the median of the training split as read (the same split, drawn again from the rows as Ray
+    # Data reads them: the hash sees a missing cell as the reader types it).
+    raw = read_source(cfg).to_pandas()
+    raw_train = raw[split_codes(raw, cfg.split, leave_out(cfg)) == TRAIN]
     size, zone = data.preprocessor.features
     assert size.missing == "median" and size.indicator
     assert size.fill == pytest.approx(pd.to_numeric(raw_train["size"]).median())
     assert size.mean == pytest.approx(pd.to_numeric(raw_train["size"]).mean())
     assert zone.missing_slot and zone.slots == 4  # east, north, south, missing
-    x = data.train.take_batch(200, batch_format="numpy")["x"]
+    x = arrays(data.train)[0]
     assert x.shape == (data.num_rows["train"], 2 + 4)
     was_missing = x[:, 1] == 1.0
     assert was_missing.sum() == raw_train["size"].isna().sum() > 0
@@ -173,12 +185,12 @@ def test_drop_row_leaves_rows_out_of_every_split(ray_cluster, tmp_path, houses):
     gappy(df).to_csv(tmp_path / "gaps.csv", index=False)
     features = [{"name": "size", "missing": "drop_row"}, {"name": "zone", "kind": "categorical"}]
     cfg = houses_config(tmp_path / "gaps.csv", features=features)
-    data = prepare_datasets(cfg)
+    data = prepare(cfg, tmp_path)
     no_label = len(df.index[2::11])
     no_size = len(set(df.index[::5]) - set(df.index[2::11]))
     assert (data.rows_without_label, data.rows_dropped) == (no_label, no_size)
     assert sum(data.num_rows.values()) == 200 - no_label - no_size
-    assert data.raw_test.to_pandas()["size"].notna().all()
+    assert all(np.isfinite(arrays(s)[0]).all() for s in (data.train, data.validation, data.test))
 
 
 def test_a_text_cell_in_a_number_column_is_named_by_file_and_line(ray_cluster, tmp_path, houses):
@@ -187,19 +199,28 @@ def test_a_text_cell_in_a_number_column_is_named_by_file_and_line(ray_cluster, t
     df.loc[df.index[15], "size"] = "abc"  # line 17 of the file, counting the header
     df.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError) as err:
-        prepare_datasets(houses_config(tmp_path / "bad.csv"))
+        prepare(houses_config(tmp_path / "bad.csv"), tmp_path)
     assert str(err.value).startswith(f"{tmp_path / 'bad.csv'} line 17: column 'size' holds 'abc', expected a")
 
 
 def test_infinity_in_a_later_file_is_named_by_file_and_line(ray_cluster, tmp_path, houses):
     _, df = houses
-    df.iloc[:100].to_csv(tmp_path / "a.csv", index=False)
+    source = tmp_path / "source"
+    source.mkdir()
+    df.iloc[:100].to_csv(source / "a.csv", index=False)
     later = df.iloc[100:].astype({"size": object})
     later.loc[later.index[40], "size"] = "inf"
-    later.to_csv(tmp_path / "b.csv", index=False)
+    later.to_csv(source / "b.csv", index=False)
     with pytest.raises(DataError) as err:
-        prepare_datasets(houses_config(tmp_path))
-    assert str(err.value) == f"{tmp_path / 'b.csv'} line 42: column 'size' holds 'inf', expected a finite number"
+        prepare(houses_config(source), tmp_path / "store")
+    assert str(err.value) == f"{source / 'b.csv'} line 42: column 'size' holds 'inf', expected a finite number"
+
+
+def test_a_storage_root_inside_the_source_folder_is_refused(ray_cluster, tmp_path, houses):
+    root, _ = houses
+    with pytest.raises(DataError, match="storage.root .* is inside data.source"):
+        prepare(houses_config(root), root / "store")
+    assert not (root / "store").exists(), "refused before anything was written"
 
 
 def test_missing_with_rule_error_is_named_by_file_and_line(ray_cluster, tmp_path, houses):
@@ -210,7 +231,7 @@ def test_missing_with_rule_error_is_named_by_file_and_line(ray_cluster, tmp_path
     features = [{"name": "size"}, {"name": "zone", "kind": "categorical", "missing": "error"}]
     cfg = houses_config(tmp_path / "gap.parquet", features=features)
     with pytest.raises(DataError) as err:
-        prepare_datasets(cfg)
+        prepare(cfg, tmp_path)
     assert str(err.value) == (
         f"{tmp_path / 'gap.parquet'} row 31: column 'zone' is missing and the feature's missing rule is error"
     )
@@ -218,9 +239,57 @@ def test_missing_with_rule_error_is_named_by_file_and_line(ray_cluster, tmp_path
 
 def test_a_malformed_file_after_the_first_fails_with_its_name(ray_cluster, tmp_path, houses):
     _, df = houses
-    df.to_csv(tmp_path / "a.csv", index=False)
-    (tmp_path / "b.csv").write_text("id,size,zone,price,kind\n1,2.0,north,3.0,flat,extra\n")
-    with pytest.raises(
-        DataError, match=f"{tmp_path}: could not read it: Failed to read CSV file: {tmp_path / 'b.csv'}"
-    ):
-        prepare_datasets(houses_config(tmp_path))
+    source = tmp_path / "source"
+    source.mkdir()
+    df.to_csv(source / "a.csv", index=False)
+    (source / "b.csv").write_text("id,size,zone,price,kind\n1,2.0,north,3.0,flat,extra\n")
+    with pytest.raises(DataError, match=f"{source}: could not read it: Failed to read CSV file: {source / 'b.csv'}"):
+        prepare(houses_config(source), tmp_path / "store")
+
+
+def parts_folders(root) -> list[str]:
+    return sorted(p.name for p in root.glob("prepared/*/parts-*"))
+
+
+def test_prepared_data_is_reused_until_the_source_changes(ray_cluster, tmp_path, houses, monkeypatch):
+    _, df = houses
+    source, store = tmp_path / "houses.csv", tmp_path / "store"
+    df.to_csv(source, index=False)
+    cfg = houses_config(source)
+    first = prepare(cfg, store)
+    assert not first.reused
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the source was read again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("rayline.data.prepare.fit_pass", no_pass)
+        patched.setattr("rayline.data.prepare.write_pass", no_pass)
+        again = prepare(cfg, store)
+    assert again.reused and again.train == first.train and again.num_rows == first.num_rows
+    assert again.preprocessor.to_dict() == first.preprocessor.to_dict()
+    assert again.seconds == first.seconds, "the reused entry says how long preparing took then"
+
+    monkeypatch.setattr("rayline.data.prepared.STALE_AFTER_S", 0)
+    for rows in (150, 120):  # the source changes twice
+        df.iloc[:rows].to_csv(source, index=False)
+        changed = prepare(cfg, store)
+        assert not changed.reused and changed.fingerprint != first.fingerprint
+        assert sum(changed.num_rows.values()) == rows
+    assert len(parts_folders(store)) == 2, "the current parts and the ones they replaced; older ones deleted"
+
+
+def test_an_entry_missing_a_file_is_prepared_again(ray_cluster, tmp_path, houses):
+    root, _ = houses
+    first = prepare(houses_config(root), tmp_path)
+    (tmp_path / "prepared").joinpath(*first.validation.root.split("/")[-1:], first.validation.paths[0]).unlink()
+    again = prepare(houses_config(root), tmp_path)
+    assert not again.reused and again.num_rows == first.num_rows
+
+
+def test_another_data_section_gets_its_own_entry(ray_cluster, tmp_path, houses):
+    root, _ = houses
+    one = prepare(houses_config(root, seed=1), tmp_path)
+    other = prepare(houses_config(root, seed=2), tmp_path)
+    assert not other.reused and one.train.root != other.train.root
+    assert prepare(houses_config(root, seed=1), tmp_path).reused

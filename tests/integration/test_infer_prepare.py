@@ -32,7 +32,7 @@ def test_features_auto_on_a_mixed_type_csv(ray_cluster, tmp_path):
     path = tmp_path / "customers.csv"
     customers().to_csv(path, index=False)
     cfg = DataConfig(source=str(path), task="classification", label="churned", exclude=["age"])
-    prepared = prepare_datasets(cfg)
+    prepared = prepare_datasets(cfg, storage_root=str(tmp_path / "store"))
     resolved = prepared.data_cfg
     assert [(f.name, f.kind) for f in resolved.features] == [
         ("income", "numeric"),
@@ -41,9 +41,9 @@ def test_features_auto_on_a_mixed_type_csv(ray_cluster, tmp_path):
     ]
     assert [f.name for f in prepared.preprocessor.features] == ["income", "city", "member"]
     assert sum(prepared.num_rows.values()) == ROWS
-    batch = prepared.train.take_batch(8)
-    assert batch["x"].shape[1] == prepared.preprocessor.num_inputs
-    assert np.isfinite(batch["x"]).all()  # the empty income cells were imputed
+    x, _ = next(prepared.train.iter_arrays(batch_size=8))
+    assert x.shape[1] == prepared.preprocessor.num_inputs
+    assert np.isfinite(x).all()  # the empty income cells were imputed
 
 
 def test_features_auto_on_a_spark_directory_uses_partition_columns(ray_cluster, tmp_path):
@@ -58,7 +58,7 @@ def test_features_auto_on_a_spark_directory_uses_partition_columns(ray_cluster, 
     )
     write_spark_table(df, tmp_path / "sales", partition_by=("store", "month"))
     cfg = DataConfig(source=str(tmp_path / "sales"), task="regression", label="sales")
-    prepared = prepare_datasets(cfg)
+    prepared = prepare_datasets(cfg, storage_root=str(tmp_path / "store"))
     assert [(f.name, f.kind) for f in prepared.data_cfg.features] == [
         ("x", "numeric"),
         ("store", "categorical"),

@@ -1,5 +1,7 @@
 """max_categories and the shared "other" category, without Ray: what fitting keeps, and how values map."""
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from rayline.config import DataConfig
 from rayline.data import CategoricalStat, Preprocessor
 from rayline.data.fit import embedding_width, fit_feature
+from rayline.data.stats import ColumnStats
 
 
 def config(**feature) -> DataConfig:
@@ -16,11 +19,8 @@ def config(**feature) -> DataConfig:
 
 
 def fitted(cfg: DataConfig, counts: dict[str, int], missing: int = 0) -> CategoricalStat:
-    result = {
-        "rows": sum(counts.values()) + missing,
-        "counts(c)": {"values": list(counts), "counts": list(counts.values())},
-    }
-    return fit_feature(cfg.features[0], cfg, result, "x.csv")
+    stats = ColumnStats(rows=sum(counts.values()) + missing, counts={"c": Counter(counts)})
+    return fit_feature(cfg.features[0], cfg, stats, "x.csv")
 
 
 def test_the_most_frequent_categories_are_kept_ties_broken_by_the_key():

@@ -71,15 +71,15 @@ def test_no_test_rows_are_fine_when_the_test_share_is_zero():
 
 
 def test_rows_without_a_label_or_a_drop_row_feature_are_left_out_of_every_split():
-    from rayline.data.split import INCOMPLETE, KEY, NO_LABEL, LeaveOut, add_split_column
+    from rayline.data.split import INCOMPLETE, NO_LABEL, LeaveOut, split_codes
 
     df = pd.DataFrame({"a": [1.0, None, 2.0, None, 3.0], "c": ["x", "y", "", "z", "w"], "y": ["p", "q", "q", None, ""]})
     leave_out = LeaveOut(label="y", label_is_numeric=False, columns={"a": True, "c": False})
-    keyed = add_split_column(df, SplitConfig(), leave_out)
-    assert keyed[KEY].tolist()[1:] == [INCOMPLETE, INCOMPLETE, NO_LABEL, NO_LABEL]
-    assert keyed[KEY].iloc[0] in (TRAIN, VALIDATION, TEST)
+    codes = split_codes(df, SplitConfig(), leave_out)
+    assert codes.tolist()[1:] == [INCOMPLETE, INCOMPLETE, NO_LABEL, NO_LABEL]
+    assert codes[0] in (TRAIN, VALIDATION, TEST)
     # A kept row's split is the one it gets without any leave-out rule: leaving rows out moves no other row.
-    assert keyed[KEY].iloc[0] == add_split_column(df, SplitConfig())[KEY].iloc[0]
+    assert codes[0] == split_codes(df, SplitConfig())[0]
 
 
 def test_the_split_seed_moves_all_numeric_rows_too():

@@ -2,6 +2,7 @@
 format-2 dict (format 1 still read)."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 from rayline.config import DataConfig
 from rayline.data import CategoricalStat, DataError, NumericStat, Preprocessor
 from rayline.data.fit import fit_feature, missing_rule
+from rayline.data.stats import ColumnStats, Moments
 from rayline.data.values import missing_cells, numeric_column
 
 GAPS = [1.0, None, float("nan"), "", "NA", " null "]
@@ -102,19 +104,19 @@ def test_feature_settings_override_the_data_wide_rules():
         ("drop_row", None),
         ("error", None),
     ]
-    result = {"rows": 10, "mean(a)": 1.0, "std(a)": 2.0, "mean(b)": 0.0, "std(b)": 1.0}
-    assert fit_feature(a, cfg, result, "x.csv") == NumericStat("a", 1.0, 2.0, "mean", 1.0, True)
-    assert fit_feature(b, cfg, result, "x.csv") == NumericStat("b", 0.0, 1.0, "constant", 2.5, False)
-    result["counts(c)"] = {"values": ["u", None], "counts": [9, 1]}
-    assert fit_feature(c, cfg, result, "x.csv") == CategoricalStat("c", ["u"], "drop_row")
+    stats = ColumnStats(rows=10, moments={"a": Moments(10, 1.0, 40.0), "b": Moments(10, 0.0, 10.0)})
+    assert fit_feature(a, cfg, stats, "x.csv") == NumericStat("a", 1.0, 2.0, "mean", 1.0, True)
+    assert fit_feature(b, cfg, stats, "x.csv") == NumericStat("b", 0.0, 1.0, "constant", 2.5, False)
+    stats.counts["c"] = Counter({"u": 9})  # and one missing cell
+    assert fit_feature(c, cfg, stats, "x.csv") == CategoricalStat("c", ["u"], "drop_row")
 
 
 def test_the_missing_slot_exists_only_when_training_had_missing_cells():
     cfg = DataConfig(source="x.csv", task="regression", label="y", features=[{"name": "c", "kind": "categorical"}])
     [c] = cfg.features
-    some = fit_feature(c, cfg, {"rows": 5, "counts(c)": {"values": ["u", "v"], "counts": [3, 1]}}, "x")
+    some = fit_feature(c, cfg, ColumnStats(rows=5, counts={"c": Counter({"u": 3, "v": 1})}), "x")
     assert some.missing_slot and some.slots == 3
-    none = fit_feature(c, cfg, {"rows": 4, "counts(c)": {"values": ["u", "v"], "counts": [3, 1]}}, "x")
+    none = fit_feature(c, cfg, ColumnStats(rows=4, counts={"c": Counter({"u": 3, "v": 1})}), "x")
     assert not none.missing_slot and none.slots == 2
     # Without a slot of its own a missing value is treated as unseen: here, an all-zero block.
     x = regression(none).transform_features(pd.DataFrame({"c": [None, "u"]}))

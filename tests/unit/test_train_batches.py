@@ -1,108 +1,123 @@
-"""Where a rank's batches come from: replica shares of a common stream, look-ahead, the in-memory shard cache."""
+"""Where a rank's batches come from: its replica's range of a prepared split's Parquet files, in memory or
+streamed in shuffled windows, and the one-batch look-ahead."""
 
+import numpy as np
+import pytest
 import torch
 
-from rayline.train.batches import ShardCache, flag_last, replica_batches
+from rayline.data import prepared
+from rayline.data.prepared import SplitFiles, write_split_file
+from rayline.train.batches import ShardReader, flag_last
 
 
-def test_replicas_take_turns_in_whole_rounds():
-    batches = list(range(7))
-    shares = [list(replica_batches(batches, rank, 3, fill_last=False)) for rank in range(3)]
-    assert shares == [[(0, True), (3, True)], [(1, True), (4, True)], [(2, True), (5, True)]]
+@pytest.fixture
+def split(tmp_path, monkeypatch) -> SplitFiles:
+    """103 rows (row i has x = i, y = i) in three files of row groups of 10 rows."""
+    monkeypatch.setattr(prepared, "ROW_GROUP_BYTES", 12 * 10)  # 10 rows of one float32 input and an int64 label
+    paths, groups = [], []
+    for name, rows in (("a", range(0, 45)), ("b", range(45, 80)), ("c", range(80, 103))):
+        values = np.asarray(rows)
+        path = f"parts-x/train/{name}.parquet"
+        groups.append(write_split_file(values[:, None].astype(np.float32), values, str(tmp_path), path))
+        paths.append(path)
+    return SplitFiles(str(tmp_path), paths, groups, num_inputs=1)
 
 
-def test_evaluation_fills_the_last_round_with_batches_that_do_not_count():
-    shares = [list(replica_batches(range(7), rank, 3, fill_last=True)) for rank in range(3)]
-    assert shares[0][-1] == (6, True)
-    assert shares[1][-1] == (6, False) and shares[2][-1] == (6, False)
-    assert {len(s) for s in shares} == {3}, "every replica runs as many forward passes"
+def reader(split: SplitFiles, *, dp_rank=0, dp_size=1, cache_bytes=2**20, window_rows=25) -> ShardReader:
+    return ShardReader(
+        split,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        cache_bytes=cache_bytes,
+        window_bytes=window_rows * split.row_bytes,
+        y_dtype=torch.int64,
+        device=torch.device("cpu"),
+    )
 
 
-def test_one_replica_takes_everything():
-    assert [b for b, _ in replica_batches(range(5), 0, 1, fill_last=False)] == list(range(5))
+def rows_of(batches) -> list[int]:
+    rows = []
+    for b in batches:
+        assert b["x"][:, 0].long().tolist() == b["y"].tolist(), "inputs stay with their labels"
+        rows += b["y"].tolist()
+    return rows
+
+
+def test_the_files_hold_the_row_groups_they_report(split):
+    assert split.row_groups == [[10, 10, 10, 10, 5], [10, 10, 10, 5], [10, 10, 3]]
+    assert split.rows == 103
+    assert [int(v) for _, y in split.iter_arrays(batch_size=7) for v in y] == list(range(103))
+
+
+@pytest.mark.parametrize("cache_bytes", [2**20, 0], ids=["in memory", "streamed"])
+def test_replicas_get_equal_disjoint_ranges(split, cache_bytes):
+    readers = [reader(split, dp_rank=r, dp_size=3, cache_bytes=cache_bytes) for r in range(3)]
+    shares = [rows_of(r.batches(8, seed=5)) for r in readers]
+    assert [len(s) for s in shares] == [34, 34, 34], "equal rows, so equal steps: the collectives pair up"
+    together = set().union(*map(set, shares))
+    assert len(together) == 102 and together <= set(range(103)), "disjoint; one row past the last whole range left out"
+
+
+@pytest.mark.parametrize("cache_bytes", [2**20, 0], ids=["in memory", "streamed"])
+def test_every_epoch_has_every_row_once_in_its_own_order(split, cache_bytes):
+    data = reader(split, cache_bytes=cache_bytes)
+    epochs = [rows_of(data.batches(8, seed=epoch)) for epoch in range(3)]
+    assert all(sorted(e) == list(range(103)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 3, "each epoch's seed gives its own order"
+    assert rows_of(data.batches(8, seed=1)) == epochs[1], "same seed, same order"
+
+
+@pytest.mark.parametrize("cache_bytes", [2**20, 0], ids=["in memory", "streamed"])
+def test_ranks_of_one_replica_read_identical_batches(split, cache_bytes):
+    first, second = (reader(split, dp_rank=1, dp_size=2, cache_bytes=cache_bytes) for _ in range(2))
+    for epoch in range(2):
+        a, b = list(first.batches(8, seed=epoch)), list(second.batches(8, seed=epoch))
+        assert [t["y"].tolist() for t in a] == [t["y"].tolist() for t in b]
+
+
+@pytest.mark.parametrize("cache_bytes", [2**20, 0], ids=["in memory", "streamed"])
+def test_validation_keeps_the_file_order(split, cache_bytes):
+    assert rows_of(reader(split, cache_bytes=cache_bytes).batches(8, seed=None)) == list(range(103))
+    assert rows_of(reader(split, dp_rank=1, dp_size=2, cache_bytes=cache_bytes).batches(8, seed=None)) == list(
+        range(51, 102)
+    )
+
+
+def test_a_small_range_is_read_once(split, monkeypatch):
+    data = reader(split)
+    reads = []
+    original = data.files.read
+    monkeypatch.setattr(data.files, "read", lambda f, g: reads.append((f, g)) or original(f, g))
+    for epoch in range(3):
+        rows_of(data.batches(8, seed=epoch))
+    assert len(reads) == 12, "each row group read once, in the first epoch"
+
+
+def test_a_streamed_range_is_read_every_epoch_a_window_at_a_time(split, monkeypatch):
+    data = reader(split, cache_bytes=0, window_rows=25)
+    assert not data.in_memory
+    reads = []
+    original = data.files.read
+    monkeypatch.setattr(data.files, "read", lambda f, g: reads.append((f, g)) or original(f, g))
+    batches = list(data.batches(8, seed=0))
+    assert len(reads) == 12 and [len(b["y"]) for b in batches] == [8] * 12 + [7], "full batches, a short last one"
+    rows_of(data.batches(8, seed=1))
+    assert len(reads) == 24
+
+
+def test_streamed_windows_mix_rows_of_several_row_groups(split):
+    first = rows_of(reader(split, cache_bytes=0, window_rows=30).batches(30, seed=0))[:30]
+    groups = {row // 10 for row in first if row < 100}
+    assert len(groups) >= 3, "a window's rows come from several row groups, shuffled together"
+    assert first != sorted(first)
+
+
+def test_drop_last_leaves_out_the_short_batch(split):
+    for cache_bytes in (2**20, 0):
+        sizes = [len(b["y"]) for b in reader(split, cache_bytes=cache_bytes).batches(10, seed=0, drop_last=True)]
+        assert sizes == [10] * 10
 
 
 def test_flag_last_looks_one_ahead():
     assert list(flag_last("abc")) == [("a", False), ("b", False), ("c", True)]
     assert list(flag_last([])) == []
-
-
-class FakeShard:
-    """Stands in for a Ray Data shard: counts how often it is streamed."""
-
-    def __init__(self, rows: int):
-        self.x = torch.arange(rows, dtype=torch.float32).unsqueeze(1)
-        self.y = torch.arange(rows)
-        self.streams = 0
-
-    def iter_torch_batches(self, *, batch_size, dtypes, device, **shuffle):
-        self.streams += 1
-        self.shuffled = bool(shuffle)
-        batch_size = batch_size or len(self.y)  # None: whole blocks, here one
-        for start in range(0, len(self.y), batch_size):
-            yield {"x": self.x[start : start + batch_size], "y": self.y[start : start + batch_size]}
-
-
-def rows_of(batches) -> list[int]:
-    return [int(v) for b in batches for v in b["y"]]
-
-
-def cache(shard: FakeShard, limit_bytes: int) -> ShardCache:
-    return ShardCache(shard, limit_bytes=limit_bytes, dtypes={}, device=torch.device("cpu"))
-
-
-def test_a_small_shard_is_streamed_once_then_reshuffled_in_memory():
-    shard = FakeShard(10)
-    data = cache(shard, limit_bytes=2**20)
-    assert rows_of(data.batches(4, seed=0)) == list(range(10))
-    second, third = rows_of(data.batches(4, seed=1)), rows_of(data.batches(4, seed=2))
-    assert shard.streams == 1, "later epochs read the cached tensors"
-    assert sorted(second) == sorted(third) == list(range(10)), "every row once per epoch"
-    assert second != third, "each epoch's seed gives its own order"
-    assert rows_of(data.batches(4, seed=1)) == second, "same seed, same order on every rank"
-
-
-def test_validation_keeps_the_order():
-    data = cache(FakeShard(10), limit_bytes=2**20)
-    list(data.batches(3, seed=None))
-    assert rows_of(data.batches(3, seed=None)) == list(range(10))
-
-
-def test_a_shard_over_the_limit_streams_every_epoch():
-    shard = FakeShard(100)
-    data = cache(shard, limit_bytes=64)
-    for epoch in range(3):
-        assert sorted(rows_of(data.batches(8, seed=epoch))) == list(range(100))
-    assert shard.streams == 3
-
-
-def test_a_zero_limit_never_keeps_anything():
-    shard = FakeShard(4)
-    data = cache(shard, limit_bytes=0)
-    list(data.batches(2, seed=0))
-    list(data.batches(2, seed=1))
-    assert shard.streams == 2
-
-
-def test_drop_last_leaves_out_a_short_batch_from_memory_too():
-    data = cache(FakeShard(10), limit_bytes=2**20)
-    assert [len(b["y"]) for b in data.batches(4, seed=0, drop_last=True)] == [4, 4]
-    assert [len(b["y"]) for b in data.batches(4, seed=1, drop_last=True)] == [4, 4]
-
-
-def test_a_shard_of_known_size_that_fits_is_read_whole_and_shuffled_in_memory_from_the_first_epoch():
-    shard = FakeShard(10)
-    data = ShardCache(shard, limit_bytes=2**20, dtypes={}, device=torch.device("cpu"), size_bytes=160)
-    first = rows_of(data.batches(4, seed=0))
-    assert sorted(first) == list(range(10)) and first != list(range(10)), "epoch 0 is shuffled like the others"
-    assert not shard.shuffled, "no shuffle buffer on the way in"
-    assert rows_of(data.batches(4, seed=0)) == first and shard.streams == 1
-    assert rows_of(data.batches(4, seed=None)) == list(range(10)), "validation keeps the order"
-
-
-def test_a_shard_of_known_size_over_the_limit_streams_every_epoch():
-    shard = FakeShard(10)
-    data = ShardCache(shard, limit_bytes=100, dtypes={}, device=torch.device("cpu"), size_bytes=160)
-    assert rows_of(data.batches(4, seed=0)) == list(range(10))
-    rows_of(data.batches(4, seed=1))
-    assert shard.streams == 2

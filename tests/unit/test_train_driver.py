@@ -1,12 +1,9 @@
 """What the driver asks Ray Train for, per config (no cluster needed)."""
 
-from types import SimpleNamespace
-
-import pytest
 import ray.train
 
 from rayline.config import TrainConfig
-from rayline.train.driver import scaling_config, torch_config, worker_shards
+from rayline.train.driver import scaling_config, torch_config
 
 
 def test_use_gpu_selects_nccl_and_a_gpu_per_worker():
@@ -21,27 +18,6 @@ def test_cpu_training_uses_gloo():
     train = TrainConfig()
     assert torch_config(train).backend == "gloo"
     assert scaling_config(train).resources_per_worker == {"CPU": 1.0}
-
-
-@pytest.mark.parametrize(
-    ("train", "shards"),
-    [
-        (TrainConfig(strategy="ddp"), ["train 0/2 equal", "train 1/2 equal"]),
-        (TrainConfig(strategy="fsdp"), ["train 0/2 equal", "train 1/2 equal"]),
-        (TrainConfig(strategy="ddp", num_workers=1), ["train"]),
-        (TrainConfig(strategy="tensor"), ["train", "train"]),
-        (TrainConfig(strategy="pipeline", batch_size=8), ["train", "train"]),
-        (TrainConfig(strategy="hybrid", num_workers=4, mesh=(2, 2)), ["train"] * 4),
-    ],
-)
-def test_every_worker_gets_its_own_shard_only_when_every_worker_is_a_replica(train, shards):
-    class Split(str):
-        def split(self, n: int, *, equal: bool) -> list[str]:
-            return [f"{self} {i}/{n}{' equal' if equal else ''}" for i in range(n)]
-
-    given = worker_shards(SimpleNamespace(train=Split("train"), validation=Split("validation")), train)
-    assert given["train"] == shards
-    assert len(given["validation"]) == train.num_workers
 
 
 def test_the_poll_interval_and_the_preemption_watcher_setting_reach_the_run_controller(monkeypatch):

@@ -1,27 +1,21 @@
-"""Fit the preprocessor on the training split with Ray Data aggregates (one pass, no to_pandas).
-
-The median is exact: Ray Data's Quantile aggregate gathers the column's non-missing training values (8 bytes
-each) and takes their median as numpy.median does (the mean of the two middle values for an even count).
-Category frequencies come from ValueCounter over the cells' keys.
+"""Fit the preprocessor on the training split: each block's statistics (rayline.data.stats), merged on the
+driver as the blocks stream by, in one pass. Means, standard deviations and category counts are exact; the
+median is exact on small data and within a tracked rank error on large data (see rayline.data.stats).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections import Counter
 
+import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from rayline.config import ConstantImputation, DataConfig, FeatureConfig
 from rayline.data.errors import DataError
 from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
-from rayline.data.values import keys_of, numeric_column, order_keys
-
-if TYPE_CHECKING:
-    import ray.data
+from rayline.data.stats import ColumnStats, column_stats
+from rayline.data.values import numeric_column, order_keys, value_key
 
 
 def missing_rule(f: FeatureConfig, data_cfg: DataConfig) -> tuple[str, float | None]:
@@ -39,43 +33,41 @@ def drop_row_columns(data_cfg: DataConfig) -> dict[str, bool]:
     return {f.name: f.kind == "numeric" for f in data_cfg.features if missing_rule(f, data_cfg)[0] == "drop_row"}
 
 
-def fit_preprocessor(train_ds: ray.data.Dataset, data_cfg: DataConfig) -> Preprocessor:
-    """Statistics of every feature and the label, from train_ds only (rows missing the label are already out)."""
+def fit_block(train_rows: pd.DataFrame, data_cfg: DataConfig) -> ColumnStats:
+    """The statistics of one block's training rows (rows missing the label are already out); RefusedValue for
+    a numeric cell that is text or infinity."""
     numeric, categorical = fitted_columns(data_cfg)
-    prepared = train_ds.select_columns(numeric + categorical).map_batches(
-        fit_columns, fn_kwargs={"numeric": numeric, "categorical": categorical}, batch_format="pandas"
-    )
-    with task_based_shuffle(prepared):
-        result = prepared.aggregate(*aggregates(numeric, categorical, medians(data_cfg)))
+    numbers = {name: numeric_column(train_rows[name], "feature") for name in numeric}
+    counted = {name: key_counts(train_rows[name]) for name in categorical}
+    return column_stats(len(train_rows), numbers, medians(data_cfg), counted)
+
+
+def key_counts(values: pd.Series) -> Counter:
+    """Rows per non-missing key, counted per distinct value (value_key runs once per value, not per row)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    found = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    counts: Counter = Counter()
+    for value, n in zip(uniques, found, strict=True):
+        key = value_key(value)
+        if key is not None and n:
+            counts[key] += int(n)
+    return counts
+
+
+def preprocessor_from_stats(stats: ColumnStats, data_cfg: DataConfig) -> Preprocessor:
+    """The fitted preprocessor, from the merged statistics of every training row."""
     where = data_cfg.source
-    features = [fit_feature(f, data_cfg, result, where) for f in data_cfg.features]
+    features = [fit_feature(f, data_cfg, stats, where) for f in data_cfg.features]
     if data_cfg.task == "regression":
-        mean, std = moments(result, data_cfg.label, where)
+        mean, std = moments(stats, data_cfg.label, where)
         return Preprocessor("regression", data_cfg.label, features, None, mean, std)
-    classes = order_keys(counts(result, data_cfg.label))  # rows missing the label were left out before
+    classes = order_keys(stats.counts.get(data_cfg.label, {}))
     if len(classes) < 2:
         raise DataError(
             f"{where}: label column {data_cfg.label!r} holds only {classes} in the training split; "
             "classification needs at least two classes"
         )
     return Preprocessor("classification", data_cfg.label, features, classes, None, None)
-
-
-@contextmanager
-def task_based_shuffle(ds: ray.data.Dataset) -> Iterator[None]:
-    """Ray Data's default shuffle runs an aggregate through hash-shuffle operators, about 2 s before the
-    first row even on a few thousand rows on 2 cores; a global aggregate (no key) needs no hash partitioning,
-    and the pull-based sort shuffle runs it as plain map and reduce tasks. A dataset plans with the
-    DataContext it was created with (`ds.context`), so that is the one to set."""
-    from ray.data.context import ShuffleStrategy
-
-    context = ds.context
-    before = context.shuffle_strategy
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        yield
-    finally:
-        context.shuffle_strategy = before
 
 
 def fitted_columns(data_cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -89,39 +81,20 @@ def medians(data_cfg: DataConfig) -> list[str]:
     return [f.name for f in data_cfg.features if f.kind == "numeric" and missing_rule(f, data_cfg)[0] == "median"]
 
 
-def fit_columns(batch: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pa.Table:
-    """Numeric columns as float64 (null where missing; RefusedValue for text or infinity), categorical ones
-    as their keys (null where missing), so the aggregates count what the preprocessor will see."""
-    columns = {name: pa.array(numeric_column(batch[name], "feature"), from_pandas=True) for name in numeric}
-    columns.update({name: pa.array(keys_of(batch[name]), pa.string()) for name in categorical})
-    return pa.table(columns)
-
-
-def aggregates(numeric: list[str], categorical: list[str], median: list[str]) -> list[Any]:
-    from ray.data.aggregate import Count, Mean, Quantile, Std, ValueCounter
-
-    aggs: list[Any] = [Count(alias_name="rows")]
-    for name in numeric:
-        aggs += [Mean(name, alias_name=f"mean({name})"), Std(name, ddof=0, alias_name=f"std({name})")]
-    aggs += [Quantile(name, q=0.5, alias_name=f"median({name})") for name in median]
-    aggs += [ValueCounter(name, alias_name=f"counts({name})") for name in categorical]
-    return aggs
-
-
-def fit_feature(f: FeatureConfig, data_cfg: DataConfig, result: dict[str, Any], where: str):
+def fit_feature(f: FeatureConfig, data_cfg: DataConfig, stats: ColumnStats, where: str):
     rule, constant = missing_rule(f, data_cfg)
     if f.kind == "numeric":
-        mean, std = moments(result, f.name, where)
-        fill = {"median": lambda: median_of(result, f.name), "mean": lambda: mean, "constant": lambda: constant}
+        mean, std = moments(stats, f.name, where)
+        fill = {"median": lambda: stats.summaries[f.name].median(), "mean": lambda: mean, "constant": lambda: constant}
         indicator = f.indicator if f.indicator is not None else data_cfg.missing.indicator
         return NumericStat(f.name, mean, std, rule, fill[rule]() if rule in fill else None, indicator)
-    found = counts(result, f.name)
+    found = stats.counts.get(f.name, {})
     if not found:
         raise DataError(f"{where}: column {f.name!r} has no values in the training split (all missing)")
     limit = f.max_categories or data_cfg.max_categories
     # Most frequent first, ties broken by the key; the kept ones then take the usual (numeric-aware) order.
     kept = order_keys(sorted(found, key=lambda k: (-found[k], k))[:limit])
-    missing_count = result["rows"] - sum(found.values())
+    missing_count = stats.rows - sum(found.values())
     embed = f.encoding == "embedding" or (f.encoding == "auto" and len(kept) > data_cfg.embedding_threshold)
     missing_slot = rule == "category" and missing_count > 0
     slots = len(kept) + (len(found) > limit) + missing_slot
@@ -134,22 +107,11 @@ def embedding_width(categories: int) -> int:
     return max(1, min(16, round(1.6 * categories**0.56)))
 
 
-def median_of(result: dict[str, Any], name: str) -> float:
-    value = result[f"median({name})"]
-    return float(value[0] if isinstance(value, list) else value)
-
-
-def moments(result: dict[str, Any], name: str, where: str) -> tuple[float, float]:
-    mean, std = result[f"mean({name})"], result[f"std({name})"]
-    if mean is None or std is None or (isinstance(mean, float) and math.isnan(mean)):
+def moments(stats: ColumnStats, name: str, where: str) -> tuple[float, float]:
+    found = stats.moments.get(name)
+    if found is None or found.count == 0:
         raise DataError(f"{where}: column {name!r} has no values in the training split (all missing)")
+    mean, std = found.mean, found.std()
     if not (math.isfinite(mean) and math.isfinite(std)):
         raise DataError(f"{where}: column {name!r} holds values too large to average in the training split")
     return float(mean), float(std)
-
-
-def counts(result: dict[str, Any], name: str) -> dict[str, int]:
-    """{key: rows} of a categorical column's non-missing cells in the training split."""
-    found = result[f"counts({name})"] or {"values": [], "counts": []}
-    pairs = zip(found["values"], found["counts"], strict=True)
-    return {key: int(n) for key, n in pairs if key is not None}

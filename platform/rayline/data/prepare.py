@@ -1,24 +1,64 @@
-"""The whole data stage: read, check, split, fit on train, transform every split, materialize."""
+"""The whole data stage, streamed through Ray Data in two passes over the source, and stored for reuse.
+
+1. Fit pass: every block's rows are assigned to splits by their hash (rayline.data.split) and the training
+   rows' statistics are computed in the block; the driver merges them as blocks come back. Nothing is
+   materialized.
+2. Write pass: every block's rows are assigned again, transformed by the fitted preprocessor, and written as
+   Parquet, one file per block and split, under the prepared entry (rayline.data.prepared). Training rows are
+   written in a seeded order of their own, so a source sorted by label does not reach a rank sorted.
+
+Memory stays bounded by a few blocks per task however large the source. A later run, a resumed run and every
+trial of a search with the same data section and unchanged source read the entry instead of preparing again.
+"""
 
 from __future__ import annotations
 
+import pickle
 import re
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from rayline.config import DataConfig
 from rayline.data.errors import DataError, reading, remote_data_error
+from rayline.data.files import resolve_source
 from rayline.data.fingerprint import fingerprint_source
-from rayline.data.fit import drop_row_columns, fit_columns, fit_preprocessor, fitted_columns
+from rayline.data.fit import drop_row_columns, fit_block, fitted_columns, preprocessor_from_stats
 from rayline.data.infer import resolve_features
 from rayline.data.locate import locate_refused_value
+from rayline.data.prepared import (
+    SPLITS,
+    Manifest,
+    SplitFiles,
+    check_outside_source,
+    entry_location,
+    new_parts_folder,
+    read_manifest,
+    remove_old_parts,
+    write_manifest,
+    write_split_file,
+)
 from rayline.data.preprocess import Preprocessor
+from rayline.data.progress import Progress, estimate_rows
 from rayline.data.read import read_source
-from rayline.data.split import LeaveOut, Splits, left_out_reasons, split_dataset
+from rayline.data.split import (
+    INCOMPLETE,
+    NO_LABEL,
+    TEST,
+    TRAIN,
+    VALIDATION,
+    LeaveOut,
+    check_sizes,
+    left_out_reasons,
+    row_hashes,
+    split_codes,
+)
+from rayline.data.stats import ColumnStats
 
 if TYPE_CHECKING:
     import ray.data
@@ -27,54 +67,101 @@ if TYPE_CHECKING:
 # Messages that may come from one cell: a refused value, a text cell that made Arrow type a number column as
 # text (or fail to convert it), or a file Arrow could not read.
 CELL_PROBLEM = re.compile(r"row \d+ (holds|is missing)|has type|conversion error|could not read it")
+SPLIT_CODES = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
+ORDER_SALT = np.uint64(0x9E3779B97F4A7C15)
+"""Mixed into a training row's hash to give its place in the written order (not its split)."""
 
 
 @dataclass
 class PreparedData:
-    train: ray.data.Dataset
-    """Columns "x" (float32 [num_inputs]) and "y" (int64 class id, or float32 standardised target)."""
-    validation: ray.data.Dataset
-    test: ray.data.Dataset | None
-    """None when data.split.test is 0 (as is raw_test)."""
-    raw_test: ray.data.Dataset | None
-    """The test split as read from the source, for batch prediction and evaluation."""
+    train: SplitFiles
+    validation: SplitFiles
+    test: SplitFiles | None
+    """None when data.split.test is 0."""
     preprocessor: Preprocessor
     fingerprint: str
     num_rows: dict[str, int]
     """Rows per split: {"train": ..., "validation": ..., "test": ...} (0 for a switched-off test split)."""
     data_cfg: DataConfig
     """The data section as prepared: features: auto resolved to the concrete list of columns and kinds."""
+    label_counts: list[int] | None = None
+    """Training rows per class id (classification)."""
     rows_without_label: int = 0
     """Rows left out of every split because their label cell was missing."""
     rows_dropped: int = 0
     """Rows (with a label) left out of every split because a feature with missing rule drop_row was missing."""
+    reused: bool = False
+    """Read from an earlier run's prepared entry rather than prepared now."""
+    seconds: float = 0.0
+    """How long preparing took (when reused: how long it took then)."""
 
 
-def prepare_datasets(data_cfg: DataConfig, *, check: Callable[[Preprocessor], None] | None = None) -> PreparedData:
-    """Model-ready, materialized splits; statistics come from the training split only. `check` sees the fitted
-    preprocessor before any split is transformed (e.g. whether the model takes its inputs)."""
+def prepare_datasets(
+    data_cfg: DataConfig,
+    *,
+    storage_root: str,
+    check: Callable[[Preprocessor], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> PreparedData:
+    """The model-ready splits under storage_root/prepared, prepared now or reused; statistics come from the
+    training split only. `check` sees the fitted preprocessor before any split is transformed (e.g. whether
+    the model takes its inputs)."""
+    check_outside_source(storage_root, data_cfg.source)
     data_cfg = resolve_features(data_cfg)
     fingerprint = fingerprint_source(data_cfg)
-    splits = read_and_split(data_cfg)
-    preprocessor = fit(splits.train, data_cfg)
+    location = entry_location(storage_root, data_cfg)
+    earlier = read_manifest(location)
+    if earlier is not None and earlier.fingerprint == fingerprint:
+        data = from_manifest(earlier, data_cfg, reused=True)
+        if check is not None:
+            check(data.preprocessor)
+        return data
+    started = time.perf_counter()
+    files = resolve_source(data_cfg.source, data_cfg.format)
+    total_rows, exact = estimate_rows(files)
+    ds = read_checked(data_cfg)
+    stats, codes = fit_pass(ds, data_cfg, Progress("fitting", total_rows, exact, log))
+    left_out = {"no_label": int(codes[NO_LABEL]), "incomplete": int(codes[INCOMPLETE])}
+    check_sizes(int(codes[:3].sum()), int(codes[TRAIN]), int(codes[VALIDATION]), int(codes[TEST]), data_cfg.split)
+    preprocessor = fit(stats, data_cfg)
     if check is not None:
         check(preprocessor)
-    transformed = {
-        name: None if split is None else transform(split, preprocessor, data_cfg, name)
-        for name, split in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
-    }
-    num_rows = {name: 0 if split is None else split.count() for name, split in transformed.items()}
+    parts = new_parts_folder()
+    splits = write_pass(ds, data_cfg, preprocessor, location, parts, Progress("writing", total_rows, exact, log))
+    label_counts = None
+    if preprocessor.classes is not None:
+        counts = stats.counts[data_cfg.label]
+        label_counts = [int(counts.get(c, 0)) for c in preprocessor.classes]
+    manifest = Manifest(
+        fingerprint, preprocessor.to_dict(), splits, label_counts, left_out, time.perf_counter() - started
+    )
+    write_manifest(location, manifest)
+    remove_old_parts(location, keep={parts} | parts_of(earlier))
+    return from_manifest(manifest, data_cfg, reused=False)
+
+
+def parts_of(manifest: Manifest | None) -> set[str]:
+    """The parts folders a manifest's files are in."""
+    if manifest is None:
+        return set()
+    return {p.split("/", 1)[0] for s in manifest.splits.values() if s is not None for p in s.paths}
+
+
+def from_manifest(manifest: Manifest, data_cfg: DataConfig, *, reused: bool) -> PreparedData:
+    splits = manifest.splits
     return PreparedData(
-        train=transformed["train"],
-        validation=transformed["validation"],
-        test=transformed["test"],
-        raw_test=splits.test,
-        preprocessor=preprocessor,
-        fingerprint=fingerprint,
-        num_rows=num_rows,
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits.get("test"),
+        preprocessor=Preprocessor.from_dict(manifest.preprocessor),
+        fingerprint=manifest.fingerprint,
+        num_rows={name: 0 if splits.get(name) is None else splits[name].rows for name in SPLITS},
         data_cfg=data_cfg,
-        rows_without_label=splits.left_out.no_label,
-        rows_dropped=splits.left_out.incomplete,
+        label_counts=manifest.label_counts,
+        rows_without_label=manifest.left_out["no_label"],
+        rows_dropped=manifest.left_out["incomplete"],
+        reused=reused,
+        seconds=manifest.seconds,
     )
 
 
@@ -82,43 +169,103 @@ def leave_out(data_cfg: DataConfig) -> LeaveOut:
     return LeaveOut(data_cfg.label, data_cfg.task == "regression", drop_row_columns(data_cfg))
 
 
-def read_and_split(data_cfg: DataConfig) -> Splits:
+def read_checked(data_cfg: DataConfig) -> ray.data.Dataset:
     try:
-        ds = read_source(data_cfg)
+        return read_source(data_cfg)
     except DataError as err:
         # A stray text cell makes Arrow type a number column as text; name the cell, then the type.
         found = located(err, data_cfg, parse_check(data_cfg), data_cfg.source)
         raise (err if found is None or str(found) == str(err) else DataError(f"{found}; {err}")) from None
-    # read_source read only the first row; a malformed file further on fails here.
+
+
+def fit_pass(ds: ray.data.Dataset, data_cfg: DataConfig, progress: Progress) -> tuple[ColumnStats, np.ndarray]:
+    """The training rows' merged statistics, and the rows per split code (TRAIN ... INCOMPLETE)."""
+    stats, codes = ColumnStats(), np.zeros(5, dtype=np.int64)
     try:
         with reading(data_cfg.source):
-            return split_dataset(ds, data_cfg.split, leave_out(data_cfg))
+            for part in block_results(ds, block_statistics, data_cfg=data_cfg):
+                stats.merge(part["stats"])
+                codes += part["codes"]
+                progress.add(part["rows"], part["bytes"])
     except DataError as err:
         # A number column Arrow typed from a file's first block fails to read where text follows.
         raise located(err, data_cfg, parse_check(data_cfg), data_cfg.source) or err from None
+    return stats, codes
 
 
-def fit(train: ray.data.Dataset, data_cfg: DataConfig) -> Preprocessor:
+def fit(stats: ColumnStats, data_cfg: DataConfig) -> Preprocessor:
+    return preprocessor_from_stats(stats, data_cfg)
+
+
+def write_pass(
+    ds: ray.data.Dataset,
+    data_cfg: DataConfig,
+    preprocessor: Preprocessor,
+    location: str,
+    parts: str,
+    progress: Progress,
+) -> dict[str, SplitFiles | None]:
+    written: dict[str, list[tuple[str, list[int]]]] = {name: [] for name in SPLITS}
+    kwargs = {"data_cfg": data_cfg, "preprocessor": preprocessor.to_dict(), "location": location, "parts": parts}
     try:
-        return fit_preprocessor(train, data_cfg)
-    except Exception as err:
-        failure = located(err, data_cfg, parse_check(data_cfg), f"{data_cfg.source} (train split)")
-        if failure is None:
-            raise
-        raise failure from None
+        with reading(data_cfg.source):
+            for part in block_results(ds, write_block, **kwargs):
+                for split, path, groups in part["files"]:
+                    written[split].append((path, groups))
+                progress.add(part["rows"], part["bytes"])
+    except DataError as err:
+        raise located(err, data_cfg, preprocessor.transform_batch, data_cfg.source) or err from None
+    files = {}
+    for name, found in written.items():
+        found.sort()
+        inputs = preprocessor.num_inputs
+        files[name] = SplitFiles(location, [p for p, _ in found], [g for _, g in found], inputs) if found else None
+    if data_cfg.split.test == 0:
+        files["test"] = None
+    return files
 
 
-def transform(ds: ray.data.Dataset, preprocessor: Preprocessor, data_cfg: DataConfig, name: str) -> ray.data.Dataset:
-    # Materialized so training never runs a lazy pipeline: with every CPU held by trainers a lazy read
-    # waits forever for a CPU (RAY_NOTES §3).
-    columns = [f.name for f in preprocessor.features] + [preprocessor.label]
-    try:
-        return ds.select_columns(columns).map_batches(preprocessor.transform_batch, batch_format="pandas").materialize()
-    except Exception as err:
-        failure = located(err, data_cfg, preprocessor.transform_batch, f"{data_cfg.source} ({name} split)")
-        if failure is None:
-            raise
-        raise failure from None
+def block_results(ds: ray.data.Dataset, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> Iterator[dict]:
+    """fn(block as pandas, **kwargs) run on every block in Ray tasks; its results, as they come back."""
+    results = ds.map_batches(packed, fn_kwargs={"fn": fn, "kwargs": kwargs}, batch_format="pandas", batch_size=None)
+    for row in results.iter_rows():
+        yield pickle.loads(row["result"])
+
+
+def packed(batch: pd.DataFrame, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> pd.DataFrame:
+    result = fn(batch, **kwargs)
+    result.update(rows=len(batch), bytes=int(batch.memory_usage(index=False).sum()))
+    return pd.DataFrame({"result": [pickle.dumps(result)]})
+
+
+def block_statistics(batch: pd.DataFrame, data_cfg: DataConfig) -> dict[str, Any]:
+    codes = split_codes(batch, data_cfg.split, leave_out(data_cfg))
+    stats = fit_block(batch[codes == TRAIN], data_cfg)
+    return {"stats": stats, "codes": np.bincount(codes, minlength=5)}
+
+
+def write_block(
+    batch: pd.DataFrame, data_cfg: DataConfig, preprocessor: dict[str, Any], location: str, parts: str
+) -> dict[str, Any]:
+    """Transform the block's rows of each split and write them; returns [(split, path, row groups)]."""
+    fitted = Preprocessor.from_dict(preprocessor)
+    hashes = row_hashes(batch, data_cfg.split.seed)
+    codes = split_codes(batch, data_cfg.split, leave_out(data_cfg))
+    # Named by the rows it holds, so the files' (sorted) order is the same whichever task wrote which block.
+    name = f"{int(np.bitwise_xor.reduce(hashes, initial=np.uint64(0))):016x}-{uuid.uuid4().hex[:8]}"
+    columns = [f.name for f in fitted.features] + [fitted.label]
+    files = []
+    for split, code in SPLIT_CODES.items():
+        rows = codes == code
+        if not rows.any():
+            continue
+        part = batch.loc[rows, columns]
+        if code == TRAIN:
+            part = part.iloc[np.argsort(pd.util.hash_array(hashes[rows] ^ ORDER_SALT), kind="stable")]
+        out = fitted.transform_batch(part)
+        path = f"{parts}/{split}/{name}.parquet"
+        files.append((split, path, write_split_file(out["x"], out["y"], location, path)))
+    return {"files": files}
 
 
 def located(
@@ -145,9 +292,8 @@ def located(
 
 def parse_check(data_cfg: DataConfig) -> Callable[[pd.DataFrame], object]:
     """What the fit pass refuses: a numeric cell that is neither missing nor a finite number."""
-    numeric, categorical = fitted_columns(data_cfg)
 
     def check(df: pd.DataFrame) -> object:
-        return fit_columns(df, numeric, categorical)
+        return fit_block(df, data_cfg)
 
     return check

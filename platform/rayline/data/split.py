@@ -11,21 +11,15 @@ to a source later do not move the old ones. The price: split sizes match the sha
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from rayline.config import SplitConfig
 from rayline.data.errors import DataError
 from rayline.data.values import missing_cells
 
-if TYPE_CHECKING:
-    import ray.data
-
-KEY = "__rayline_split"
 TRAIN, VALIDATION, TEST = 0, 1, 2
 NO_LABEL, INCOMPLETE = 3, 4
 
@@ -44,44 +38,6 @@ class LeaveOut(NamedTuple):
 KEEP_ALL = LeaveOut()
 
 
-class LeftOut(NamedTuple):
-    no_label: int = 0
-    """Rows left out because their label was missing."""
-    incomplete: int = 0
-    """Rows (with a label) left out because a drop_row feature was missing."""
-
-
-class Splits(NamedTuple):
-    train: ray.data.Dataset
-    """Shuffled with the split seed, so training does not see rows in file order."""
-    validation: ray.data.Dataset
-    test: ray.data.Dataset | None
-    """None when split.test is 0."""
-    left_out: LeftOut = LeftOut()
-    """Rows no split got (see LeaveOut)."""
-
-
-def split_dataset(ds: ray.data.Dataset, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL) -> Splits:
-    """Materialized splits; test is None when split_cfg.test == 0. DataError if a split is empty."""
-    kwargs = {"split_cfg": split_cfg, "leave_out": leave_out}
-    keyed = ds.map_batches(add_split_column, fn_kwargs=kwargs, batch_format="pandas").materialize()
-    train, validation, test = (rows_of(keyed, split) for split in (TRAIN, VALIDATION, TEST))
-    left_out = LeftOut()
-    if leave_out.label is not None or leave_out.columns:
-        left_out = LeftOut(rows_of(keyed, NO_LABEL).count(), rows_of(keyed, INCOMPLETE).count())
-    check_sizes(keyed.count() - sum(left_out), train.count(), validation.count(), test.count(), split_cfg)
-    return Splits(
-        train=train.random_shuffle(seed=split_cfg.seed).materialize(),
-        validation=validation,
-        test=test if split_cfg.test > 0 else None,
-        left_out=left_out,
-    )
-
-
-def rows_of(keyed: ray.data.Dataset, split: int) -> ray.data.Dataset:
-    return keyed.map_batches(rows_of_split, fn_kwargs={"split": split}, batch_format="pyarrow").materialize()
-
-
 def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, split_cfg: SplitConfig) -> None:
     """DataError naming the first split that came out empty, with the source's row count."""
     wanted = [
@@ -98,11 +54,12 @@ def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, spl
             )
 
 
-def add_split_column(batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL) -> pd.DataFrame:
+def split_codes(batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL) -> np.ndarray:
+    """Per row: TRAIN, VALIDATION or TEST, or NO_LABEL / INCOMPLETE for a row no split gets (int8)."""
     splits = assign_splits(batch, split_cfg)
     reasons = left_out_reasons(batch, leave_out)
     splits[reasons > 0] = reasons[reasons > 0]
-    return batch.assign(**{KEY: splits})
+    return splits
 
 
 def left_out_reasons(batch: pd.DataFrame, leave_out: LeaveOut) -> np.ndarray:
@@ -113,10 +70,6 @@ def left_out_reasons(batch: pd.DataFrame, leave_out: LeaveOut) -> np.ndarray:
     if leave_out.label is not None:
         reasons[missing_cells(batch[leave_out.label], numeric=leave_out.label_is_numeric)] = NO_LABEL
     return reasons
-
-
-def rows_of_split(table: pa.Table, split: int) -> pa.Table:
-    return table.filter(pc.equal(table[KEY], split)).drop_columns([KEY])
 
 
 def assign_splits(df: pd.DataFrame, split_cfg: SplitConfig) -> np.ndarray:

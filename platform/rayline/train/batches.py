@@ -1,109 +1,133 @@
-"""Where each rank's batches come from: its Ray Data shard (kept in memory after one pass when it is small),
-its replica's share of a stream that several ranks read, and a one-batch look-ahead."""
+"""Where each rank's batches come from: its replica's range of the prepared split (held in memory when it is
+small, streamed when not), and a one-batch look-ahead."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
+from rayline.data.prepared import SplitFiles
+
 Batch = dict[str, torch.Tensor]
+Piece = tuple[int, int, int, int]
+"""(file, row group, first row, end row) of a prepared split."""
 
 
-class ShardCache:
-    """A worker's dataset shard, kept as tensors when it fits in `limit_bytes` so epochs shuffle it in place
-    instead of streaming it again: read whole up front when its size is known, else streamed from Ray Data on the
-    first pass and kept if it turned out to fit.
+class ShardReader:
+    """One data-parallel replica's rows of a prepared split, read from its Parquet files with pyarrow.
 
-    Later passes are deterministic in `seed`, so ranks that read the same stream in the same order (one
-    replica under tensor or pipeline parallelism) keep producing identical batches.
+    The split's row groups, in an order every rank computes alike, are laid end to end and cut into dp_size equal
+    ranges (the at most dp_size - 1 rows past the last whole range are left out, as Ray Data's equal split does),
+    so every replica takes as many steps as every other, and the ranks of one replica (tensor, pipeline) read the
+    same rows in the same order. A range of at most `cache_bytes` is read once and shuffled in memory every epoch.
+    A larger one is streamed: its row groups in a new order each epoch (and so a new range), read a window of
+    `window_bytes` ahead in a background thread, each window's rows shuffled together.
     """
 
     def __init__(
         self,
-        shard,
+        split: SplitFiles,
         *,
-        limit_bytes: int,
-        dtypes: dict[str, torch.dtype],
+        dp_rank: int,
+        dp_size: int,
+        cache_bytes: int,
+        window_bytes: int,
+        y_dtype: torch.dtype,
         device: torch.device,
-        size_bytes: int | None = None,
     ):
-        """`size_bytes`: the shard's size when it is known without reading it (materialized_size)."""
-        self.shard, self.limit_bytes, self.dtypes, self.device = shard, limit_bytes, dtypes, device
-        self.size_bytes = size_bytes
+        self.split, self.dp_rank = split, dp_rank
+        self.rows = split.rows // dp_size
+        self.window_rows = max(1, window_bytes // split.row_bytes)
+        self.in_memory = self.rows * split.row_bytes <= cache_bytes
+        self.y_dtype, self.device = y_dtype, device
+        self.files = split.open()
         self.cached: Batch | None = None
 
     def batches(self, batch_size: int, *, seed: int | None, drop_last: bool = False) -> Iterator[Batch]:
-        """seed None keeps the order (validation); otherwise the rows are shuffled with it."""
-        if self.cached is None and self.size_bytes is not None and 0 < self.size_bytes <= self.limit_bytes:
-            self.cached = self._load()
-        source = self._from_memory(batch_size, seed) if self.cached is not None else self._stream(batch_size, seed)
+        """seed None keeps the file order (validation); otherwise the rows are shuffled with it."""
+        source = self._from_memory(batch_size, seed) if self.in_memory else self._stream(batch_size, seed)
         for batch in source:
             if not (drop_last and len(batch["y"]) < batch_size):
                 yield batch
 
-    def _load(self) -> Batch | None:
-        """A shard known to fit, read in one pass of whole blocks: the first epoch then shuffles in memory like
-        every later one, instead of streaming through Ray Data's local shuffle buffer at a fraction of the speed."""
-        parts = list(self.shard.iter_torch_batches(batch_size=None, dtypes=self.dtypes, device=self.device))
-        parts = [p for p in parts if len(p["y"])]
-        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]} if parts else None
-
-    def _stream(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
-        shuffle = {} if seed is None else {"local_shuffle_buffer_size": batch_size * 8, "local_shuffle_seed": seed}
-        kept: list[Batch] | None = [] if self.limit_bytes > 0 else None
-        size = 0
-        batches = self.shard.iter_torch_batches(
-            batch_size=batch_size, dtypes=self.dtypes, device=self.device, **shuffle
-        )
-        for batch in batches:
-            if kept is not None:
-                size += sum(t.nbytes for t in batch.values())
-                if size <= self.limit_bytes:
-                    kept.append(batch)
-                else:
-                    kept = None  # too big to keep: every epoch streams
-            yield batch
-        if kept:
-            self.cached = {key: torch.cat([b[key] for b in kept]) for key in kept[0]}
-
     def _from_memory(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
+        if self.cached is None:
+            self.cached = self._tensors(*self._read(self.pieces(order_seed=None)))
         rows = len(self.cached["y"])
-        if seed is None:
-            order = torch.arange(rows)
-        else:
-            order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
-        order = order.to(self.cached["y"].device)
+        order = torch.arange(rows) if seed is None else torch.randperm(rows, generator=generator(seed))
+        order = order.to(self.device)
         for start in range(0, rows, batch_size):
             index = order[start : start + batch_size]
             yield {key: t[index] for key, t in self.cached.items()}
 
+    def _stream(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
+        windows = list(self.windows(self.pieces(order_seed=seed)))
+        carried_x, carried_y = np.zeros((0, self.split.num_inputs), dtype=np.float32), np.zeros(0)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(self._read, windows[0]) if windows else None
+            for index in range(len(windows)):
+                x, y = ahead.result()
+                last = index == len(windows) - 1
+                if not last:
+                    ahead = pool.submit(self._read, windows[index + 1])
+                if seed is not None:
+                    order = np.random.default_rng([seed, index]).permutation(len(y))
+                    x, y = x[order], y[order]
+                x, y = np.concatenate([carried_x, x]), np.concatenate([carried_y, y]).astype(y.dtype)
+                whole = len(y) if last else len(y) - len(y) % batch_size
+                for start in range(0, whole, batch_size):
+                    yield self._tensors(x[start : start + batch_size], y[start : start + batch_size])
+                carried_x, carried_y = x[whole:], y[whole:]
 
-def materialized_size(shard) -> int | None:
-    """The shard's size in bytes when its blocks are in the object store already (known from their metadata,
-    nothing read); None for a dataset that would have to run to tell."""
-    from ray.data.dataset import MaterializedDataset
+    def pieces(self, *, order_seed: int | None) -> list[Piece]:
+        """This replica's pieces: its range of the row groups laid end to end in file order (order_seed None)
+        or in an order shuffled with order_seed."""
+        groups = [(f, g, n) for f, sizes in enumerate(self.split.row_groups) for g, n in enumerate(sizes)]
+        if order_seed is not None:
+            groups = [groups[i] for i in np.random.default_rng(order_seed).permutation(len(groups))]
+        begin, end = self.dp_rank * self.rows, (self.dp_rank + 1) * self.rows
+        pieces, offset = [], 0
+        for f, g, n in groups:
+            lo, hi = max(begin, offset), min(end, offset + n)
+            if lo < hi:
+                pieces.append((f, g, lo - offset, hi - offset))
+            offset += n
+        return pieces
 
-    return shard.size_bytes() if isinstance(shard, MaterializedDataset) else None
+    def windows(self, pieces: list[Piece]) -> Iterator[list[Piece]]:
+        window, rows = [], 0
+        for piece in pieces:
+            window.append(piece)
+            rows += piece[3] - piece[2]
+            if rows >= self.window_rows:
+                yield window
+                window, rows = [], 0
+        if window:
+            yield window
+
+    def _read(self, pieces: list[Piece]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for f, g, lo, hi in pieces:
+            x, y = self.files.read(f, g)
+            xs.append(x[lo:hi])
+            ys.append(y[lo:hi])
+        if not xs:
+            return np.zeros((0, self.split.num_inputs), dtype=np.float32), np.zeros(0)
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> Batch:
+        return {
+            "x": torch.from_numpy(np.require(x, np.float32, ["C", "W"])).to(self.device),
+            "y": torch.from_numpy(np.require(y, requirements=["C", "W"])).to(self.y_dtype).to(self.device),
+        }
 
 
-def replica_batches(
-    batches: Iterable[Any], dp_rank: int, dp_size: int, *, fill_last: bool
-) -> Iterator[tuple[Any, bool]]:
-    """This replica's share of a stream that every rank reads in the same order: one batch of every dp_size.
-
-    Yields (batch, counts). Every replica gets the same number of batches, since their collectives must pair
-    up: a short last round is dropped, or with fill_last its missing slots repeat a batch that does not count.
-    """
-    round_: list[Any] = []
-    for batch in batches:
-        round_.append(batch)
-        if len(round_) == dp_size:
-            yield round_[dp_rank], True
-            round_ = []
-    if round_ and fill_last:
-        yield (round_[dp_rank], True) if dp_rank < len(round_) else (round_[0], False)
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def flag_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:

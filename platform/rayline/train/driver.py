@@ -176,7 +176,7 @@ def build_trainer(
     check_batch_fits(cfg.train, data.num_rows["train"])
     check_metric_names(cfg, data.preprocessor)
     if class_weights is None:
-        class_weights = class_weights_for(cfg, data.train, data.preprocessor.classes)
+        class_weights = class_weights_for(cfg, data.label_counts)
     set_controller_environment(cfg.train)
     run_dir = Path(cfg.storage.root) / "runs" / run_name
     last = last_complete_checkpoint(run_dir)  # listed (and hashed) once per start
@@ -194,7 +194,7 @@ def build_trainer(
             "resume_from": resume_from,
             "class_weights": class_weights if cfg.train.class_weight == "balanced" else None,
             "train_rows": data.num_rows["train"],
-            "shards": worker_shards(data, cfg.train),
+            "splits": {"train": data.train.to_dict(), "validation": data.validation.to_dict()},
         },
         torch_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),
@@ -216,8 +216,8 @@ def build_trainer(
 
 
 class Trainer(TorchTrainer):
-    """A TorchTrainer that starts no dataset manager: the workers' shards come in the loop config
-    (worker_shards), and Ray Train 2.60 starts that actor for every run even with no datasets given.
+    """A TorchTrainer that starts no dataset manager: the workers read the prepared splits' files named in the loop
+    config, and Ray Train 2.60 starts that actor for every run even with no datasets given.
     (A private hook, so ray is pinned to one version; a unit test fails if the hook changes.)"""
 
     def _create_default_callbacks(self) -> list:
@@ -310,21 +310,6 @@ def torch_config(train: TrainConfig) -> TorchConfig:
 def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
     resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
     return ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources)
-
-
-def worker_shards(data: PreparedData, train: TrainConfig) -> dict[str, list[ray.data.Dataset]]:
-    """Each split's shard for every worker rank, in rank order: the prepared splits are materialized, so they
-    are split here (equal rows, as Ray Train would) and reach the workers as object references.
-
-    Not Ray Train's own dataset integration: for splits already in the object store it only adds three actors
-    to every run's start (its dataset manager and a streaming-split coordinator per split), started one after
-    another, seconds of every run and every Tune trial. ddp and fsdp: one shard per worker. Strategies whose
-    ranks share a replica (tensor, pipeline, hybrid) give every worker the whole split; the loop keeps its
-    replica's share."""
-    n = train.num_workers
-    split_per_worker = train.data_parallel_size == n
-    splits = {"train": data.train, "validation": data.validation}
-    return {name: ds.split(n, equal=True) if split_per_worker and n > 1 else [ds] * n for name, ds in splits.items()}
 
 
 def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rayline.data.prepared import SplitFiles
 from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import classification_metrics, prefixed, regression_metrics
 
@@ -89,15 +90,14 @@ class SplitResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, preprocessor: Preprocessor, batch_size: int, device) -> SplitResult:
-    """Metrics of a plain (unsplit) model over a whole Ray dataset, e.g. a loaded checkpoint on the test split."""
+def evaluate(model: nn.Module, split: SplitFiles, preprocessor: Preprocessor, batch_size: int, device) -> SplitResult:
+    """Metrics of a plain (unsplit) model over a whole prepared split, e.g. a loaded checkpoint on the test split."""
     model.eval()
     sums = SplitSums(preprocessor)
     label_dtype = torch.int64 if sums.classification else torch.float32
-    for batch in dataset.iter_torch_batches(
-        batch_size=batch_size, dtypes={"x": torch.float32, "y": label_dtype}, device=device
-    ):
-        sums.add(model(batch["x"]), batch["y"])
+    for x, y in split.iter_arrays(batch_size):
+        x_b = torch.from_numpy(np.require(x, np.float32, ["C", "W"])).to(device)
+        sums.add(model(x_b), torch.from_numpy(np.require(y, requirements=["C", "W"])).to(label_dtype).to(device))
     return sums.reduce()
 
 

@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 
 from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
+from rayline.data.prepared import SplitFiles
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
-from rayline.train.batches import ShardCache, flag_last, materialized_size, replica_batches
+from rayline.train.batches import ShardReader, flag_last
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
 from rayline.train.evaluate import SplitSums, all_reduce, collective_device
 from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
@@ -43,13 +44,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     pm = parallelize(model.to(device), cfg.train, loss_fn=lambda o, y: loss_fn(o, y) / accumulation, device=device)
     optimizer = make_optimizer(cfg.train.optimizer, pm.module.parameters())
     start_epoch, history = restore_latest(pm, optimizer, cfg, loop_config.get("resume_from"))
-    dtypes = {"x": torch.float32, "y": torch.int64 if classification else torch.float32}
-    limit = int(cfg.train.cache_shard_mb * 2**20)
-    rank = ray.train.get_context().get_world_rank()
-    shards = (loop_config["shards"][split][rank] for split in ("train", "validation"))
     train_data, val_data = (
-        ShardCache(shard, limit_bytes=limit, dtypes=dtypes, device=device, size_bytes=materialized_size(shard))
-        for shard in shards
+        ShardReader(
+            SplitFiles.from_dict(loop_config["splits"][split]),
+            dp_rank=pm.dp_rank,
+            dp_size=pm.dp_size,
+            cache_bytes=int(cfg.train.cache_shard_mb * 2**20),
+            window_bytes=int(cfg.train.shuffle_window_mb * 2**20),
+            y_dtype=torch.int64 if classification else torch.float32,
+            device=device,
+        )
+        for split in ("train", "validation")
     )
     steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
     if history and (stopping := early_stop(history, cfg.train)) is not None:
@@ -103,7 +108,7 @@ def early_stop(history: list[dict], train: TrainConfig) -> dict[str, Any] | None
 
 
 def train_epoch(
-    pm: Parallelized, optimizer, data: ShardCache, train: TrainConfig, epoch: int, loss_fn, steps: int
+    pm: Parallelized, optimizer, data: ShardReader, train: TrainConfig, epoch: int, loss_fn, steps: int
 ) -> tuple[float, float, float]:
     """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas and
     the CPU seconds all ranks spent on it. The learning rate follows train.lr_schedule, set before each batch
@@ -115,7 +120,7 @@ def train_epoch(
     label_checksum = torch.zeros((), dtype=torch.float64)
     # Pipeline stages exchange fixed-shape micro-batches.
     batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
-    for step, ((batch, _), last_batch) in enumerate(flag_last(own_batches(batches, pm, train, fill_last=False))):
+    for step, (batch, last_batch) in enumerate(flag_last(batches)):
         factor = lr_factor(train.lr_schedule, epochs=train.epochs, epoch=epoch, progress=step / steps)
         set_lr(optimizer, train.optimizer.lr * factor)
         x_bf, y_b = batch["x"], batch["y"]
@@ -149,18 +154,6 @@ def optimizer_step(pm: Parallelized, optimizer: torch.optim.Optimizer, grad_clip
     optimizer.zero_grad(set_to_none=True)
 
 
-def own_batches(batches, pm: Parallelized, train: TrainConfig, *, fill_last: bool):
-    """(batch, counts) pairs this rank trains or evaluates on.
-
-    ddp and fsdp read shards Ray Data split per worker. Under tensor, pipeline and hybrid the ranks of one
-    replica must see the same batches, so every worker reads the whole split in the same seeded order and
-    keeps its replica's share.
-    """
-    if train.data_parallel_size == train.num_workers:
-        return ((batch, True) for batch in batches)
-    return replica_batches(batches, pm.dp_rank, pm.dp_size, fill_last=fill_last)
-
-
 def checksum(y_b: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(1, len(y_b) + 1, dtype=torch.float64, device=y_b.device)
     return (y_b.double() * positions).sum().cpu()
@@ -179,14 +172,14 @@ def require_same_batches(label_checksum: torch.Tensor, pm: Parallelized) -> None
 
 
 @torch.no_grad()
-def evaluate_parallel(pm: Parallelized, data: ShardCache, preprocessor: Preprocessor, train: TrainConfig) -> dict:
+def evaluate_parallel(pm: Parallelized, data: ShardReader, preprocessor: Preprocessor, train: TrainConfig) -> dict:
     """Validation metrics (val_*) of the parallelized model, summed across replicas so all ranks agree."""
     pm.model.eval()
     sums = SplitSums(preprocessor)
     bf16 = train.precision == "bf16"
-    for batch, counts in own_batches(data.batches(train.batch_size, seed=None), pm, train, fill_last=True):
+    for batch in data.batches(train.batch_size, seed=None):
         outputs = forward_eval(pm, batch["x"], batch["y"], batch_size=train.batch_size, bf16=bf16)
-        if counts and pm.reports:
+        if pm.reports:
             sums.add(outputs, batch["y"])
     return sums.reduce().named("val")
 

@@ -7,14 +7,6 @@ import numpy as np
 from rayline.config import ConfigError, PipelineConfig
 
 
-def label_counts(dataset, num_classes: int) -> np.ndarray:
-    """Rows per class id in a prepared split's "y" column, counted by streaming it through Ray Data."""
-    counts = np.zeros(num_classes, dtype=np.int64)
-    for batch in dataset.select_columns(["y"]).iter_batches(batch_size=65536, batch_format="numpy"):
-        counts += np.bincount(np.asarray(batch["y"], dtype=np.int64), minlength=num_classes)[:num_classes]
-    return counts
-
-
 def balanced_weights(counts: np.ndarray) -> list[float]:
     """n_rows / (n_classes * rows of the class), as scikit-learn's class_weight="balanced"; a class without
     training rows (none: the classes come from the training split) would get weight 0."""
@@ -33,9 +25,11 @@ def check_class_weight(cfg: PipelineConfig) -> None:
         )
 
 
-def class_weights_for(cfg: PipelineConfig, train_split, classes: list[str] | None) -> list[float] | None:
-    """The loss weights train.class_weight asks for (None: unweighted); counts the split once."""
+def class_weights_for(cfg: PipelineConfig, label_counts: list[int] | None) -> list[float] | None:
+    """The loss weights train.class_weight asks for (None: unweighted), from the training rows per class id
+    counted while the data was prepared."""
     check_class_weight(cfg)
     if cfg.train.class_weight != "balanced":
         return None
-    return balanced_weights(label_counts(train_split, len(classes)))
+    assert label_counts is not None, "a classification split's label counts are recorded when it is prepared"
+    return balanced_weights(np.asarray(label_counts))

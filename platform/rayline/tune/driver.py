@@ -106,7 +106,7 @@ def search_class_weights(cfg: PipelineConfig, data: PreparedData, paths: list[st
     if cfg.train.class_weight != "balanced" and "train.class_weight" not in paths:
         return None
     balanced = cfg.model_copy(update={"train": cfg.train.model_copy(update={"class_weight": "balanced"})})
-    return class_weights_for(balanced, data.train, data.preprocessor.classes)
+    return class_weights_for(balanced, data.label_counts)
 
 
 def make_trainable(
