@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train clean
+.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train bench-ingest clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-tune-overhead: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
+
+bench-ingest: $(STAMP)
+	$(BIN)/python benchmarks/ingest_bench.py
 
 test: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines

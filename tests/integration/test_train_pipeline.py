@@ -39,8 +39,9 @@ def trained(ray_cluster, tmp_path_factory):
     """One full training run shared by the tests that need a registered digits model."""
     tmp_path = tmp_path_factory.mktemp("trained")
     cfg = digits_config(tmp_path)
-    epochs = []
-    report = train_and_register(cfg, on_epoch=epochs.append, log=lambda _: None)
+    epochs, lines = [], []
+    report = train_and_register(cfg, on_epoch=epochs.append, log=lines.append)
+    assert sum(line.startswith("data: prepared in") for line in lines) == 1, lines
     return cfg, report, epochs
 
 
@@ -88,9 +89,10 @@ def test_batch_prediction_over_a_corrupt_file_names_it_and_writes_nothing(traine
 def test_rerunning_a_run_name_resumes_the_epoch_count(trained):
     """Last in this file: it adds an epoch to the shared run and registers (and serves) another version."""
     cfg, _, first_run = trained
-    seen = []
+    seen, lines = [], []
     resumed = digits_config(Path(cfg.data.source).parent, epochs=13)
-    train_and_register(resumed, on_epoch=seen.append, log=lambda _: None)
+    train_and_register(resumed, on_epoch=seen.append, log=lines.append)
+    assert any(line.startswith("data: reused the data prepared") for line in lines), "the data is not prepared again"
     assert [m["epoch"] for m in seen] == [12], "the re-run continues at epoch 12"
     assert seen[0]["train_loss"] < 0.5 * first_run[0]["train_loss"], "from the saved weights, not from scratch"
     run = Path(cfg.storage.root) / "runs" / cfg.run_name

@@ -56,6 +56,9 @@ def test_asha_optuna_search_over_ddp_trials_finishes_and_registers_the_best(ray_
     table = (experiment / "trials.txt").read_text().splitlines()
     assert len(table) == 1 + TRIALS, "a row per trial under the header"
     assert "2 trial(s) at once" in "\n".join(lines)
+    prepared = [line for line in lines if line.startswith("data: prepared in")]
+    parts = list((Path(cfg.storage.root) / "prepared").glob("*/parts-*"))
+    assert len(prepared) == len(parts) == 1, "prepared once; every trial reads that one entry"
     stopped = [row for row in table[1:] if row.rstrip().endswith("yes")]
     assert stopped, "ASHA stopped at least one trial early"
     assert (experiment / "learning_curves.png").stat().st_size > 10_000

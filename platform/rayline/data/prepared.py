@@ -117,7 +117,8 @@ def write_split_file(x: np.ndarray, y: np.ndarray, root: str, relative_path: str
     path = posixpath.join(base, relative_path)
     filesystem.create_dir(posixpath.dirname(path), recursive=True)
     group_rows = max(1, ROW_GROUP_BYTES // (4 * x.shape[1] + 8))
-    pq.write_table(table_of(x, y), path, filesystem=filesystem, row_group_size=group_rows)
+    # No dictionaries: model inputs are floats, and dictionary-encoding them is most of the writing time.
+    pq.write_table(table_of(x, y), path, filesystem=filesystem, row_group_size=group_rows, use_dictionary=False)
     return [min(group_rows, len(y) - start) for start in range(0, len(y), group_rows)]
 
 
