@@ -94,14 +94,21 @@ def worker_niceness() -> int:
 def run_side(side: str, command: list[str], env: dict, output: Path, timeout_s: float) -> dict:
     """Launch one side; its figures with times made relative to the launch, or why it did not complete."""
     load_before = os.getloadavg()[0]
-    try:
-        run = train_launch.launch(command, env, timeout_s, output.with_suffix(".log"))
-    except train_launch.CommandFailed as err:
-        return {
-            "completed": False,
-            "error": str(err)[-2000:],
-            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        }
+    retried = None
+    for attempt in (1, 2):
+        try:
+            run = train_launch.launch(command, env, timeout_s, output.with_suffix(".log"))
+            break
+        except train_launch.CommandFailed as err:
+            # torchrun's gloo ranks now and then abort at exit after finishing ("terminate called without an
+            # active exception"): one more try, recorded; rayline gets none.
+            if side == "rayline" or attempt == 2:
+                return {
+                    "completed": False,
+                    "error": str(err)[-2000:],
+                    "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                }
+            retried = str(err)[-300:]
     found = json.loads(output.read_text())
     launched = run.launched_at
     figures = {
@@ -122,6 +129,8 @@ def run_side(side: str, command: list[str], env: dict, output: Path, timeout_s: 
         keys = ("peak_rss_mb_per_rank", "peak_rss_mb_per_loader_worker", "train_rows", "loader_workers")
         figures.update({k: found[k] for k in keys})
     figures["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    if retried is not None:
+        figures["retried_after_failure"] = retried
     return figures
 
 

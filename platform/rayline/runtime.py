@@ -142,8 +142,8 @@ def quiet_data(verbose: bool) -> None:
     if verbose:
         return
     # Ray Data prints an INFO line per executed dataset to the console; its log file keeps them all.
-    # The no-free-CPUs warning fires while trainers hold every CPU; rayline's datasets are materialized
-    # before training for exactly that reason, so it would only alarm people. A task that fails in our code
+    # The no-free-CPUs warning fires while trainers hold every CPU; rayline runs no Ray Data pipeline then
+    # (workers read the prepared files themselves), so it would only alarm people. A task that fails in our code
     # (a refused cell) raises an exception rayline turns into one message; Ray Data's two ERROR lines about
     # it, and the pointer to its log, would come first (the log file still has them).
     for handler in logging.getLogger("ray.data").handlers:

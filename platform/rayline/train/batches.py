@@ -23,9 +23,10 @@ class ShardReader:
     The split's row groups, in an order every rank computes alike, are laid end to end and cut into dp_size equal
     ranges (the at most dp_size - 1 rows past the last whole range are left out, as Ray Data's equal split does),
     so every replica takes as many steps as every other, and the ranks of one replica (tensor, pipeline) read the
-    same rows in the same order. A range of at most `cache_bytes` is read once and shuffled in memory every epoch.
-    A larger one is streamed: its row groups in a new order each epoch (and so a new range), read a window of
-    `window_bytes` ahead in a background thread, each window's rows shuffled together.
+    same rows in the same order. Every epoch streams the row groups in a new order (and so a new range), read a
+    window of `window_bytes` ahead in a background thread, each window's rows shuffled together; except that a
+    range of at most `cache_bytes` is kept as it streams by in the first epoch, and later epochs shuffle it in
+    memory.
     """
 
     def __init__(
@@ -49,14 +50,12 @@ class ShardReader:
 
     def batches(self, batch_size: int, *, seed: int | None, drop_last: bool = False) -> Iterator[Batch]:
         """seed None keeps the file order (validation); otherwise the rows are shuffled with it."""
-        source = self._from_memory(batch_size, seed) if self.in_memory else self._stream(batch_size, seed)
+        source = self._from_memory(batch_size, seed) if self.cached is not None else self._stream(batch_size, seed)
         for batch in source:
             if not (drop_last and len(batch["y"]) < batch_size):
                 yield batch
 
     def _from_memory(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
-        if self.cached is None:
-            self.cached = self._tensors(*self._read(self.pieces(order_seed=None)))
         rows = len(self.cached["y"])
         order = torch.arange(rows) if seed is None else torch.randperm(rows, generator=generator(seed))
         order = order.to(self.device)
@@ -67,6 +66,7 @@ class ShardReader:
     def _stream(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
         windows = list(self.windows(self.pieces(order_seed=seed)))
         carried_x, carried_y = np.zeros((0, self.split.num_inputs), dtype=np.float32), np.zeros(0)
+        kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if self.in_memory else None
         with ThreadPoolExecutor(max_workers=1) as pool:
             ahead = pool.submit(self._read, windows[0]) if windows else None
             for index in range(len(windows)):
@@ -77,11 +77,15 @@ class ShardReader:
                 if seed is not None:
                     order = np.random.default_rng([seed, index]).permutation(len(y))
                     x, y = x[order], y[order]
+                if kept is not None:
+                    kept.append((x, y))
                 x, y = np.concatenate([carried_x, x]), np.concatenate([carried_y, y]).astype(y.dtype)
                 whole = len(y) if last else len(y) - len(y) % batch_size
                 for start in range(0, whole, batch_size):
                     yield self._tensors(x[start : start + batch_size], y[start : start + batch_size])
                 carried_x, carried_y = x[whole:], y[whole:]
+        if kept:
+            self.cached = self._tensors(np.concatenate([x for x, _ in kept]), np.concatenate([y for _, y in kept]))
 
     def pieces(self, *, order_seed: int | None) -> list[Piece]:
         """This replica's pieces: its range of the row groups laid end to end in file order (order_seed None)
