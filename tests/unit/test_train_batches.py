@@ -121,3 +121,10 @@ def test_drop_last_leaves_out_the_short_batch(split):
 def test_flag_last_looks_one_ahead():
     assert list(flag_last("abc")) == [("a", False), ("b", False), ("c", True)]
     assert list(flag_last([])) == []
+
+
+def test_windows_smaller_than_a_batch_still_give_full_batches(split):
+    data = reader(split, cache_bytes=0, window_rows=3)
+    batches = list(data.batches(8, seed=0))
+    assert [len(b["y"]) for b in batches] == [8] * 12 + [7]
+    assert sorted(rows_of(batches)) == list(range(103))

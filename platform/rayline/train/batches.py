@@ -65,27 +65,31 @@ class ShardReader:
 
     def _stream(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
         windows = list(self.windows(self.pieces(order_seed=seed)))
-        carried_x, carried_y = np.zeros((0, self.split.num_inputs), dtype=np.float32), np.zeros(0)
-        kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if self.in_memory else None
+        carried: tuple[np.ndarray, np.ndarray] | None = None
+        keep = Keep(self.rows) if self.in_memory else None
         with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = pool.submit(self._read, windows[0]) if windows else None
+            ahead = pool.submit(self._read, windows[0], seed, 0) if windows else None
             for index in range(len(windows)):
                 x, y = ahead.result()
                 last = index == len(windows) - 1
                 if not last:
-                    ahead = pool.submit(self._read, windows[index + 1])
-                if seed is not None:
-                    order = np.random.default_rng([seed, index]).permutation(len(y))
-                    x, y = x[order], y[order]
-                if kept is not None:
-                    kept.append((x, y))
-                x, y = np.concatenate([carried_x, x]), np.concatenate([carried_y, y]).astype(y.dtype)
+                    ahead = pool.submit(self._read, windows[index + 1], seed, index + 1)
+                if keep is not None:
+                    keep.add(x, y)
+                if carried is not None:  # the last window's short tail goes first, topped up from this one
+                    need = batch_size - len(carried[1])
+                    x_b, y_b = np.concatenate([carried[0], x[:need]]), np.concatenate([carried[1], y[:need]])
+                    x, y = x[need:], y[need:]
+                    if len(y_b) == batch_size or last:
+                        yield self._tensors(x_b, y_b)
+                    carried = None if len(y_b) == batch_size else (x_b, y_b)
                 whole = len(y) if last else len(y) - len(y) % batch_size
                 for start in range(0, whole, batch_size):
                     yield self._tensors(x[start : start + batch_size], y[start : start + batch_size])
-                carried_x, carried_y = x[whole:], y[whole:]
-        if kept:
-            self.cached = self._tensors(np.concatenate([x for x, _ in kept]), np.concatenate([y for _, y in kept]))
+                if whole < len(y):
+                    carried = (x[whole:], y[whole:])
+        if keep is not None and keep.full():
+            self.cached = self._tensors(keep.x, keep.y)
 
     def pieces(self, *, order_seed: int | None) -> list[Piece]:
         """This replica's pieces: its range of the row groups laid end to end in file order (order_seed None)
@@ -113,21 +117,45 @@ class ShardReader:
         if window:
             yield window
 
-    def _read(self, pieces: list[Piece]) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
+    def _read(self, pieces: list[Piece], seed: int | None = None, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The pieces' rows in one array, in their order or (with a seed) shuffled with (seed, index); each row
+        group is written into place as it is read, so a window is never held twice."""
+        rows = sum(hi - lo for _, _, lo, hi in pieces)
+        place = np.arange(rows) if seed is None else np.random.default_rng([seed, index]).permutation(rows)
+        x_out, y_out, offset = np.empty((rows, self.split.num_inputs), np.float32), None, 0
         for f, g, lo, hi in pieces:
             x, y = self.files.read(f, g)
-            xs.append(x[lo:hi])
-            ys.append(y[lo:hi])
-        if not xs:
-            return np.zeros((0, self.split.num_inputs), dtype=np.float32), np.zeros(0)
-        return np.concatenate(xs), np.concatenate(ys)
+            if y_out is None:
+                y_out = np.empty(rows, y.dtype)
+            at = place[offset : offset + hi - lo]
+            x_out[at], y_out[at] = x[lo:hi], y[lo:hi]
+            offset += hi - lo
+        return x_out, y_out if y_out is not None else np.zeros(0)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> Batch:
         return {
             "x": torch.from_numpy(np.require(x, np.float32, ["C", "W"])).to(self.device),
             "y": torch.from_numpy(np.require(y, requirements=["C", "W"])).to(self.y_dtype).to(self.device),
         }
+
+
+class Keep:
+    """The rows of a streamed range, copied into one preallocated array as they go by (no second copy at the end)."""
+
+    def __init__(self, rows: int):
+        self.rows, self.filled = rows, 0
+        self.x: np.ndarray | None = None
+        self.y: np.ndarray | None = None
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        if self.x is None:
+            self.x, self.y = np.empty((self.rows, x.shape[1]), np.float32), np.empty(self.rows, y.dtype)
+        self.x[self.filled : self.filled + len(y)] = x
+        self.y[self.filled : self.filled + len(y)] = y
+        self.filled += len(y)
+
+    def full(self) -> bool:
+        return self.x is not None and self.filled == self.rows
 
 
 def generator(seed: int) -> torch.Generator:
