@@ -32,6 +32,12 @@ STOPS = {
 }
 
 
+def as_from_a_terminal() -> None:
+    """A command typed at a terminal starts with Ctrl-C's default action; a suite run in the background (`make
+    test &` from a script) would hand its ignored SIGINT down, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("stop", list(STOPS))
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_a_stop_signal_ends_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_path, ingress, stop):
@@ -51,6 +57,7 @@ def test_a_stop_signal_ends_rayline_serve_cleanly_and_leaves_no_ray_process(tmp_
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,
+                preexec_fn=as_from_a_terminal,
             )
 
         def serving() -> bool:

@@ -235,6 +235,7 @@ def test_missing_with_rule_error_is_named_by_file_and_line(ray_cluster, tmp_path
     assert str(err.value) == (
         f"{tmp_path / 'gap.parquet'} row 31: column 'zone' is missing and the feature's missing rule is error"
     )
+    assert not list(tmp_path.glob("prepared/*/parts-*")), "the failed write pass left no files behind"
 
 
 def test_a_malformed_file_after_the_first_fails_with_its_name(ray_cluster, tmp_path, houses):

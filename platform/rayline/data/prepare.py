@@ -40,6 +40,7 @@ from rayline.data.prepared import (
     new_parts_folder,
     read_manifest,
     remove_old_parts,
+    remove_parts,
     write_manifest,
     write_split_file,
 )
@@ -116,28 +117,43 @@ def prepare_datasets(
         if check is not None:
             check(data.preprocessor)
         return data
+    manifest = prepare_entry(data_cfg, fingerprint, location, check, log)
+    remove_old_parts(location, keep=parts_of(manifest) | parts_of(earlier))
+    return from_manifest(manifest, data_cfg, reused=False)
+
+
+def prepare_entry(
+    data_cfg: DataConfig,
+    fingerprint: str,
+    location: str,
+    check: Callable[[Preprocessor], None] | None,
+    log: Callable[[str], None],
+) -> Manifest:
+    """Both passes over the source, the prepared files under `location`, and their manifest (written last)."""
     started = time.perf_counter()
-    files = resolve_source(data_cfg.source, data_cfg.format)
-    total_rows, exact = estimate_rows(files)
-    ds = read_checked(data_cfg)
+    ds = read_checked(data_cfg)  # a corrupt or truncated file is named here, before its footer is read again
+    with reading(data_cfg.source):
+        total_rows, exact = estimate_rows(resolve_source(data_cfg.source, data_cfg.format))
     stats, codes = fit_pass(ds, data_cfg, Progress("fitting", total_rows, exact, log))
-    left_out = {"no_label": int(codes[NO_LABEL]), "incomplete": int(codes[INCOMPLETE])}
     check_sizes(int(codes[:3].sum()), int(codes[TRAIN]), int(codes[VALIDATION]), int(codes[TEST]), data_cfg.split)
-    preprocessor = fit(stats, data_cfg)
+    preprocessor = preprocessor_from_stats(stats, data_cfg)
     if check is not None:
         check(preprocessor)
     parts = new_parts_folder()
-    splits = write_pass(ds, data_cfg, preprocessor, location, parts, Progress("writing", total_rows, exact, log))
+    try:
+        splits = write_pass(ds, data_cfg, preprocessor, location, parts, Progress("writing", total_rows, exact, log))
+    except BaseException:
+        remove_parts(location, parts)  # a failed or interrupted pass leaves no half-written copy behind
+        raise
     label_counts = None
     if preprocessor.classes is not None:
         counts = stats.counts[data_cfg.label]
         label_counts = [int(counts.get(c, 0)) for c in preprocessor.classes]
-    manifest = Manifest(
-        fingerprint, preprocessor.to_dict(), splits, label_counts, left_out, time.perf_counter() - started
-    )
+    left_out = {"no_label": int(codes[NO_LABEL]), "incomplete": int(codes[INCOMPLETE])}
+    seconds = time.perf_counter() - started
+    manifest = Manifest(fingerprint, preprocessor.to_dict(), splits, label_counts, left_out, seconds)
     write_manifest(location, manifest)
-    remove_old_parts(location, keep={parts} | parts_of(earlier))
-    return from_manifest(manifest, data_cfg, reused=False)
+    return manifest
 
 
 def parts_of(manifest: Manifest | None) -> set[str]:
@@ -191,10 +207,6 @@ def fit_pass(ds: ray.data.Dataset, data_cfg: DataConfig, progress: Progress) -> 
         # A number column Arrow typed from a file's first block fails to read where text follows.
         raise located(err, data_cfg, parse_check(data_cfg), data_cfg.source) or err from None
     return stats, codes
-
-
-def fit(stats: ColumnStats, data_cfg: DataConfig) -> Preprocessor:
-    return preprocessor_from_stats(stats, data_cfg)
 
 
 def write_pass(

@@ -218,6 +218,13 @@ def read_manifest(location: str) -> Manifest | None:
     return manifest
 
 
+def remove_parts(location: str, parts: str) -> None:
+    filesystem, base = filesystem_of(location)
+    path = posixpath.join(base, parts)
+    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+        filesystem.delete_dir(path)
+
+
 def remove_old_parts(location: str, keep: set[str]) -> None:
     """Delete parts folders of earlier preparations, except those in `keep` (the current one and the one it
     replaced, which a run started before may still be reading) and those changed in the last STALE_AFTER_S

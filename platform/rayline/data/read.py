@@ -80,14 +80,16 @@ def open_dataset(
     # The file list is already chosen, so the readers' extension filters must not drop any of it
     # (read_json's default skips .ndjson). json means JSON lines: Arrow's JSON reader parses one object
     # per line, while read_json(lines=True) refuses a filesystem argument.
+    # One read task per file: by default Ray Data cuts the files' rows into as many blocks as the cluster has
+    # free CPUs at that moment, and the prepared files (one per block), so the order training sees rows in, would
+    # change with what else runs. Within a file, blocks are still cut by size, the same way every time.
+    layout = {"file_extensions": None, "partitioning": partitioning, "override_num_blocks": len(paths)}
     if fmt == "parquet":
         return read_parquet_v1(paths, filesystem, partitioning)
     if fmt == "csv":
         parse_options = pacsv.ParseOptions(delimiter=delimiter)
-        return ray.data.read_csv(
-            paths, filesystem=filesystem, file_extensions=None, partitioning=partitioning, parse_options=parse_options
-        )
-    return ray.data.read_json(paths, filesystem=filesystem, file_extensions=None, partitioning=partitioning)
+        return ray.data.read_csv(paths, filesystem=filesystem, parse_options=parse_options, **layout)
+    return ray.data.read_json(paths, filesystem=filesystem, **layout)
 
 
 def read_parquet_v1(
@@ -106,7 +108,13 @@ def read_parquet_v1(
     saved = context.use_datasource_v2
     context.use_datasource_v2 = False
     try:
-        return ray.data.read_parquet(paths, filesystem=filesystem, file_extensions=None, partitioning=partitioning)
+        return ray.data.read_parquet(
+            paths,
+            filesystem=filesystem,
+            file_extensions=None,
+            partitioning=partitioning,
+            override_num_blocks=len(paths),  # see open_dataset
+        )
     finally:
         context.use_datasource_v2 = saved
 
