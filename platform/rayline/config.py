@@ -353,10 +353,10 @@ class TrainConfig(Section):
     """Most passes over the training split; early stopping (on by default) usually ends training sooner."""
     batch_size: PositiveInt = 64
     """Rows per step on each data-parallel replica."""
-    cache_shard_mb: Annotated[float, Field(ge=0.0)] = 512.0
+    cache_shard_mb: Annotated[float, Field(ge=0.0)] = 64.0
     """A worker holds its share of the prepared data in memory when that is at most this many MiB, and every epoch
-    shuffles it in place; a larger share (or 0 here) is streamed from the prepared files every epoch. Only speed
-    depends on it: a share of any size trains."""
+    shuffles it in place; a larger share (or 0 here) is streamed from the prepared files every epoch, so a worker's
+    memory stays flat however large the data. Only speed depends on it: a share of any size trains."""
     shuffle_window_mb: Annotated[float, Field(gt=0.0)] = 64.0
     """A streamed share is shuffled in windows of this many MiB of row groups, taken in a new random order every
     epoch (rows of one window mix; a row's neighbours change with the window each epoch)."""
