@@ -49,11 +49,14 @@ def arrays(split: SplitFiles) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-def split_ids(data: PreparedData) -> list[list[int]]:
-    """Each split's ids, read back from the id feature's standardised input."""
+def ids_in_file_order(data: PreparedData, split: SplitFiles) -> list[int]:
+    """A split's ids as its files hold them, read back from the id feature's standardised input."""
     id_stat = data.preprocessor.features[0]
-    splits = [data.train, data.validation, data.test]
-    return [sorted(np.rint(arrays(s)[0][:, 0] * id_stat.scale + id_stat.mean).astype(int).tolist()) for s in splits]
+    return np.rint(arrays(split)[0][:, 0] * id_stat.scale + id_stat.mean).astype(int).tolist()
+
+
+def split_ids(data: PreparedData) -> list[list[int]]:
+    return [sorted(ids_in_file_order(data, s)) for s in (data.train, data.validation, data.test)]
 
 
 def by_the_rule(df: pd.DataFrame, split: SplitConfig) -> list[list[int]]:
@@ -74,13 +77,18 @@ def test_splits_follow_the_hash_rule_whatever_the_file_layout(ray_cluster, tmp_p
     sizes = [len(ids) for ids in expected]
     assert sum(sizes) == 200 and abs(sizes[1] - 40) <= 15 and abs(sizes[2] - 20) <= 12, sizes
     assert parts.num_rows == dict(zip(["train", "validation", "test"], sizes, strict=True))
+    # The source's files hold the ids in order; each prepared file holds its training rows in an order of its own.
+    train = parts.train
+    for path, groups in zip(train.paths, train.row_groups, strict=True):
+        written = ids_in_file_order(parts, SplitFiles(train.root, [path], [groups], train.num_inputs))
+        assert written != sorted(written), f"{path}: a source sorted by id must not reach the workers sorted"
 
 
 def test_no_test_split_when_its_share_is_zero(ray_cluster, tmp_path, houses):
     root, _ = houses
     data = prepare(houses_config(root, validation=0.25, test=0.0), tmp_path)
     assert data.test is None and data.num_rows["test"] == 0
-    assert data.num_rows["train"] + data.num_rows["validation"] == data.train.rows + data.validation.rows == 200
+    assert data.train.rows + data.validation.rows == 200
 
 
 def test_too_few_rows_for_a_split_says_which_split(ray_cluster, tmp_path, houses):
@@ -127,7 +135,7 @@ def test_prepare_digits(ray_cluster, tmp_path):
     varying = x.std(axis=0) > 0
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(x[:, varying].std(axis=0), 1.0, atol=1e-4)
-    assert len(arrays(data.test)[1]) == data.num_rows["test"] == data.test.rows
+    assert len(arrays(data.test)[1]) == data.test.rows
 
 
 def test_prepare_regression_standardises_the_target_and_one_hots_categories(ray_cluster, tmp_path, houses):

@@ -81,8 +81,6 @@ class PreparedData:
     """None when data.split.test is 0."""
     preprocessor: Preprocessor
     fingerprint: str
-    num_rows: dict[str, int]
-    """Rows per split: {"train": ..., "validation": ..., "test": ...} (0 for a switched-off test split)."""
     data_cfg: DataConfig
     """The data section as prepared: features: auto resolved to the concrete list of columns and kinds."""
     label_counts: list[int] | None = None
@@ -95,6 +93,12 @@ class PreparedData:
     """Read from an earlier run's prepared entry rather than prepared now."""
     seconds: float = 0.0
     """How long preparing took (when reused: how long it took then)."""
+
+    @property
+    def num_rows(self) -> dict[str, int]:
+        """Rows per split: {"train": ..., "validation": ..., "test": ...} (0 for a switched-off test split)."""
+        splits = (self.train, self.validation, self.test)
+        return {name: 0 if s is None else s.rows for name, s in zip(SPLITS, splits, strict=True)}
 
 
 def prepare_datasets(
@@ -171,7 +175,6 @@ def from_manifest(manifest: Manifest, data_cfg: DataConfig, *, reused: bool) -> 
         test=splits.get("test"),
         preprocessor=Preprocessor.from_dict(manifest.preprocessor),
         fingerprint=manifest.fingerprint,
-        num_rows={name: 0 if splits.get(name) is None else splits[name].rows for name in SPLITS},
         data_cfg=data_cfg,
         label_counts=manifest.label_counts,
         rows_without_label=manifest.left_out["no_label"],
@@ -228,12 +231,10 @@ def write_pass(
     except DataError as err:
         raise located(err, data_cfg, preprocessor.transform_batch, data_cfg.source) or err from None
     files = {}
-    for name, found in written.items():
+    for name, found in written.items():  # no test files when data.split.test is 0: no row is a test row
         found.sort()
         inputs = preprocessor.num_inputs
         files[name] = SplitFiles(location, [p for p, _ in found], [g for _, g in found], inputs) if found else None
-    if data_cfg.split.test == 0:
-        files["test"] = None
     return files
 
 
@@ -261,8 +262,8 @@ def write_block(
 ) -> dict[str, Any]:
     """Transform the block's rows of each split and write them; returns [(split, path, row groups)]."""
     fitted = Preprocessor.from_dict(preprocessor)
-    hashes = row_hashes(batch, data_cfg.split.seed)
-    codes = split_codes(batch, data_cfg.split, leave_out(data_cfg))
+    hashes = row_hashes(batch, data_cfg.split.seed)  # hashed once: the split and the written order
+    codes = split_codes(batch, data_cfg.split, leave_out(data_cfg), hashes)
     # Named by the rows it holds, so the files' (sorted) order is the same whichever task wrote which block.
     name = f"{int(np.bitwise_xor.reduce(hashes, initial=np.uint64(0))):016x}-{uuid.uuid4().hex[:8]}"
     columns = [f.name for f in fitted.features] + [fitted.label]

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from rayline.config import DataConfig
 from rayline.data.errors import DataError
-from rayline.data.preprocess import Preprocessor
+from rayline.data.files import open_filesystem
 
 FORMAT = 1
 """Bumped whenever what is written changes, so older entries are prepared again rather than misread."""
@@ -37,13 +37,6 @@ SPLITS = ("train", "validation", "test")
 STALE_AFTER_S = 6 * 3600
 ROW_GROUP_BYTES = 1 << 20
 """About 1 MiB per row group: the unit that shards and streamed epochs shuffle, small enough to mix well."""
-
-
-def filesystem_of(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path in it) of a local path or a pyarrow-filesystem URI (s3://, gs://, file://)."""
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), posixpath.abspath(location)
 
 
 @dataclass(frozen=True)
@@ -62,7 +55,7 @@ class SplitFiles:
 
     @property
     def row_bytes(self) -> int:
-        return 4 * self.num_inputs + 8
+        return row_bytes(self.num_inputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "paths": self.paths, "row_groups": self.row_groups, "num_inputs": self.num_inputs}
@@ -89,7 +82,7 @@ class ParquetFiles:
 
     def __init__(self, split: SplitFiles):
         self.split = split
-        self.filesystem, self.base = filesystem_of(split.root)
+        self.filesystem, self.base = open_filesystem(split.root)
         self.opened: dict[int, pq.ParquetFile] = {}
 
     def read(self, file_index: int, group: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +98,11 @@ def arrays_of(table: pa.Table, num_inputs: int) -> tuple[np.ndarray, np.ndarray]
     return x.reshape(-1, num_inputs), table.column("y").to_numpy()
 
 
+def row_bytes(num_inputs: int) -> int:
+    """Bytes of one prepared row: float32 inputs and an 8-byte label."""
+    return 4 * num_inputs + 8
+
+
 def table_of(x: np.ndarray, y: np.ndarray) -> pa.Table:
     x = np.ascontiguousarray(x, dtype=np.float32)
     inputs = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
@@ -113,10 +111,10 @@ def table_of(x: np.ndarray, y: np.ndarray) -> pa.Table:
 
 def write_split_file(x: np.ndarray, y: np.ndarray, root: str, relative_path: str) -> list[int]:
     """Write one file of a split; returns its row-group sizes."""
-    filesystem, base = filesystem_of(root)
+    filesystem, base = open_filesystem(root)
     path = posixpath.join(base, relative_path)
     filesystem.create_dir(posixpath.dirname(path), recursive=True)
-    group_rows = max(1, ROW_GROUP_BYTES // (4 * x.shape[1] + 8))
+    group_rows = max(1, ROW_GROUP_BYTES // row_bytes(x.shape[1]))
     # No dictionaries: model inputs are floats, and dictionary-encoding them is most of the writing time.
     pq.write_table(table_of(x, y), path, filesystem=filesystem, row_group_size=group_rows, use_dictionary=False)
     return [min(group_rows, len(y) - start) for start in range(0, len(y), group_rows)]
@@ -171,7 +169,7 @@ class Manifest:
             "format": FORMAT,
             "fingerprint": self.fingerprint,
             "preprocessor": self.preprocessor,
-            "num_inputs": Preprocessor.from_dict(self.preprocessor).num_inputs,
+            "num_inputs": self.splits["train"].num_inputs,
             "splits": splits,
             "label_counts": self.label_counts,
             "left_out": self.left_out,
@@ -183,7 +181,7 @@ class Manifest:
 def write_manifest(location: str, manifest: Manifest) -> None:
     """Write the manifest last: until then the entry is not there for anyone. A local file is replaced
     atomically; an object store's put is atomic anyway."""
-    filesystem, base = filesystem_of(location)
+    filesystem, base = open_filesystem(location)
     path = posixpath.join(base, MANIFEST)
     staged = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     with filesystem.open_output_stream(staged) as out:
@@ -194,7 +192,7 @@ def write_manifest(location: str, manifest: Manifest) -> None:
 def read_manifest(location: str) -> Manifest | None:
     """The entry's manifest; None when there is none, it is from another format, or any file it names is gone
     (the entry is then prepared again)."""
-    filesystem, base = filesystem_of(location)
+    filesystem, base = open_filesystem(location)
     try:
         with filesystem.open_input_stream(posixpath.join(base, MANIFEST)) as stream:
             body = json.loads(stream.read())
@@ -219,7 +217,7 @@ def read_manifest(location: str) -> Manifest | None:
 
 
 def remove_parts(location: str, parts: str) -> None:
-    filesystem, base = filesystem_of(location)
+    filesystem, base = open_filesystem(location)
     path = posixpath.join(base, parts)
     if filesystem.get_file_info(path).type == pafs.FileType.Directory:
         filesystem.delete_dir(path)
@@ -229,7 +227,7 @@ def remove_old_parts(location: str, keep: set[str]) -> None:
     """Delete parts folders of earlier preparations, except those in `keep` (the current one and the one it
     replaced, which a run started before may still be reading) and those changed in the last STALE_AFTER_S
     (another process may be writing one right now)."""
-    filesystem, base = filesystem_of(location)
+    filesystem, base = open_filesystem(location)
     now = time.time()
     for info in filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("parts-") or info.base_name in keep:

@@ -54,9 +54,12 @@ def check_sizes(num_rows: int, n_train: int, n_validation: int, n_test: int, spl
             )
 
 
-def split_codes(batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL) -> np.ndarray:
-    """Per row: TRAIN, VALIDATION or TEST, or NO_LABEL / INCOMPLETE for a row no split gets (int8)."""
-    splits = assign_splits(batch, split_cfg)
+def split_codes(
+    batch: pd.DataFrame, split_cfg: SplitConfig, leave_out: LeaveOut = KEEP_ALL, hashes: np.ndarray | None = None
+) -> np.ndarray:
+    """Per row: TRAIN, VALIDATION or TEST, or NO_LABEL / INCOMPLETE for a row no split gets (int8). `hashes`: the
+    batch's row_hashes for split_cfg.seed, when the caller has them already."""
+    splits = assign_splits(batch, split_cfg, hashes)
     reasons = left_out_reasons(batch, leave_out)
     splits[reasons > 0] = reasons[reasons > 0]
     return splits
@@ -72,9 +75,11 @@ def left_out_reasons(batch: pd.DataFrame, leave_out: LeaveOut) -> np.ndarray:
     return reasons
 
 
-def assign_splits(df: pd.DataFrame, split_cfg: SplitConfig) -> np.ndarray:
+def assign_splits(df: pd.DataFrame, split_cfg: SplitConfig, hashes: np.ndarray | None = None) -> np.ndarray:
     """TRAIN, VALIDATION or TEST (int8) per row, from where its hash falls in [0, 1)."""
-    position = row_hashes(df, split_cfg.seed).astype(np.float64) / 2.0**64
+    if hashes is None:
+        hashes = row_hashes(df, split_cfg.seed)
+    position = hashes.astype(np.float64) / 2.0**64
     splits = np.full(len(df), TRAIN, dtype=np.int8)
     splits[position < split_cfg.validation + split_cfg.test] = TEST
     splits[position < split_cfg.validation] = VALIDATION

@@ -123,14 +123,13 @@ class ShardReader:
         rows = sum(hi - lo for _, _, lo, hi in pieces)
         place = np.arange(rows) if seed is None else np.random.default_rng([seed, index]).permutation(rows)
         x_out, y_out, offset = np.empty((rows, self.split.num_inputs), np.float32), None, 0
-        for f, g, lo, hi in pieces:
+        for f, g, lo, hi in pieces:  # never empty: windows() yields none
             x, y = self.files.read(f, g)
-            if y_out is None:
-                y_out = np.empty(rows, y.dtype)
+            y_out = np.empty(rows, y.dtype) if y_out is None else y_out
             at = place[offset : offset + hi - lo]
             x_out[at], y_out[at] = x[lo:hi], y[lo:hi]
             offset += hi - lo
-        return x_out, y_out if y_out is not None else np.zeros(0)
+        return x_out, y_out
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> Batch:
         return {
