@@ -17,10 +17,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        # `make test` runs two pytest workers (-n 2 --dist loadgroup): every test on the session cluster in one,
+        # and at the same time everything else (unit tests, tests that start clusters and servers of their own,
+        # which spend most of their time waiting on them) in the other.
+        group = "session-cluster" if "ray_cluster" in item.fixturenames else "own-processes"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from rayline.errors import RaylineError
 
@@ -43,25 +47,42 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             # An embedded cluster gets Ray's default token auth; its banner about that is noise here.
             # (Setting RAY_AUTH_MODE now would be too late: Ray reads it when it is imported.)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-        if not address:
-            embedded["dashboard_port"] = point_state_api_at_own_dashboard()
-            # Distributed trials start many small-CPU actors at once; the raylet's default cap (one
-            # starting worker per core) serialises their start-up and warns about it on every search.
-            os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
         try:
-            ray.init(
-                # "local", not None: ray.init(None) would join whatever cluster `ray start` last started on
-                # this machine; joining one is asked for with --ray-address (auto, or host:port).
-                address=address or "local",
-                logging_level=logging.INFO if verbose else logging.WARNING,
-                log_to_driver=verbose,
-                **embedded,
-            )
+            with nullcontext() if address else one_start_at_a_time():
+                if not address:
+                    embedded["dashboard_port"] = point_state_api_at_own_dashboard()
+                    # Distributed trials start many small-CPU actors at once; the raylet's default cap (one
+                    # starting worker per core) serialises their start-up and warns about it on every search.
+                    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
+                ray.init(
+                    # "local", not None: ray.init(None) would join whatever cluster `ray start` last started on
+                    # this machine; joining one is asked for with --ray-address (auto, or host:port).
+                    address=address or "local",
+                    logging_level=logging.INFO if verbose else logging.WARNING,
+                    log_to_driver=verbose,
+                    **embedded,
+                )
         except ConnectionError as err:  # `auto` with no cluster on this machine, a GCS that went away
             raise ClusterError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
     wait_for_resources()
     quiet_data(verbose)
     return dashboard_url()
+
+
+@contextmanager
+def one_start_at_a_time() -> Iterator[None]:
+    """Embedded clusters started on this machine at the same moment (two `rayline` commands) would choose the
+    same free dashboard port, and all but one would fail to bind it: each holds this machine-wide lock from
+    choosing the port until its dashboard listens on it. Without a lockable file, starts are not ordered."""
+    path = os.path.join(tempfile.gettempdir(), f"rayline-embedded-start-{os.getuid()}.lock")
+    try:
+        lock = open(path, "a")  # noqa: SIM115 - held open for the block below
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def alive_nodes() -> list[dict[str, float]]:

@@ -101,22 +101,29 @@ def test_fsdp_workers_hold_half_of_ddps_state(trained):
 
 
 def test_every_strategys_checkpoint_is_served_over_http(trained, store):
+    """One endpoint serves them all, each by its name and version (/v1/models/{name}/{version}/predict), as a
+    replica serves any registered version: loaded from the registry, whatever strategy wrote it."""
     from rayline.serve import deploy, shutdown
 
     source = pd.read_parquet(store / "digits.parquet")
-    cfg = trained("ddp")[0]
+    cfg, ddp, _ = trained("ddp")
     # Rows of the runs' test split only (every run splits the same file with the same seed): never trained on.
     digits = source[assign_splits(source, cfg.data.split) == TEST].sample(40, random_state=0)
     rows = digits[PIXELS].to_numpy().tolist()
+    reports = {name: trained(name)[1] for name in SHIPPED}
+    serve_cfg = ServeConfig(
+        port=PORT, app_name="strategies", route_prefix="/strategies", max_models_per_replica=len(SHIPPED)
+    )
     try:
-        for name in SHIPPED:
-            cfg, report, _ = trained(name)
-            serve_cfg = ServeConfig(port=PORT, app_name="strategies", route_prefix="/strategies")
-            url = deploy(cfg.storage.root, report.version, serve_cfg)
-            response = httpx.post(f"{url}/predict", json={"rows": rows}, timeout=60)
+        url = deploy(cfg.storage.root, ddp.version, serve_cfg)
+        for name, report in reports.items():
+            version = report.version
+            response = httpx.post(
+                f"{url}/v1/models/{version.name}/{version.version}/predict", json={"rows": rows}, timeout=60
+            )
             assert response.status_code == 200, (name, response.text)
             body = response.json()
-            assert (body["model_name"], body["model_version"]) == (report.version.name, report.version.version)
+            assert (body["model_name"], body["model_version"]) == (version.name, version.version)
             labels = [str(p["label"]) for p in body["predictions"]]
             correct = sum(a == str(b) for a, b in zip(labels, digits["label"], strict=True))
             assert correct >= 0.8 * len(rows), (name, correct)
