@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 
 import pytest
+
+from s3_server import S3_TEST_ENVIRONMENT
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -15,6 +20,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # (trial driver, Train controller and workers, Ray Data's split coordinator) at once, and the raylet's default of
 # one starting worker per core queues them behind each other.
 os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
+# S3 is only ever the server a test starts (tests/s3_server.py), reached with its keys; set before the session's
+# cluster starts so that its workers have them too. Object-store copies are cached under the session's temp dir.
+os.environ.update(S3_TEST_ENVIRONMENT)
+os.environ["RAYLINE_CACHE"] = tempfile.mkdtemp(prefix="rayline-cache-")
+atexit.register(shutil.rmtree, os.environ["RAYLINE_CACHE"], ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

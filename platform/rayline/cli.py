@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
     print_report(report)
     if args.no_serve:
         return 0
-    return serve_until_interrupted(cfg.storage.root, report.version, cfg.serve, dashboard)
+    return serve_until_interrupted(cfg.storage.uri, report.version, cfg.serve, dashboard)
 
 
 def cmd_demo(args) -> int:
@@ -107,7 +107,7 @@ def cmd_demo(args) -> int:
     print(f"dashboard: {start(args)}")
     report = search(cfg, args) if cfg.tune is not None else train(cfg, args)
     print_report(report)
-    url = serving.deploy(cfg.storage.root, report.version, cfg.serve)
+    url = serving.deploy(cfg.storage.uri, report.version, cfg.serve)
     rows = read_source(cfg.data).take(2)
     truth = [row.pop(cfg.data.label) for row in rows]
     features = feature_names(cfg)
@@ -129,7 +129,7 @@ def cmd_serve(args) -> int:
     from rayline.registry_layout import split_model_spec
 
     cfg = load_config(args.pipeline, args.set) if args.pipeline else None
-    root = cfg.storage.root if cfg else args.root
+    root = cfg.storage.uri if cfg else args.root
     name, version = split_model_spec(args.model) if args.model else (None, None)
     if cfg is not None:
         if name is not None and name != cfg.model_name:

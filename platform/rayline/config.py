@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from rayline.errors import RaylineError
+from rayline.storage import is_remote, with_endpoint
 
 
 class ConfigError(RaylineError, ValueError):
@@ -585,7 +586,26 @@ class RegistryConfig(Section):
 
 class StorageConfig(Section):
     root: str = ".rayline"
-    """Where runs and the model registry live; shared storage (or a URI) on multi-node clusters."""
+    """Where runs, prepared data and the model registry live: a local path, shared storage on multi-node clusters,
+    or an object-store URI (s3://bucket/prefix, gs://...; credentials come from the standard environment)."""
+    endpoint_override: str | None = None
+    """Endpoint of an S3-compatible store for storage.root (http://127.0.0.1:9000 for MinIO). Unset: the
+    AWS_ENDPOINT_URL environment variable, else the cloud's own. (An s3:// data.source takes the same variable,
+    or pyarrow's options in its URI: ?endpoint_override=host:port&scheme=http.)"""
+
+    @property
+    def uri(self) -> str:
+        """The root as every process opens it: with endpoint_override among its URI options."""
+        return with_endpoint(self.root, self.endpoint_override)
+
+    @model_validator(mode="after")
+    def _endpoint_needs_an_object_store(self) -> StorageConfig:
+        if self.endpoint_override and not is_remote(self.root):
+            raise ValueError(
+                f"endpoint_override is set but root {self.root!r} is a local path; use an s3:// root or drop it"
+            )
+        return self
+
     run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     """Name of the training run; the same name resumes it. Defaults to the pipeline name."""
 
@@ -604,7 +624,7 @@ class PipelineConfig(Section):
     serve: ServeConfig = ServeConfig()
     """HTTP serving."""
     storage: StorageConfig = StorageConfig()
-    """Run and registry storage."""
+    """Run, prepared data and registry storage."""
     registry: RegistryConfig = RegistryConfig()
     """How the trained model is named in the registry."""
 

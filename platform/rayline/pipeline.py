@@ -16,6 +16,7 @@ from rayline.data import PreparedData, Preprocessor, prepare_datasets
 from rayline.data.infer import resolve_features
 from rayline.evaluation import confusion_matrix_png
 from rayline.registry import ModelVersion, Registry
+from rayline.storage import display, is_remote, open_root
 from rayline.train import TrainOutcome, fit
 from rayline.train.driver import batch_for_small_data
 from rayline.train.evaluate import SplitResult, evaluate
@@ -48,7 +49,7 @@ def train_and_register(
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
     cfg = preflight(cfg)
     wait_for_nodes = check_cluster_fits(cfg.train, log)
-    data = prepare_datasets(cfg.data, storage_root=cfg.storage.root, check=model_takes_inputs(cfg), log=log)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, check=model_takes_inputs(cfg), log=log)
     cfg = cfg.model_copy(update={"data": data.data_cfg})  # features: auto resolved, for workers and checkpoints
     log_preparation(data, log)
     log(
@@ -66,7 +67,7 @@ def train_and_register(
     evaluation.update(training_notes(outcome, cfg, class_weights, data))
     for line in summary:
         log(line)
-    version = Registry(cfg.storage.root).register(
+    version = Registry(cfg.storage.uri).register(
         outcome.best_checkpoint,
         run_name=cfg.run_name,
         data_fingerprint=data.fingerprint,
@@ -80,7 +81,7 @@ def train_and_register(
 def preflight(cfg: PipelineConfig) -> PipelineConfig:
     """Checks that read no data through Ray, so a mistake costs seconds: storage, class weights, and whether the
     model takes the features (features: auto resolved here from the source's first rows)."""
-    require_writable_storage(cfg.storage.root)
+    require_writable_storage(cfg.storage.uri)
     check_class_weight(cfg)
     cfg = cfg.model_copy(update={"data": resolve_features(cfg.data)})
     check_model_inputs(cfg)
@@ -129,23 +130,26 @@ def fit_batch_to_data(cfg: PipelineConfig, data: PreparedData, log: Callable[[st
 
 def require_writable_storage(root: str) -> None:
     """Fail in a second, naming storage.root, rather than after data preparation inside Ray Train's controller."""
-    import pyarrow.fs as pafs
-
     try:
-        filesystem, path = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+        filesystem, path = open_root(root)
         filesystem.create_dir(path, recursive=True)
         probe = f"{path.rstrip('/')}/.rayline-write-probe-{os.getpid()}"
         with filesystem.open_output_stream(probe) as f:
             f.write(b"ok")
         filesystem.delete_file(probe)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"storage.root={root!r}: cannot write there ({err})") from None
+    except (OSError, ValueError) as err:  # StorageError is an OSError
+        raise ConfigError(f"storage.root={display(root)!r}: cannot write there ({err})") from None
 
 
 def search_and_register(
     cfg: PipelineConfig, *, resume: bool = False, log: Callable[[str], None] = print, verbose: bool = False
 ) -> TrainReport:
     """Search hyperparameters with distributed trials, report them, and register the best checkpoint."""
+    if is_remote(cfg.storage.root):
+        raise ConfigError(
+            f"storage.root {display(cfg.storage.root)}: searches (tune:) keep their trials on local or shared storage "
+            "for now; use a storage.root path every node can reach (train without tune: on object storage works)"
+        )
     import ray
 
     from rayline.tune import run_search
@@ -157,7 +161,7 @@ def search_and_register(
     params = load_search_space(cfg.tune.search_space, cfg)  # every searched model value against the features
     if ray.is_initialized():
         plan_trials(cfg, *cluster_resources())  # planned again, for concurrency, once the data is ready
-    data = prepare_datasets(cfg.data, storage_root=cfg.storage.root, check=trials_take_inputs(cfg, params), log=log)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, check=trials_take_inputs(cfg, params), log=log)
     cfg = cfg.model_copy(update={"data": data.data_cfg})
     log_preparation(data, log)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
@@ -171,7 +175,7 @@ def search_and_register(
     test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
     for line in summary:
         log(line)
-    version = Registry(cfg.storage.root).register(
+    version = Registry(cfg.storage.uri).register(
         outcome.best_checkpoint,
         run_name=f"{cfg.run_name}/{outcome.best_trial_id}",
         data_fingerprint=data.fingerprint,

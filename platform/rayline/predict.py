@@ -11,7 +11,7 @@ import torch
 from rayline.checkpoint import load_checkpoint
 from rayline.data import DataError
 from rayline.data.errors import reading
-from rayline.data.files import resolve_source
+from rayline.data.files import open_filesystem, resolve_source, split_query
 from rayline.data.read import open_source
 from rayline.registry import ModelVersion, Registry
 
@@ -55,6 +55,14 @@ class BatchPredictor:
         return result
 
 
+class RegisteredBatchPredictor(BatchPredictor):
+    """A BatchPredictor for a registry version. Each actor opens the registry itself, wherever it runs: on an
+    object store, it fetches the version's files once per node."""
+
+    def __init__(self, storage_root: str, name: str, version: str):
+        super().__init__(str(Registry(storage_root).checkpoint_dir(ModelVersion(name, version))))
+
+
 def predict_files(
     storage_root: str, model: str | None, input_path: str, output_path: str, *, batch_size: int = 1024
 ) -> tuple[ModelVersion, int]:
@@ -71,8 +79,8 @@ def predict_files(
     with reading(input_path):
         dataset = open_source(resolve_source(input_path, None))
     predictions = dataset.map_batches(
-        BatchPredictor,
-        fn_constructor_kwargs={"checkpoint_dir": str(registry.checkpoint_dir(version))},
+        RegisteredBatchPredictor,
+        fn_constructor_args=(storage_root, version.name, version.version),
         batch_format="pandas",
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=1),
@@ -80,12 +88,13 @@ def predict_files(
     )
     # Rows stream from the input to the output, so a bad input file fails here, as may the output path.
     with reading(input_path, f"could not read it or write {output_path}"):
-        getattr(predictions, WRITERS[out_fmt])(output_path)
+        filesystem, path = open_filesystem(output_path)
+        getattr(predictions, WRITERS[out_fmt])(path, filesystem=filesystem)
     return version, read_row_count(output_path, out_fmt)
 
 
 def output_format(path: str) -> str:
-    suffix = Path(path).suffix.lower().lstrip(".")
+    suffix = Path(split_query(path)[0]).suffix.lower().lstrip(".")
     fmt = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json", "jsonl": "json"}.get(suffix)
     if fmt is None:
         raise DataError(f"--output {path}: cannot tell the format from the extension; use .parquet, .csv or .jsonl")

@@ -14,7 +14,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from rayline.checkpoint import CONFIG_FILE, STATE_FILE, LoadedModel, load_checkpoint, verify_checkpoint
+from rayline.checkpoint import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    STATE_FILE,
+    LoadedModel,
+    load_checkpoint,
+    verify_checkpoint,
+)
 from rayline.registry_layout import (
     RECORD_FILE,
     ModelVersion,
@@ -29,6 +36,7 @@ from rayline.registry_layout import (
     split_model_spec,
     write_json,
 )
+from rayline.storage import ObjectPath, cached_copy, location
 
 # ---------------------------------------------------------------- registry
 
@@ -37,8 +45,9 @@ class Registry:
     """Named models under `<root>/registry`, each with its own versions and serving marker (registry_layout.py)."""
 
     def __init__(self, root: str | Path):
-        self.path = Path(root) / "registry"
-        self._migrate()
+        self.path = location(root) / "registry"
+        if isinstance(self.path, Path):  # object-store registries never had the layout from before names
+            self._migrate()
 
     def names(self) -> list[str]:
         models = self.path / "models"
@@ -65,7 +74,12 @@ class Registry:
         return self.model(self.require(ref.name)).record(ref.version)
 
     def checkpoint_dir(self, ref: ModelVersion) -> Path:
-        return self.model(self.require(ref.name)).checkpoint_dir(ref.version)
+        """A version's checkpoint as a local folder: on an object store, this node's copy of it, made once per
+        manifest (which names every file's sha256), so a changed version is fetched again."""
+        folder = self.model(self.require(ref.name)).checkpoint_dir(ref.version)
+        if isinstance(folder, ObjectPath):
+            return cached_copy(folder, (folder / MANIFEST_FILE).read_text())
+        return folder
 
     def require(self, name: str) -> str:
         """`name` if the registry holds versions of it; else a RegistryError listing the names it holds."""
@@ -119,7 +133,10 @@ class Registry:
         name = check_name(registered_name(config), f"{checkpoint_dir}: registry.model_name")
         entry = self.model(name)
         version, version_dir = claim_next_version(entry.path)
-        shutil.copytree(checkpoint_dir, version_dir / "checkpoint")
+        if isinstance(version_dir, ObjectPath):
+            (version_dir / "checkpoint").upload(Path(checkpoint_dir))
+        else:
+            shutil.copytree(checkpoint_dir, version_dir / "checkpoint")
         state = read_json(Path(checkpoint_dir) / STATE_FILE)
         record = {
             "name": name,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rayline.errors import RaylineError
+from rayline.storage import ObjectPath, object_lock
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 """A model name: letters, digits, '_', '.', '-', at most 100, not starting with '.' or '-', not a version."""
@@ -103,20 +104,24 @@ def now() -> str:
 # ---------------------------------------------------------------- files
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path | ObjectPath) -> Any:
+    return json.loads((path if isinstance(path, ObjectPath) else Path(path)).read_text())
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path | ObjectPath, obj: Any) -> None:
     """Write via a temporary file of its own and rename, so readers never see half a file and two writers
-    never share a temporary file."""
+    never share a temporary file; on an object store, in one PUT, which readers see whole or not at all."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=float)
+    if isinstance(path, ObjectPath):
+        path.write_text(text)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkstemp: its files are private to the writer (0600), and replicas may read as another user.
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "x") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=False, default=float))
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -124,8 +129,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed) across processes on this file system."""
+def locked(path: Path | ObjectPath) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed) across processes on this file system; on an object
+    store, the lock of the folder `path` is in."""
+    if isinstance(path, ObjectPath):
+        with object_lock(path.parent):
+            yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         held = lock_exclusively(f)
@@ -149,8 +159,15 @@ def lock_exclusively(f: Any) -> bool:
         return False
 
 
-def claim_next_version(name_dir: Path) -> tuple[str, Path]:
-    """Create the next free version directory of a name; mkdir is atomic, so no two callers share one."""
+def claim_next_version(name_dir: Path | ObjectPath) -> tuple[str, Path | ObjectPath]:
+    """Create the next free version directory of a name; mkdir is atomic, so no two callers share one. An
+    object store has no mkdir: there the version is claimed under the name's lock by an object in it."""
+    if isinstance(name_dir, ObjectPath):
+        with locked(name_dir / LOCK_FILE):
+            number = max((version_number(p.name) for p in name_dir.iterdir()), default=0) + 1
+            claimed = name_dir / f"v{number}"
+            (claimed / ".claimed").write_text(now())
+            return claimed.name, claimed
     name_dir.mkdir(parents=True, exist_ok=True)
     number = max((version_number(p.name) for p in name_dir.iterdir()), default=0) + 1
     while True:
@@ -172,7 +189,7 @@ def marker(name: str, version: str, history: list[str]) -> dict[str, Any]:
 class RegisteredModel:
     """One model name's versions under `<root>/registry/models/<name>`, and which of them is served."""
 
-    def __init__(self, registry_path: Path, name: str):
+    def __init__(self, registry_path: Path | ObjectPath, name: str):
         self.name = check_name(name)
         self.path = registry_path / "models" / name
 
@@ -197,7 +214,7 @@ class RegisteredModel:
     def records(self) -> list[dict[str, Any]]:
         return [self.record(v) for v in self.versions()]
 
-    def checkpoint_dir(self, version: str) -> Path:
+    def checkpoint_dir(self, version: str) -> Path | ObjectPath:
         self.record(version)
         return self.path / version / "checkpoint"
 

@@ -70,6 +70,16 @@ def test_a_relative_storage_root_is_refused_before_submitting(monkeypatch):
     assert (inside, cfg.storage.root) == ("pipelines/digits.yaml", "/mnt/rayline")
 
 
+def test_an_object_store_root_is_submitted_as_written(monkeypatch):
+    monkeypatch.chdir(REPO)
+    overrides = ["storage.root=s3://team-bucket/rayline", "storage.endpoint_override=http://minio.internal:9000"]
+    _, cfg = jobs.check_submittable("pipelines/digits.yaml", overrides, ".")
+    assert cfg.storage.root == "s3://team-bucket/rayline"
+    assert cfg.storage.uri == "s3://team-bucket/rayline?endpoint_override=minio.internal%3A9000&scheme=http"
+    argv = shlex.split(jobs.entrypoint("pipelines/digits.yaml", overrides))
+    assert build_parser().parse_args(argv[1:]).set == overrides
+
+
 def test_the_pipeline_must_travel_with_the_working_dir(tmp_path, monkeypatch):
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(yaml.safe_dump({"name": "x"}))

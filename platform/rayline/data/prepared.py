@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 
 from rayline.config import DataConfig
 from rayline.data.errors import DataError
-from rayline.data.files import open_filesystem
+from rayline.data.files import open_filesystem, split_query
+from rayline.storage import join
 
 FORMAT = 1
 """Bumped whenever what is written changes, so older entries are prepared again rather than misread."""
@@ -123,6 +124,7 @@ def write_split_file(x: np.ndarray, y: np.ndarray, root: str, relative_path: str
 def check_outside_source(storage_root: str, source: str) -> None:
     """A storage root inside a source folder would have its prepared files read back as data (and change the
     source's fingerprint on every run)."""
+    source, storage_root = split_query(source)[0], split_query(storage_root)[0]
     folder = source
     for i, c in enumerate(source):
         if c in "*?[":
@@ -141,7 +143,7 @@ def entry_location(storage_root: str, data_cfg: DataConfig) -> str:
     """Where the data section's prepared entry lives: named by everything in the section that shapes it."""
     described = json.dumps({"format": FORMAT, "data": data_cfg.model_dump(mode="json")}, sort_keys=True)
     name = hashlib.sha256(described.encode()).hexdigest()[:20]
-    return posixpath.join(storage_root.rstrip("/"), "prepared", name)
+    return join(storage_root.rstrip("/"), "prepared", name)
 
 
 def new_parts_folder() -> str:

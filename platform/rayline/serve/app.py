@@ -22,6 +22,7 @@ from rayline.registry import ModelVersion, Registry
 from rayline.serve.http import env_token_digest
 from rayline.serve.replica import ModelServer
 from rayline.serve.settings import ReplicaSettings, replica_settings
+from rayline.storage import is_remote
 
 IMPORT_PATH = "rayline.serve.app:build"
 REPLICA_ENV = {
@@ -98,5 +99,8 @@ def deployment_options(cfg: ServeConfig, settings: ReplicaSettings) -> dict[str,
 
 
 def absolute(storage_root: str | Path) -> str:
-    """The storage root as an absolute path: replicas and Serve's build task run in other directories."""
+    """The storage root as an absolute path: replicas and Serve's build task run in other directories. An
+    object-store URI is the same everywhere."""
+    if is_remote(storage_root):
+        return str(storage_root)
     return str(Path(storage_root).expanduser().resolve())

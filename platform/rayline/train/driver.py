@@ -21,11 +21,12 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.v2.api.callback import UserCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayline.checkpoint import checkpoint_metrics, last_complete_checkpoint
+from rayline.checkpoint import MANIFEST_FILE, checkpoint_metrics, last_complete_checkpoint
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import validation_metric_names
+from rayline.storage import ObjectPath, cached_copy, is_remote, join, location, open_root
 from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
 from rayline.train.resources import cluster_state, start_timed_out
@@ -37,7 +38,8 @@ class TrainOutcome:
     best_checkpoint: Path
     """Local directory of the best checkpoint by train.checkpoint.metric."""
     best_metrics: dict[str, float]
-    run_dir: Path
+    run_dir: str
+    """The Train run's folder on storage.root's filesystem."""
     last_metrics: dict[str, Any] | None = None
     """The last epoch's report; it holds stopped_early, best_epoch and epochs_without_improvement when early
     stopping ended the run."""
@@ -178,13 +180,16 @@ def build_trainer(
     if class_weights is None:
         class_weights = class_weights_for(cfg, data.label_counts)
     set_controller_environment(cfg.train)
-    run_dir = Path(cfg.storage.root) / "runs" / run_name
-    last = last_complete_checkpoint(run_dir)  # listed (and hashed) once per start
-    if last is not None:
-        # Refused here, before any worker starts; each worker checks again on load (a remote storage path is
-        # not looked at from the driver).
-        require_same_strategy(last, cfg)
-    resume_from = recover_run_state(run_dir, last)
+    resume_from = None
+    if not is_remote(cfg.storage.uri):
+        run_dir = Path(cfg.storage.uri) / "runs" / run_name
+        last = last_complete_checkpoint(run_dir)  # listed (and hashed) once per start
+        if last is not None:
+            # Refused here, before any worker starts; each worker checks again on load (which is the only check
+            # for runs on an object store, not listed from the driver).
+            require_same_strategy(last, cfg)
+        resume_from = recover_run_state(run_dir, last)
+    storage_filesystem, runs_path = open_root(join(cfg.storage.uri, "runs"))
     keep = cfg.train.checkpoint
     return Trainer(
         train_loop_per_worker,
@@ -200,7 +205,8 @@ def build_trainer(
         scaling_config=scaling_config(cfg.train),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(cfg.storage.root) / "runs"),
+            storage_path=runs_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=keep.keep,
                 checkpoint_score_attribute=keep.metric,
@@ -322,13 +328,22 @@ def outcome_of(result, cfg: PipelineConfig) -> TrainOutcome:
             f"training run {result.path} produced no checkpoint with metric {keep.metric!r}; "
             "check train.checkpoint.metric against the reported metrics"
         )
-    directory = Path(best.path)
+    directory = local_copy(best, cfg.storage.uri)
     return TrainOutcome(
         best_checkpoint=directory,
         best_metrics=checkpoint_metrics(directory),
-        run_dir=Path(result.path),
+        run_dir=result.path,
         last_metrics=dict(result.metrics) if result.metrics else None,
     )
+
+
+def local_copy(checkpoint: ray.train.Checkpoint, storage_root: str) -> Path:
+    """The checkpoint as a local folder: as it is on local or shared storage, else this node's copy of it."""
+    if not is_remote(storage_root):
+        return Path(checkpoint.path)
+    folder = location(storage_root)
+    remote = ObjectPath(folder.fs, checkpoint.path, storage_root)
+    return cached_copy(remote, (remote / MANIFEST_FILE).read_text())
 
 
 def drain(queue, on_epoch: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:

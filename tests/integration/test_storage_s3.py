@@ -1,0 +1,154 @@
+"""`storage.root: s3://...` end to end against a real S3-compatible server (moto's, on 127.0.0.1): data read
+from the bucket, Ray Train's checkpoints and the registry written to it, the version served over HTTP,
+promoted, batch-predicted from and to the bucket, a run resumed from its checkpoints there, and a bucket that
+refuses writes named in the error."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from clusters import VENV_BIN
+from pipelines import PIXELS, digits_config, digits_source
+from rayline.config import ConfigError, ServeConfig
+from rayline.pipeline import train_and_register
+from rayline.predict import predict_files
+from rayline.registry import ModelVersion, Registry
+from rayline.runtime import free_port
+from s3_server import read_only_user, start_s3_server
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "rayline-store"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.create_bucket(BUCKET)
+    server.create_bucket("datasets")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, s3, tmp_path_factory):
+    """Two epochs, then the same run asked for three: the second start resumes from the bucket."""
+    local = tmp_path_factory.mktemp("s3-train")
+    s3.client().upload_file(str(digits_source(local)), "datasets", "digits/part-0.parquet")
+    sections = {
+        "data": {"source": s3.uri("datasets", "digits")},
+        "train": {"num_workers": 2, "epochs": 2, "batch_size": 64},
+        "storage": {"root": f"s3://{BUCKET}/rayline", "endpoint_override": s3.endpoint},
+    }
+    first_lines: list[str] = []
+    first = train_and_register(digits_config(local, "digits-s3", **sections), log=first_lines.append)
+    sections["train"]["epochs"] = 3
+    resumed_cfg = digits_config(local, "digits-s3", **sections)
+    epochs: list[dict] = []
+    resumed = train_and_register(resumed_cfg, log=first_lines.append, on_epoch=epochs.append)
+    return resumed_cfg, first, resumed, epochs
+
+
+def test_checkpoints_prepared_data_and_registry_live_in_the_bucket(s3, trained):
+    cfg, first, resumed, _ = trained
+    assert (first.version, resumed.version) == (ModelVersion("digits-s3", "v1"), ModelVersion("digits-s3", "v2"))
+    keys = s3.keys(BUCKET, "rayline/")
+    assert any(k.startswith("rayline/runs/digits-s3/checkpoint_") and k.endswith("/model.pt") for k in keys)
+    assert any(k.startswith("rayline/prepared/") and k.endswith(".parquet") for k in keys)
+    for version in ("v1", "v2"):
+        assert f"rayline/registry/models/digits-s3/{version}/record.json" in keys
+        assert f"rayline/registry/models/digits-s3/{version}/checkpoint/manifest.json" in keys
+    registry = Registry(cfg.storage.uri)
+    assert registry.model("digits-s3").serving_version() == "v2"
+    record = registry.record(resumed.version)
+    assert record["test_metrics"]["test_accuracy"] > 0.7, "a trained model (chance is 0.1)"
+    assert "endpoint_override" not in str(record), "the record keeps no endpoint or credentials"
+
+
+def test_a_run_resumes_from_its_checkpoints_in_the_bucket(trained):
+    cfg, _, resumed, epochs_trained = trained
+    assert [int(m["epoch"]) for m in epochs_trained] == [2], "the second start trained only the new epoch"
+    history = Registry(cfg.storage.uri).record(resumed.version)["history"]
+    # Epochs 0 and 1 came back with the checkpoint from the first start, read from the bucket.
+    assert [int(h["epoch"]) for h in history] == [0, 1, 2]
+
+
+def test_a_version_in_the_bucket_is_served_promoted_and_batch_predicted_to_the_bucket(
+    ray_cluster, s3, trained, tmp_path
+):
+    from rayline.serve import deploy, shutdown
+
+    cfg, first, resumed, _ = trained
+    port = free_port()
+    serve_cfg = ServeConfig(port=port, app_name="digits-s3", route_prefix="/s3", cpus_per_replica=0.25)
+    rows = pd.read_parquet(digits_source(tmp_path)).head(5)
+    url = deploy(cfg.storage.uri, resumed.version, serve_cfg)
+    try:
+        answer = httpx.post(f"{url}/predict", json={"rows": rows[PIXELS].to_dict("records")}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "v2"
+        listed = rayline("models", "--root", cfg.storage.uri)
+        assert "digits-s3" in listed and "v2" in listed and "endpoint_override" not in listed
+        address = ray_cluster.address_info["address"]
+        switched = rayline("promote", "digits-s3", "v1", "--root", cfg.storage.uri, "--ray-address", address)
+        assert "switched running app(s) digits-s3 to digits-s3/v1 in place" in switched
+        assert httpx.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v1"
+        assert Registry(cfg.storage.uri).model("digits-s3").serving_version() == "v1"
+    finally:
+        shutdown()
+
+    s3.client().put_object(Bucket="datasets", Key="batch/in.csv", Body=rows.to_csv(index=False).encode())
+    source = f"s3://datasets/batch/in.csv?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+    output = f"s3://datasets/batch/out.parquet?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+    used, written = predict_files(cfg.storage.uri, "digits-s3/v2", source, output)
+    assert (used, written) == (resumed.version, 5)
+    parts = [k for k in s3.keys("datasets", "batch/out.parquet/") if k.endswith(".parquet")]
+    assert parts, s3.keys("datasets", "batch/")
+    body = s3.client().get_object(Bucket="datasets", Key=parts[0])["Body"].read()
+    table = pq.read_table(pa_buffer(body))
+    assert "prediction" in table.column_names and "probability_0" in table.column_names
+
+
+def rayline(*args: str) -> str:
+    done = subprocess.run([str(VENV_BIN / "rayline"), *args], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"rayline {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def pa_buffer(body: bytes):
+    import pyarrow as pa
+
+    return pa.BufferReader(body)
+
+
+def test_a_bucket_that_refuses_writes_is_named_before_anything_starts(ray_cluster, tmp_path, monkeypatch):
+    server = start_s3_server(tmp_path / "moto.log", free_actions=4)
+    try:
+        for key, value in read_only_user(server, "read-only").items():
+            monkeypatch.setenv(key, value)
+        cfg = digits_config(tmp_path, storage={"root": "s3://read-only/rayline", "endpoint_override": server.endpoint})
+        with pytest.raises(ConfigError, match=r"storage.root='s3://read-only/rayline': cannot write there") as err:
+            train_and_register(cfg, log=lambda _: None)
+        assert "ACCESS_DENIED" in str(err.value) or "Access Denied" in str(err.value)
+        assert "endpoint_override" not in str(err.value)
+    finally:
+        server.stop()
+
+
+def test_a_search_with_an_object_store_root_is_refused_with_the_reason(s3, tmp_path):
+    from rayline.pipeline import search_and_register
+
+    space = tmp_path / "space.yaml"
+    space.write_text("train.optimizer.lr: {loguniform: [0.001, 0.01]}\n")
+    cfg = digits_config(
+        tmp_path,
+        tune={"num_samples": 2, "search_space": str(space)},
+        storage={"root": f"s3://{BUCKET}/search", "endpoint_override": s3.endpoint},
+    )
+    with pytest.raises(ConfigError, match="searches"):
+        search_and_register(cfg)
