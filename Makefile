@@ -36,7 +36,7 @@ bench-ingest: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines
-	$(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadgroup
+	bash tests/run_suite.sh $(BIN)/python
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines

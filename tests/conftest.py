@@ -27,16 +27,15 @@ os.environ["RAYLINE_CACHE"] = tempfile.mkdtemp(prefix="rayline-cache-")
 atexit.register(shutil.rmtree, os.environ["RAYLINE_CACHE"], ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/integration" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-        # `make test` runs two pytest workers (-n 2 --dist loadgroup): every test on the session cluster in one,
-        # and at the same time everything else (unit tests, tests that start clusters and servers of their own,
-        # which spend most of their time waiting on them) in the other.
-        group = "session-cluster" if "ray_cluster" in item.fixturenames else "own-processes"
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item):
+    """Marks each test as it is collected, before -m selects by the marks."""
+    if "tests/integration" in str(item.fspath):
+        item.add_marker(pytest.mark.integration)
+    # `make test` (tests/run_suite.sh) runs two pytest processes at once: the tests on the session cluster in
+    # one, and everything else (unit tests, tests that start clusters and servers of their own, which spend
+    # most of their time waiting on them) in the other.
+    if "ray_cluster" in item.fixturenames:
+        item.add_marker(pytest.mark.session_cluster)
 
 
 @pytest.fixture(scope="session")
