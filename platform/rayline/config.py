@@ -578,6 +578,26 @@ class ServeConfig(Section):
 # ---------------------------------------------------------------- storage and root
 
 
+class MlflowConfig(Section):
+    uri: str
+    """MLflow tracking URI: a tracking server (http://host:5000) or a local store (a path or file:...)."""
+    experiment: str | None = None
+    """MLflow experiment the runs go to; created if missing. Defaults to the pipeline name."""
+
+
+class TrackingConfig(Section):
+    mlflow: MlflowConfig | None = None
+    """Log every training run and search to MLflow: one run per training run, a parent run per search with
+    one child per trial (params, per-epoch metrics, curves, confusion matrix, the registry record)."""
+    tensorboard: bool = False
+    """Write TensorBoard event files per run and per trial under storage.root/runs/<run>/tensorboard, so
+    `tensorboard --logdir <storage.root>/runs` shows them side by side."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not None or self.tensorboard
+
+
 class RegistryConfig(Section):
     model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     """Name the trained model is registered under; versions are numbered per name. Defaults to the pipeline
@@ -627,6 +647,8 @@ class PipelineConfig(Section):
     """Run, prepared data and registry storage."""
     registry: RegistryConfig = RegistryConfig()
     """How the trained model is named in the registry."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking: MLflow and TensorBoard."""
 
     @property
     def run_name(self) -> str:
@@ -636,6 +658,15 @@ class PipelineConfig(Section):
     def model_name(self) -> str:
         """The registry name this pipeline's models are versioned and served under."""
         return self.registry.model_name or self.name
+
+    @model_validator(mode="after")
+    def _tensorboard_needs_a_filesystem(self) -> PipelineConfig:
+        if self.tracking.tensorboard and is_remote(self.storage.root):
+            raise ValueError(
+                "tracking.tensorboard writes event files under storage.root, which must then be a local or shared "
+                f"path, not {self.storage.root.split('?')[0]!r}; use MLflow (tracking.mlflow) with an object store"
+            )
+        return self
 
     @model_validator(mode="after")
     def _registry_can_hold_the_name(self) -> PipelineConfig:

@@ -149,3 +149,26 @@ def confusion_matrix_png(counts: np.ndarray, class_names: Sequence[str], title: 
     finally:
         plt.close(fig)
     return buffer.getvalue()
+
+
+def learning_curves_png(history: Sequence[dict[str, float]], title: str) -> bytes:
+    """Training loss and each validation metric by epoch (one panel each), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["train_loss", *sorted({k for h in history for k in h if k.startswith("val_")})]
+    epochs = [int(h["epoch"]) + 1 for h in history]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
+    try:
+        for ax, name in zip(axes[0], names, strict=True):
+            ax.plot(epochs, [h.get(name, np.nan) for h in history], marker="o")
+            ax.set(xlabel="epoch", title=name)
+        fig.suptitle(title, fontsize="small")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()

@@ -14,9 +14,10 @@ from rayline.checkpoint import checkpoint_config, load_checkpoint
 from rayline.config import ConfigError, PipelineConfig, check_model_inputs, features_phrase
 from rayline.data import PreparedData, Preprocessor, prepare_datasets
 from rayline.data.infer import resolve_features
-from rayline.evaluation import confusion_matrix_png
+from rayline.evaluation import confusion_matrix_png, learning_curves_png
 from rayline.registry import ModelVersion, Registry
 from rayline.storage import display, is_remote, open_root
+from rayline.tracking.runs import log_registration, run_tracker, search_tracker
 from rayline.train import TrainOutcome, fit
 from rayline.train.driver import batch_for_small_data
 from rayline.train.evaluate import SplitResult, evaluate
@@ -67,14 +68,21 @@ def train_and_register(
     evaluation.update(training_notes(outcome, cfg, class_weights, data))
     for line in summary:
         log(line)
-    version = Registry(cfg.storage.uri).register(
+    tracker = run_tracker(cfg, cfg.run_name, tensorboard=False)  # the run the workers logged the epochs to
+    registry = Registry(cfg.storage.uri)
+    version = registry.register(
         outcome.best_checkpoint,
         run_name=cfg.run_name,
         data_fingerprint=data.fingerprint,
         test_metrics=test_metrics,
         evaluation=evaluation,
         artifacts=artifacts,
+        tracking=tracked_as(tracker),
     )
+    if tracker is not None:
+        record = registry.record(version)
+        curves = {"learning_curves.png": learning_curves_png(record["history"], f"{version} ({cfg.run_name})")}
+        log_registration(tracker, str(version), record, {**artifacts, **curves})
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 
@@ -166,6 +174,9 @@ def search_and_register(
     log_preparation(data, log)
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows")
     cfg = fit_batch_to_data(cfg, data, log)
+    parent = search_tracker(cfg)
+    if parent is not None:
+        parent.run_id()  # the parent run exists before any trial looks for it
     outcome = run_search(cfg, data, resume=resume, verbose=verbose, log=log)
     log(report_from_dir(outcome.experiment_dir))
     log(f"report: {outcome.experiment_dir / 'trials.txt'}, {outcome.experiment_dir / 'learning_curves.png'}")
@@ -175,7 +186,8 @@ def search_and_register(
     test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
     for line in summary:
         log(line)
-    version = Registry(cfg.storage.uri).register(
+    registry = Registry(cfg.storage.uri)
+    version = registry.register(
         outcome.best_checkpoint,
         run_name=f"{cfg.run_name}/{outcome.best_trial_id}",
         data_fingerprint=data.fingerprint,
@@ -183,9 +195,28 @@ def search_and_register(
         params=outcome.best_params,
         evaluation=evaluation,
         artifacts=artifacts,
+        tracking=tracked_as(parent),
     )
+    if parent is not None:
+        report = {
+            f: (outcome.experiment_dir / f).read_bytes()
+            for f in SEARCH_REPORT
+            if (outcome.experiment_dir / f).is_file()
+        }
+        log_registration(parent, str(version), registry.record(version), {**artifacts, **report})
     log(f"best trial {outcome.best_trial_id}: {outcome.best_params}")
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
+
+
+SEARCH_REPORT = ("trials.txt", "learning_curves.png")
+"""The search report's files (tune/report.py), logged to the search's parent run."""
+
+
+def tracked_as(tracker) -> dict[str, Any] | None:
+    """What the registry record says about a run's tracking: its MLflow run id (None when MLflow is off or
+    down, which never stops a registration)."""
+    run_id = tracker.run_id() if tracker is not None else None
+    return {"mlflow_run_id": run_id} if run_id else None
 
 
 def score_split(checkpoint_dir, data: PreparedData, split: str) -> SplitResult | None:

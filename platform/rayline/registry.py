@@ -122,12 +122,14 @@ class Registry:
         evaluation: dict[str, Any] | None = None,
         artifacts: dict[str, bytes] | None = None,
         serve: bool = True,
+        tracking: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Copy a checkpoint in as the next version of its model name, record how it was made, and (by default)
         serve it. The name is the checkpoint config's `registry.model_name`, else its pipeline name.
 
         `evaluation` (JSON-able: confusion matrix, baseline comparison, ...) is stored in the record under that
-        key; `artifacts` are files (name -> bytes, e.g. a PNG) written beside the record."""
+        key; `artifacts` are files (name -> bytes, e.g. a PNG) written beside the record; `tracking` says where
+        the run is tracked (its MLflow run id)."""
         verify_checkpoint(checkpoint_dir)
         config = read_json(Path(checkpoint_dir) / CONFIG_FILE)
         name = check_name(registered_name(config), f"{checkpoint_dir}: registry.model_name")
@@ -154,6 +156,7 @@ class Registry:
             "params": params or {},
             "history": state["history"],
             "evaluation": evaluation or {},
+            "tracking": tracking or {},
         }
         for file_name, content in (artifacts or {}).items():
             (version_dir / file_name).write_bytes(content)

@@ -21,11 +21,13 @@ import pytest
 import yaml
 
 from faults import crash_process_group, kill_processes_with_env, wait_until
+from mlflow_server import MlflowServer
 from pipelines import digits_pipeline, write_pipeline
 from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 from rayline.config import load_config
 from rayline.pipeline import TrainReport, search_and_register
 from rayline.registry import Registry
+from rayline.tracking.tracker import PARENT_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +35,15 @@ IMPOSSIBLE = 2**40
 """A hidden width whose first layer needs 64 x 2^40 float32 weights (256 TiB): no machine can allocate it."""
 
 
-def search_pipeline(tmp_path: Path, space: dict, max_t: int = 3, train: dict | None = None, **tune) -> Path:
+def search_pipeline(
+    tmp_path: Path, space: dict, max_t: int = 3, train: dict | None = None, tracking: dict | None = None, **tune
+) -> Path:
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     pipeline = digits_pipeline(
         tmp_path,
         "search",
         train={"cpus_per_worker": 0.5, **(train or {})},
+        tracking=tracking or {},
         tune={
             "search_space": str(tmp_path / "space.yaml"),
             "metric": "val_accuracy",
@@ -48,6 +53,24 @@ def search_pipeline(tmp_path: Path, space: dict, max_t: int = 3, train: dict | N
         },
     )
     return write_pipeline(tmp_path / "pipeline.yaml", pipeline)
+
+
+def tracked_runs(uri: str, experiment: str) -> list[dict]:
+    """Every MLflow run of an experiment: id, name, tags and the steps of its val_accuracy history."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return [
+        {
+            "id": r.info.run_id,
+            "name": r.info.run_name,
+            "tags": r.data.tags,
+            "steps": sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")),
+        }
+        for r in runs
+    ]
 
 
 def trial_results(experiment: Path) -> list[list[dict]]:
@@ -89,16 +112,19 @@ def cpus_all_free(timeout_s: float = 60) -> bool:
 # ---------------------------------------------------------------- 4. the driver is stopped, then crashes
 
 
-def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model(tmp_path):
+def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model(tmp_path, tmp_path_factory):
     """One search, interrupted twice: `rayline tune` is stopped with Ctrl-C once a trial has finished and
     resumed; the resumed driver then crashes with a trial in flight (its process group and every process it
     started SIGKILLed, like a machine losing power) and is resumed again. Nothing is registered until the
-    search is whole; then exactly one best model is."""
+    search is whole; then exactly one best model is, and MLflow holds exactly one run per trial under one
+    parent run (Ray's own MLflow integration starts a new run on each restore)."""
     space = {"train.optimizer.lr": {"loguniform": [0.001, 0.01]}}
     # Batches of 4 rows make an epoch last a few tenths of a second (a trial's epochs 1 and 2 are the window
     # the crash must land in); reports collected every 2 s keep a finished trial in flight a while longer.
     train = {"poll_interval_s": 2.0, "batch_size": 4}
-    pipeline = search_pipeline(tmp_path, space, train=train, num_samples=2, max_concurrent_trials=1)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    tracking = {"mlflow": {"uri": server.uri, "experiment": "resumed-search"}}
+    pipeline = search_pipeline(tmp_path, space, train=train, tracking=tracking, num_samples=2, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
     # crashed cluster's files, and any process it leaves, are told apart from every other Ray on the machine.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlf-", dir="/tmp"))
@@ -151,10 +177,19 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
             [*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
         )
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        runs = tracked_runs(server.uri, "resumed-search")
     finally:
         kill_processes_with_env("RAY_TMPDIR", str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        server.stop()
 
+    parents = [r for r in runs if PARENT_TAG not in r["tags"]]
+    children = [r for r in runs if PARENT_TAG in r["tags"]]
+    assert len(parents) == 1 and len(children) == 2, [(r["name"], r["tags"].get(PARENT_TAG)) for r in runs]
+    assert {c["tags"][PARENT_TAG] for c in children} == {parents[0]["id"]}
+    for child in children:
+        assert child["steps"] == [0, 1, 2], f"{child['name']}: each epoch once across the stop, crash and resumes"
+    assert parents[0]["tags"]["rayline.version"] == "search/v1"
     rows = table_rows(experiment)
     assert len(rows) == 2, "the resumed search ran the remaining trial, not a new search"
     assert not [r for r in rows if "ERROR" in r], rows

@@ -34,6 +34,7 @@ def write_pipeline(tmp_path: Path, **tune) -> Path:
         # Settings of the digits pipelines, not the defaults (those are tuned for small tabular sets).
         model={"dropout": 0.1, "hidden_sizes": None},
         train={"cpus_per_worker": 0.5, "optimizer": {"name": "adamw", "weight_decay": 0.0001}},
+        tracking={"tensorboard": True},
         tune={
             "search_space": str(tmp_path / "space.yaml"),
             "num_samples": TRIALS,
@@ -62,6 +63,9 @@ def test_asha_optuna_search_over_ddp_trials_finishes_and_registers_the_best(ray_
     stopped = [row for row in table[1:] if row.rstrip().endswith("yes")]
     assert stopped, "ASHA stopped at least one trial early"
     assert (experiment / "learning_curves.png").stat().st_size > 10_000
+    # Each trial's curves beside its Train run, so `tensorboard --logdir <root>/runs` shows them side by side.
+    boards = sorted((Path(cfg.storage.root) / "runs").glob("search-*/tensorboard/events.out.tfevents.*"))
+    assert len({b.parent.parent.name for b in boards}) == TRIALS, boards
 
     record = Registry(cfg.storage.root).record(report.version)
     assert set(record["params"]) == set(SPACE)

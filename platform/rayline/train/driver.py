@@ -172,9 +172,11 @@ def build_trainer(
     verbose: bool,
     controller_failure_limit: int = -1,
     class_weights: list[float] | None = None,
+    parent_key: str | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
-    start fail the run instead of being retried forever. `class_weights` as in fit."""
+    start fail the run instead of being retried forever. `class_weights` as in fit; `parent_key`: the
+    tracking key of the search a trial belongs to."""
     check_batch_fits(cfg.train, data.num_rows["train"])
     check_metric_names(cfg, data.preprocessor)
     if class_weights is None:
@@ -200,6 +202,7 @@ def build_trainer(
             "class_weights": class_weights if cfg.train.class_weight == "balanced" else None,
             "train_rows": data.num_rows["train"],
             "splits": {"train": data.train.to_dict(), "validation": data.validation.to_dict()},
+            "tracking": {"run_name": run_name, "parent_key": parent_key} if cfg.tracking.enabled else None,
         },
         torch_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),

@@ -15,6 +15,7 @@ from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
 from rayline.data.prepared import SplitFiles
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
+from rayline.tracking.runs import epoch_logger
 from rayline.train.batches import ShardReader, flag_last
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
 from rayline.train.evaluate import SplitSums, all_reduce, collective_device
@@ -59,31 +60,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
     if history and (stopping := early_stop(history, cfg.train)) is not None:
         return stopping  # a resumed run that early stopping had already ended (under the current rule)
-    for epoch in range(start_epoch, cfg.train.epochs):
-        epoch_started_at, started = time.time(), time.perf_counter()
-        loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps)
-        train_seconds = time.perf_counter() - started
-        val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
-        metrics = {
-            "epoch": epoch,
-            "epochs_done": epoch + 1,
-            "train_loss": loss_sum / rows,
-            **val_metrics,
-            "lr": optimizer.param_groups[0]["lr"],
-            "samples_per_s": rows / train_seconds,
-            # Per CPU-second of all workers: a throughput measure that other load on the machine moves less.
-            "samples_per_cpu_s": rows / train_cpu_s,
-            "epoch_time_s": time.perf_counter() - started,
-            "epoch_started_at": epoch_started_at,
-            **memory_metrics(pm, optimizer, device),
-        }
-        history.append(metrics)
-        stopping = early_stop(history, cfg.train)
-        if stopping is not None:
-            metrics.update(stopping)  # in this epoch's report and checkpoint: the run's record says why it ended
-        report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
-        if stopping is not None:
-            return stopping  # Ray Train V2: returning ends the run cleanly, on every rank at once
+    rank_zero = ray.train.get_context().get_world_rank() == 0
+    with epoch_logger(cfg, loop_config.get("tracking"), rank_zero) as log_epoch:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            epoch_started_at, started = time.time(), time.perf_counter()
+            loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps)
+            train_seconds = time.perf_counter() - started
+            val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
+            metrics = {
+                "epoch": epoch,
+                "epochs_done": epoch + 1,
+                "train_loss": loss_sum / rows,
+                **val_metrics,
+                "lr": optimizer.param_groups[0]["lr"],
+                "samples_per_s": rows / train_seconds,
+                # Per CPU-second of all workers: a throughput measure that other load on the machine moves less.
+                "samples_per_cpu_s": rows / train_cpu_s,
+                "epoch_time_s": time.perf_counter() - started,
+                "epoch_started_at": epoch_started_at,
+                **memory_metrics(pm, optimizer, device),
+            }
+            history.append(metrics)
+            stopping = early_stop(history, cfg.train)
+            if stopping is not None:
+                metrics.update(stopping)  # in this epoch's report and checkpoint: the run's record says why it ended
+            report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
+            log_epoch(epoch, metrics)
+            if stopping is not None:
+                return stopping  # Ray Train V2: returning ends the run cleanly, on every rank at once
     return None
 
 

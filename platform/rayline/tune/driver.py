@@ -12,6 +12,7 @@ from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
 from rayline.evaluation import validation_metric_names
+from rayline.tracking.runs import search_key
 from rayline.train.driver import build_trainer, check_batch_fits
 from rayline.train.weights import class_weights_for
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
@@ -143,6 +144,7 @@ def run_trial(
         verbose=verbose,
         controller_failure_limit=1,
         class_weights=class_weights,
+        parent_key=search_key(cfg),
     )
     trainer.fit()
 
