@@ -56,7 +56,8 @@ def test_a_resumed_run_is_one_mlflow_run_with_every_epoch_once(server, tracked):
     client = mlflow.tracking.MlflowClient(server.uri)
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [0, 1, 2], "each epoch once, the first start's and the resumed one"
-    assert run.data.params["train.num_workers"] == "2" and run.data.params["train.epochs"] == "3"
+    # Params are those of the run's first start: MLflow refuses to change a logged param.
+    assert run.data.params["train.num_workers"] == "2" and run.data.params["train.epochs"] == "2"
     assert not [p for p in run.data.params if p.startswith("tracking")], "the tracking URI is not a param"
     assert "epoch_started_at" not in run.data.metrics
     assert run.data.tags["rayline.version"] == str(resumed.version) == "tracked/v2"
