@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 
+from mlflow_server import MlflowServer
 from s3_server import S3_TEST_ENVIRONMENT
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -56,3 +57,11 @@ def ray_cluster():
     )
     yield ctx
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real MLflow tracking server on 127.0.0.1 for the session, started on first use; each test logs to an
+    experiment of its own."""
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server

@@ -14,7 +14,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from faults import freeze_writer, kill_train_worker, live_actors, sigkill, train_worker_pids, wait_until
-from mlflow_server import MlflowServer
 from pipelines import digits_config, digits_source
 from rayline.checkpoint import MODEL_FILE, load_checkpoint, verify_checkpoint
 from rayline.config import MlflowConfig, PipelineConfig, TrackingConfig
@@ -91,7 +90,7 @@ def test_losing_the_drivers_progress_queue_does_not_stop_training(undisturbed):
 
 
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbed(
-    undisturbed, digits, tmp_path, tmp_path_factory
+    undisturbed, digits, tmp_path, mlflow_server
 ):
     seen: list[int] = []
     fault: dict[str, object] = {}
@@ -111,12 +110,11 @@ def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbe
 
     killed = pipeline(digits, tmp_path, "killed", hidden=[64], max_failures=1)
     # Tracked in MLflow: the replaced worker group must log into the run the first one opened.
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
-        tracking = TrackingConfig(mlflow=MlflowConfig(uri=server.uri, experiment="worker-killed"))
-        report = train_and_register(killed.model_copy(update={"tracking": tracking}), on_epoch=on_epoch, log=quiet)
-        client = MlflowClient(server.uri)
-        runs = client.search_runs([client.get_experiment_by_name("worker-killed").experiment_id])
-        steps = [sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")) for r in runs]
+    tracking = TrackingConfig(mlflow=MlflowConfig(uri=mlflow_server.uri, experiment="worker-killed"))
+    report = train_and_register(killed.model_copy(update={"tracking": tracking}), on_epoch=on_epoch, log=quiet)
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("worker-killed").experiment_id])
+    steps = [sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")) for r in runs]
 
     accuracy, baseline = report.test_metrics["test_accuracy"], undisturbed.report.test_metrics["test_accuracy"]
     print(f"worker killed: {fault}, epochs reported {seen}, test accuracy {accuracy:.4f} vs {baseline:.4f}")

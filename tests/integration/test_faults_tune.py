@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from faults import crash_process_group, kill_processes_with_env, wait_until
-from mlflow_server import MlflowServer
 from pipelines import digits_pipeline, write_pipeline
 from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 from rayline.config import load_config
@@ -112,7 +111,7 @@ def cpus_all_free(timeout_s: float = 60) -> bool:
 # ---------------------------------------------------------------- 4. the driver is stopped, then crashes
 
 
-def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model(tmp_path, tmp_path_factory):
+def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model(tmp_path, mlflow_server):
     """One search, interrupted twice: `rayline tune` is stopped with Ctrl-C once a trial has finished and
     resumed; the resumed driver then crashes with a trial in flight (its process group and every process it
     started SIGKILLed, like a machine losing power) and is resumed again. Nothing is registered until the
@@ -122,8 +121,7 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     # Batches of 4 rows make an epoch last a few tenths of a second (a trial's epochs 1 and 2 are the window
     # the crash must land in); reports collected every 2 s keep a finished trial in flight a while longer.
     train = {"poll_interval_s": 2.0, "batch_size": 4}
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    tracking = {"mlflow": {"uri": server.uri, "experiment": "resumed-search"}}
+    tracking = {"mlflow": {"uri": mlflow_server.uri, "experiment": "resumed-search"}}
     pipeline = search_pipeline(tmp_path, space, train=train, tracking=tracking, num_samples=2, max_concurrent_trials=1)
     # Its own embedded cluster under its own Ray temp dir (short: Ray's socket paths live under it), so the
     # crashed cluster's files, and any process it leaves, are told apart from every other Ray on the machine.
@@ -177,11 +175,10 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
             [*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
         )
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        runs = tracked_runs(server.uri, "resumed-search")
+        runs = tracked_runs(mlflow_server.uri, "resumed-search")
     finally:
         kill_processes_with_env("RAY_TMPDIR", str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
-        server.stop()
 
     parents = [r for r in runs if PARENT_TAG not in r["tags"]]
     children = [r for r in runs if PARENT_TAG in r["tags"]]

@@ -1,7 +1,7 @@
 """`tracking:` end to end on the session cluster, against a real MLflow tracking server on 127.0.0.1 (read back
 through MLflow's client) and TensorBoard event files (read back with TensorBoard's reader): one MLflow run per
 training run across a resume, its params, curves, artifacts and registered version; and a tracking server that
-is down never stops a run."""
+is down never stops a run (test_storage_s3.py trains with one)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlflow_server import MlflowServer
 from pipelines import digits_config
 from rayline.pipeline import train_and_register
 from rayline.registry import Registry
@@ -20,9 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as running:
-        yield running
+def server(mlflow_server):
+    return mlflow_server
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +76,3 @@ def test_tensorboard_shows_the_run_under_the_storage_roots_runs(tracked):
     events.Reload()
     assert {"train/loss", "val/accuracy"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val/accuracy")] == [0, 1, 2]
-
-
-def test_a_tracking_server_that_is_down_never_stops_a_run(ray_cluster, tmp_path, server):
-    from rayline.runtime import free_port
-
-    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    cfg = digits_config(
-        tmp_path,
-        "untracked",
-        train={"num_workers": 1, "epochs": 1},
-        tracking={"mlflow": {"uri": down, "experiment": "nowhere"}},
-    )
-    report = train_and_register(cfg, log=lambda _: None)
-    assert Registry(cfg.storage.root).record(report.version)["tracking"] == {}
-    assert runs_of(server, "nowhere") == []

@@ -92,6 +92,7 @@ def test_the_checkpoint_is_read_once_per_process(tmp_path, monkeypatch):
     deployed = {}
     monkeypatch.setattr(control.serve, "start", lambda **kwargs: None)
     monkeypatch.setattr(control, "apply_apps", deployed.update)
+    monkeypatch.setattr(control, "alive_nodes", lambda: [{"CPU": 2.0}])  # no Ray cluster in a unit test
     reads = Reads(monkeypatch)
 
     # The driver: checks every file against the manifest once, reads the config, loads no weights.

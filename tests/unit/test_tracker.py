@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from mlflow_server import MlflowServer, free_port
+from mlflow_server import free_port
 from rayline.tracking.tracker import (
     CREATED_TAG,
     MAX_PARAM_CHARS,
@@ -24,9 +24,8 @@ from rayline.tracking.tracker import (
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as running:
-        yield running
+def server(mlflow_server):
+    return mlflow_server
 
 
 @pytest.fixture

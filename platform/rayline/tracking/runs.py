@@ -77,9 +77,13 @@ def search_tracker(cfg: PipelineConfig) -> RunTracker | None:
 
 
 @contextmanager
-def epoch_logger(cfg: PipelineConfig, tracking: dict[str, Any] | None, rank_zero: bool) -> Iterator[EpochLog]:
+def epoch_logger(
+    cfg: PipelineConfig, tracking: dict[str, Any] | None, rank_zero: bool, history: list[dict[str, Any]]
+) -> Iterator[EpochLog]:
     """In the worker loop: rank 0 logs each epoch's metrics (other ranks nothing); the run ends FINISHED when the
-    loop returns and FAILED when it raises. A killed worker ends nothing: its replacement reopens the run."""
+    loop returns and FAILED when it raises. A killed worker ends nothing, and what it had not yet sent is lost
+    with it: its replacement reopens the run and first logs the epochs of the checkpoint it resumed from
+    (`history`; epochs the run already has are skipped), so the run ends with every checkpointed epoch."""
     tracker = run_tracker(cfg, tracking["run_name"], parent_key=tracking.get("parent_key")) if tracking else None
     if tracker is None or not rank_zero:
         yield lambda epoch, metrics: None
@@ -88,6 +92,8 @@ def epoch_logger(cfg: PipelineConfig, tracking: dict[str, Any] | None, rank_zero
     def log_epoch(epoch: int, metrics: dict[str, Any]) -> None:
         tracker.log_epoch(epoch, {k: v for k, v in metrics.items() if k not in NOT_CURVES})
 
+    for past in history:
+        log_epoch(int(past["epoch"]), past)
     try:
         yield log_epoch
     except BaseException:

@@ -61,7 +61,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if history and (stopping := early_stop(history, cfg.train)) is not None:
         return stopping  # a resumed run that early stopping had already ended (under the current rule)
     rank_zero = ray.train.get_context().get_world_rank() == 0
-    with epoch_logger(cfg, loop_config.get("tracking"), rank_zero) as log_epoch:
+    with epoch_logger(cfg, loop_config.get("tracking"), rank_zero, history) as log_epoch:
         for epoch in range(start_epoch, cfg.train.epochs):
             epoch_started_at, started = time.time(), time.perf_counter()
             loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps)
