@@ -35,7 +35,9 @@ def pytest_itemcollected(item):
     # `make test` (tests/run_suite.sh) runs two pytest processes at once: the tests on the session cluster in
     # one, and everything else (unit tests, tests that start clusters and servers of their own, which spend
     # most of their time waiting on them) in the other.
-    if "ray_cluster" in item.fixturenames:
+    # A module marked own_cluster uses the ray_cluster fixture in that other process, which then starts a cluster
+    # of its own there: it moves work off the longer of the two.
+    if "ray_cluster" in item.fixturenames and item.get_closest_marker("own_cluster") is None:
         item.add_marker(pytest.mark.session_cluster)
 
 

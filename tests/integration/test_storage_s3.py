@@ -21,7 +21,8 @@ from rayline.registry import ModelVersion, Registry
 from rayline.runtime import free_port
 from s3_server import read_only_user, start_s3_server
 
-pytestmark = pytest.mark.slow
+# In the second pytest process of `make test` (tests/run_suite.sh), on a cluster of its own there.
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 BUCKET = "rayline-store"
 

@@ -84,8 +84,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             stopping = early_stop(history, cfg.train)
             if stopping is not None:
                 metrics.update(stopping)  # in this epoch's report and checkpoint: the run's record says why it ended
-            report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
+            # Tracked before the report: Tune may stop a trial at its report, ending this process.
             log_epoch(epoch, metrics)
+            report_with_checkpoint(pm, optimizer, history, preprocessor, cfg)
             if stopping is not None:
                 return stopping  # Ray Train V2: returning ends the run cleanly, on every rank at once
     return None
