@@ -143,12 +143,9 @@ def confusion_matrix_png(counts: np.ndarray, class_names: Sequence[str], title: 
             for (i, j), value in np.ndenumerate(counts):
                 colour = "white" if value > threshold else "black"
                 ax.text(j, i, str(int(value)), ha="center", va="center", color=colour, fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
+        return png_bytes(fig)
     finally:
         plt.close(fig)
-    return buffer.getvalue()
 
 
 def learning_curves_png(history: Sequence[dict[str, float]], title: str) -> bytes:
@@ -166,9 +163,13 @@ def learning_curves_png(history: Sequence[dict[str, float]], title: str) -> byte
             ax.plot(epochs, [h.get(name, np.nan) for h in history], marker="o")
             ax.set(xlabel="epoch", title=name)
         fig.suptitle(title, fontsize="small")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
+        return png_bytes(fig)
     finally:
         plt.close(fig)
+
+
+def png_bytes(fig) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

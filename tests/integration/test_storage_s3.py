@@ -11,6 +11,7 @@ import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from mlflow.tracking import MlflowClient
 
 from clusters import VENV_BIN
 from pipelines import PIXELS, digits_config, digits_source
@@ -19,6 +20,7 @@ from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
 from rayline.registry import ModelVersion, Registry
 from rayline.runtime import free_port
+from rayline.tracking.tracker import RUN_KEY_TAG
 from s3_server import read_only_user, start_s3_server
 
 # In the second pytest process of `make test` (tests/run_suite.sh), on a cluster of its own there.
@@ -37,16 +39,16 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, s3, tmp_path_factory):
-    """Two epochs, then the same run asked for three: the second start resumes from the bucket. Tracked to an
-    MLflow server that is down (nothing listens on its port): training and registration go on without it."""
+def trained(ray_cluster, s3, mlflow_server, tmp_path_factory):
+    """Two epochs, then the same run asked for three: the second start resumes from the bucket. Both starts are
+    tracked in MLflow, into one run."""
     local = tmp_path_factory.mktemp("s3-train")
     s3.client().upload_file(str(digits_source(local)), "datasets", "digits/part-0.parquet")
     sections = {
         "data": {"source": s3.uri("datasets", "digits")},
         "train": {"num_workers": 2, "epochs": 2, "batch_size": 64},
         "storage": {"root": f"s3://{BUCKET}/rayline", "endpoint_override": s3.endpoint},
-        "tracking": {"mlflow": {"uri": f"http://127.0.0.1:{free_port()}", "experiment": "nowhere"}},
+        "tracking": {"mlflow": {"uri": mlflow_server.uri, "experiment": "s3-runs"}},
     }
     first_lines: list[str] = []
     first = train_and_register(digits_config(local, "digits-s3", **sections), log=first_lines.append)
@@ -71,7 +73,28 @@ def test_checkpoints_prepared_data_and_registry_live_in_the_bucket(s3, trained):
     record = registry.record(resumed.version)
     assert record["test_metrics"]["test_accuracy"] > 0.7, "a trained model (chance is 0.1)"
     assert "endpoint_override" not in str(record), "the record keeps no endpoint or credentials"
-    assert record["tracking"] == {}, "the MLflow server was down: no run id, and the model registered anyway"
+
+
+def test_a_resumed_run_is_one_mlflow_run_with_every_epoch_once(mlflow_server, trained):
+    cfg, first, resumed, _ = trained
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("s3-runs").experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "digits-s3"
+    assert run.data.tags[RUN_KEY_TAG] == "s3://rayline-store/rayline#runs/digits-s3", "no URI options in the key"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2], "each epoch once, the first start's and the resumed one"
+    # Params are those of the run's first start: MLflow refuses to change a logged param.
+    assert run.data.params["train.num_workers"] == "2" and run.data.params["train.epochs"] == "2"
+    assert not [p for p in run.data.params if p.startswith("tracking")], "the tracking URI is not a param"
+    assert "epoch_started_at" not in run.data.metrics
+    assert run.data.tags["rayline.version"] == str(resumed.version) == "digits-s3/v2"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"record.json", "learning_curves.png", "confusion_matrix.png"} <= artifacts, artifacts
+    registry = Registry(cfg.storage.uri)
+    for version in (first.version, resumed.version):
+        assert registry.record(version)["tracking"] == {"mlflow_run_id": run.info.run_id}
 
 
 def test_a_run_resumes_from_its_checkpoints_in_the_bucket(trained):

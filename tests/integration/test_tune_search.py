@@ -14,7 +14,8 @@ from rayline.pipeline import search_and_register
 from rayline.registry import Registry
 from rayline.tune import PlanError, run_search
 
-pytestmark = pytest.mark.slow
+# In the second pytest process of `make test` (tests/run_suite.sh), on a cluster of its own there.
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 SPACE = {
     "train.optimizer.lr": {"loguniform": [0.0001, 0.03]},
