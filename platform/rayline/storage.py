@@ -72,13 +72,13 @@ def display(root: str) -> str:
 
 
 def open_root(root: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) of a storage root."""
-    if not is_remote(root):
+    """(filesystem, path on it) of a local path or a filesystem URI (file:// included)."""
+    if "://" not in root:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
     try:
         return pafs.FileSystem.from_uri(root)
     except Exception as err:  # pyarrow raises several types for bad or unreachable URIs
-        raise StorageError(f"storage.root {display(root)}: cannot open it as a filesystem: {err}") from None
+        raise StorageError(f"storage.root {display(root)}: cannot open it as a filesystem: {err}") from err
 
 
 def location(root: str | os.PathLike) -> Path | ObjectPath:
@@ -87,12 +87,23 @@ def location(root: str | os.PathLike) -> Path | ObjectPath:
         return Path(root).expanduser()
     fs, path = open_root(str(root))
     bucket = ObjectPath(fs, path.split("/", 1)[0], str(root))
-    if not bucket.is_dir():
+    if not bucket_exists(bucket):
         raise StorageError(
             f"storage.root {display(str(root))}: bucket {bucket.name} does not exist (or is not visible "
             "with these credentials); create it first"
         )
     return ObjectPath(fs, path.rstrip("/"), str(root))
+
+
+_BUCKETS_SEEN: set[str] = set()
+
+
+def bucket_exists(bucket: ObjectPath) -> bool:
+    """Whether the bucket is there; asked of the store once per process and bucket, once it is."""
+    key = str(bucket)
+    if key not in _BUCKETS_SEEN and bucket.is_dir():
+        _BUCKETS_SEEN.add(key)
+    return key in _BUCKETS_SEEN
 
 
 class ObjectPath:
@@ -232,7 +243,7 @@ def object_lock(folder: ObjectPath, *, timeout_s: float = 60.0) -> Iterator[None
     deadline = time.monotonic() + timeout_s
     while True:
         mine.write_bytes(str(os.getpid()).encode())
-        if live_tickets(tickets) == [mine.name]:
+        if live_tickets(tickets, mine.name) == [mine.name]:
             break
         mine.unlink(missing_ok=True)
         if time.monotonic() > deadline:
@@ -244,14 +255,15 @@ def object_lock(folder: ObjectPath, *, timeout_s: float = 60.0) -> Iterator[None
         mine.unlink(missing_ok=True)
 
 
-def live_tickets(tickets: ObjectPath) -> list[str]:
+def live_tickets(tickets: ObjectPath, mine: str) -> list[str]:
+    """The tickets under `tickets` of processes that may still hold or want the lock (ours always counts)."""
     selector = pafs.FileSelector(tickets.path, allow_not_found=True)
     infos = tickets._call("list", tickets.fs.get_file_info, selector)
     now = time.time()
     live = []
     for info in infos:
         written = info.mtime.timestamp() if info.mtime is not None else now
-        if now - written > LOCK_STALE_AFTER_S:
+        if now - written > LOCK_STALE_AFTER_S and not info.path.endswith(f"/{mine}"):
             ObjectPath(tickets.fs, info.path, tickets.root_uri).unlink(missing_ok=True)
         else:
             live.append(info.path.rsplit("/", 1)[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -134,3 +135,16 @@ def test_uris_keep_their_options_when_joined_and_shown():
     assert display(join(root, "runs")) == "s3://b/p/runs"
     assert with_endpoint("/local/path", "http://h:1") == "/local/path"
     assert join("/a", "b") == "/a/b"
+
+
+def test_a_lock_ticket_left_by_a_dead_process_is_ignored_once_stale(s3, bucket, monkeypatch):
+    import rayline.storage as storage
+
+    folder = location(s3.uri(bucket, "lock"))
+    (folder / ".locks" / "dead-process.ticket").write_text("12345")  # its writer died holding the lock
+    with pytest.raises(StorageError, match="another process holds the registry lock"), object_lock(folder, timeout_s=1):
+        pass
+    monkeypatch.setattr(storage, "LOCK_STALE_AFTER_S", 2.0)  # instead of waiting the real 120 s
+    time.sleep(3.0)
+    with object_lock(folder, timeout_s=5):
+        assert not (folder / ".locks" / "dead-process.ticket").exists(), "the stale ticket was removed"

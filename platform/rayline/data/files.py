@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayline.data.errors import DataError
+from rayline.storage import StorageError, open_root
 
 EXTENSIONS = {
     ".parquet": "parquet",
@@ -110,12 +111,10 @@ def split_query(source: str) -> tuple[str, str]:
 
 
 def open_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in source:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(source))
     try:
-        return pafs.FileSystem.from_uri(source)
-    except Exception as err:  # pyarrow raises several types for bad or unreachable URIs
-        raise DataError(f"{source}: cannot open this URI as a pyarrow filesystem: {err}") from None
+        return open_root(source)
+    except StorageError as err:
+        raise DataError(f"{source}: cannot open this URI as a pyarrow filesystem: {err.__cause__ or err}") from None
 
 
 def file_info(fs: pafs.FileSystem, path: str, source: str) -> pafs.FileInfo:

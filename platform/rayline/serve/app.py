@@ -18,11 +18,11 @@ from ray.serve import Application
 
 from rayline.checkpoint import checkpoint_config, verify_checkpoint
 from rayline.config import ServeConfig
+from rayline.config import absolute as absolute_location
 from rayline.registry import ModelVersion, Registry
 from rayline.serve.http import env_token_digest
 from rayline.serve.replica import ModelServer
 from rayline.serve.settings import ReplicaSettings, replica_settings
-from rayline.storage import is_remote
 
 IMPORT_PATH = "rayline.serve.app:build"
 REPLICA_ENV = {
@@ -101,6 +101,4 @@ def deployment_options(cfg: ServeConfig, settings: ReplicaSettings) -> dict[str,
 def absolute(storage_root: str | Path) -> str:
     """The storage root as an absolute path: replicas and Serve's build task run in other directories. An
     object-store URI is the same everywhere."""
-    if is_remote(storage_root):
-        return str(storage_root)
-    return str(Path(storage_root).expanduser().resolve())
+    return absolute_location(str(storage_root), Path.cwd())

@@ -84,8 +84,10 @@ def epoch_logger(
     loop returns and FAILED when it raises. A killed worker ends nothing, and what it had not yet sent is lost
     with it: its replacement reopens the run and first logs the epochs of the checkpoint it resumed from
     (`history`; epochs the run already has are skipped), so the run ends with every checkpointed epoch."""
-    tracker = run_tracker(cfg, tracking["run_name"], parent_key=tracking.get("parent_key")) if tracking else None
-    if tracker is None or not rank_zero:
+    tracker = None
+    if tracking and rank_zero:  # other ranks open nothing: no MLflow client, thread or run of their own
+        tracker = run_tracker(cfg, tracking["run_name"], parent_key=tracking.get("parent_key"))
+    if tracker is None:
         yield lambda epoch, metrics: None
         return
 

@@ -26,7 +26,7 @@ from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import validation_metric_names
-from rayline.storage import ObjectPath, cached_copy, is_remote, join, location, open_root
+from rayline.storage import ObjectPath, cached_copy, is_remote, join, open_root
 from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
 from rayline.train.resources import cluster_state, start_timed_out
@@ -344,8 +344,8 @@ def local_copy(checkpoint: ray.train.Checkpoint, storage_root: str) -> Path:
     """The checkpoint as a local folder: as it is on local or shared storage, else this node's copy of it."""
     if not is_remote(storage_root):
         return Path(checkpoint.path)
-    folder = location(storage_root)
-    remote = ObjectPath(folder.fs, checkpoint.path, storage_root)
+    filesystem, _ = open_root(storage_root)
+    remote = ObjectPath(filesystem, checkpoint.path, storage_root)
     return cached_copy(remote, (remote / MANIFEST_FILE).read_text())
 
 
