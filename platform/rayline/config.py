@@ -505,6 +505,10 @@ class TuneConfig(Section):
 # ---------------------------------------------------------------- serve
 
 
+SERVE_METRICS_PUSH_S = 10.0
+"""Ray Serve's interval between load reports (its metrics_interval_s), which the averaging window must exceed."""
+
+
 class ServeAutoscalingConfig(Section):
     min_replicas: Annotated[int, Field(ge=0)] = 1
     """Fewest replicas; 0 lets an idle app scale to zero (the first request then waits for a replica)."""
@@ -516,6 +520,9 @@ class ServeAutoscalingConfig(Section):
     """How long load must stay high before a replica is added."""
     downscale_delay_s: Annotated[float, Field(ge=0.0)] = 60.0
     """How long load must stay low before a replica is removed."""
+    look_back_period_s: Annotated[float, Field(gt=SERVE_METRICS_PUSH_S)] = 30.0
+    """Window the load is averaged over; shorter reacts sooner to a change of load and to a spike alike. Above
+    the 10 s at which replicas report their load."""
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> ServeAutoscalingConfig:

@@ -21,9 +21,8 @@ LIGHT_PAUSE_S = 0.05
 """The load kept on while the extra replica goes: one client that pauses between requests, well under the
 target of one replica, so that the scale-down is not waited out on an idle app (where no request could fail)."""
 SCALE_TIMEOUT_S = 90
-"""Serve's autoscaler acts on the mean load of the last 30 s, recorded every 6 s and reported every 10 s (the
-defaults of look_back_period_s and metrics_interval_s, which rayline's autoscaling section does not set), so
-each transition takes 10-30 s."""
+"""Serve's autoscaler acts on the mean load of the last look_back_period_s, reported by replicas every 10 s, so
+each transition takes 10-20 s here."""
 
 SERVE = ServeConfig(
     port=PORT,
@@ -40,6 +39,7 @@ SERVE = ServeConfig(
         "target_ongoing_requests": TARGET_ONGOING,
         "upscale_delay_s": 1,
         "downscale_delay_s": 2,
+        "look_back_period_s": 12,
     },
 )
 

@@ -100,6 +100,8 @@ def test_serve_config_replicas_and_limits():
         ServeConfig(num_replicas=2, autoscaling={"max_replicas": 3})
     with pytest.raises(ValidationError, match="above max_replicas"):
         ServeConfig(autoscaling={"min_replicas": 3, "max_replicas": 2})
+    with pytest.raises(ValidationError, match=r"autoscaling\.look_back_period_s[\s\S]*greater than 10"):
+        ServeConfig(autoscaling={"look_back_period_s": 10})
     with pytest.raises(ValidationError, match="overload_status"):
         ServeConfig(overload_status=500)
 
@@ -109,7 +111,7 @@ def test_deployment_options_come_from_the_config():
     from rayline.serve.settings import replica_settings
 
     cfg = ServeConfig(
-        autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+        autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8, "look_back_period_s": 12},
         max_ongoing_requests=16,
         max_queued_requests=4,
         overload_status=429,
@@ -123,6 +125,7 @@ def test_deployment_options_come_from_the_config():
     assert "num_replicas" not in options
     assert options["autoscaling_config"]["max_replicas"] == 4
     assert options["autoscaling_config"]["target_ongoing_requests"] == 8
+    assert options["autoscaling_config"]["look_back_period_s"] == 12
     assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (16, 4)
     assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 2.5}
     assert options["user_config"] == {
