@@ -78,10 +78,12 @@ def cmd_tune(args) -> int:
 
 
 def cmd_tune_report(args) -> int:
+    from rayline.storage import display, join
     from rayline.tune.report import report_from_dir
 
     print(report_from_dir(args.results_dir))
-    print(f"wrote {args.results_dir}/trials.txt and {args.results_dir}/learning_curves.png")
+    written = [display(join(args.results_dir, name)) for name in ("trials.txt", "learning_curves.png")]
+    print(f"wrote {written[0]} and {written[1]}")
     return 0
 
 

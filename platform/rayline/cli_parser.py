@@ -53,7 +53,9 @@ def build_parser(handlers: Mapping[str, Callable], version: str) -> argparse.Arg
     tune = command("tune", "search hyperparameters with Ray Tune and register the best")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted search")
     report = command("tune-report", "redraw a search's table and learning curves", pipeline=False)
-    report.add_argument("results_dir", help="the search folder, <storage.root>/tune/<run name>")
+    report.add_argument(
+        "results_dir", help="the search folder, <storage.root>/tune/<run name> (a path or an object-store URI)"
+    )
     command("demo", "train, serve, send one HTTP request, shut down")
     add_serving_commands(command)
     example = command("make-example", "write a bundled tabular example as CSV", pipeline=False)

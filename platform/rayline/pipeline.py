@@ -16,7 +16,7 @@ from rayline.data import PreparedData, Preprocessor, prepare_datasets
 from rayline.data.infer import resolve_features
 from rayline.evaluation import confusion_matrix_png, learning_curves_png
 from rayline.registry import ModelVersion, Registry
-from rayline.storage import display, is_remote, open_root
+from rayline.storage import display, open_root
 from rayline.tracking.runs import log_registration, run_tracker, search_tracker
 from rayline.train import TrainOutcome, fit
 from rayline.train.driver import batch_for_small_data
@@ -153,11 +153,6 @@ def search_and_register(
     cfg: PipelineConfig, *, resume: bool = False, log: Callable[[str], None] = print, verbose: bool = False
 ) -> TrainReport:
     """Search hyperparameters with distributed trials, report them, and register the best checkpoint."""
-    if is_remote(cfg.storage.root):
-        raise ConfigError(
-            f"storage.root {display(cfg.storage.root)}: searches (tune:) keep their trials on local or shared storage "
-            "for now; use a storage.root path every node can reach (train without tune: on object storage works)"
-        )
     import ray
 
     from rayline.tune import run_search

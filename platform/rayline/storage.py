@@ -95,6 +95,14 @@ def location(root: str | os.PathLike) -> Path | ObjectPath:
     return ObjectPath(fs, path.rstrip("/"), str(root))
 
 
+def ray_storage(folder: Path | ObjectPath) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) as Ray Train and Tune take them for a folder: the filesystem is given
+    only for an object store (a URI's query options would otherwise be lost)."""
+    if isinstance(folder, ObjectPath):
+        return folder.path, folder.fs
+    return str(folder), None
+
+
 _BUCKETS_SEEN: set[str] = set()
 
 

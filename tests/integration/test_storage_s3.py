@@ -1,7 +1,7 @@
 """`storage.root: s3://...` end to end against a real S3-compatible server (moto's, on 127.0.0.1): data read
 from the bucket, Ray Train's checkpoints and the registry written to it, the version served over HTTP,
-promoted, batch-predicted from and to the bucket, a run resumed from its checkpoints there, and a bucket that
-refuses writes named in the error."""
+promoted, batch-predicted from and to the bucket, a run resumed from its checkpoints there, a search whose
+trials and report live in the bucket, and a bucket that refuses writes named in the error."""
 
 from __future__ import annotations
 
@@ -167,15 +167,43 @@ def test_a_bucket_that_refuses_writes_is_named_before_anything_starts(ray_cluste
         server.stop()
 
 
-def test_a_search_with_an_object_store_root_is_refused_with_the_reason(s3, tmp_path):
+def test_a_search_keeps_its_trials_in_the_bucket_and_registers_the_best(ray_cluster, s3, tmp_path):
     from rayline.pipeline import search_and_register
 
     space = tmp_path / "space.yaml"
     space.write_text("train.optimizer.lr: {loguniform: [0.001, 0.01]}\n")
     cfg = digits_config(
         tmp_path,
-        tune={"num_samples": 2, "search_space": str(space)},
+        "search-s3",
+        train={"num_workers": 1, "cpus_per_worker": 0.5, "batch_size": 64},
+        tune={
+            "num_samples": 2,
+            "search_space": str(space),
+            "metric": "val_accuracy",
+            "mode": "max",
+            "scheduler": {"kind": "fifo", "max_t": 2},
+        },
         storage={"root": f"s3://{BUCKET}/search", "endpoint_override": s3.endpoint},
     )
-    with pytest.raises(ConfigError, match="searches"):
-        search_and_register(cfg)
+    lines: list[str] = []
+    report = search_and_register(cfg, log=lines.append)
+    assert report.version == ModelVersion("search-s3", "v1")
+    keys = s3.keys(BUCKET, "search/")
+    experiment = "search/tune/search-s3"
+    for name in ("rayline_search.json", "trials.txt", "learning_curves.png"):
+        assert f"{experiment}/{name}" in keys, sorted(keys)
+    assert len([k for k in keys if k.startswith(f"{experiment}/") and k.endswith("/result.json")]) == 2
+    assert any(k.startswith("search/runs/search-s3-") and k.endswith("/model.pt") for k in keys), sorted(keys)
+    table = s3.client().get_object(Bucket=BUCKET, Key=f"{experiment}/trials.txt")["Body"].read().decode()
+    assert len(table.splitlines()) == 3 and "ERROR" not in table, table
+    best = max(float(line.split()[-3]) for line in table.splitlines()[1:])
+    record = Registry(cfg.storage.uri).record(report.version)
+    assert record["metrics"]["val_accuracy"] == pytest.approx(best, abs=1e-4), "the best trial's best epoch"
+    assert any(line.startswith(f"report: s3://{BUCKET}/{experiment}/trials.txt") for line in lines), lines
+
+    uri = f"s3://{BUCKET}/{experiment}?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+    printed = rayline("tune-report", uri)
+    assert printed.startswith(table), "`rayline tune-report` redraws the report from the bucket"
+    assert f"wrote s3://{BUCKET}/{experiment}/trials.txt and" in printed and "endpoint_override" not in printed
+    with pytest.raises(ConfigError, match="already exists"):
+        search_and_register(cfg, log=lambda _: None)

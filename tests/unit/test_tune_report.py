@@ -4,13 +4,21 @@ import json
 from types import SimpleNamespace
 
 import pandas as pd
+from pyarrow.fs import LocalFileSystem
 
 from rayline.tune.driver import last_error_line
 from rayline.tune.report import collect_trials, format_table
 
 
 def result(path, config, frame=None, error=None, metrics=None):
-    return SimpleNamespace(path=str(path), config=config, metrics_dataframe=frame, error=error, metrics=metrics)
+    return SimpleNamespace(
+        path=str(path),
+        config=config,
+        metrics_dataframe=frame,
+        error=error,
+        metrics=metrics,
+        filesystem=LocalFileSystem(),  # as Result.filesystem is for a local experiment
+    )
 
 
 def test_a_trial_that_failed_before_reporting_keeps_its_params_and_shows_as_error(tmp_path):

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
+from rayline.checkpoint import MANIFEST_FILE, STATE_FILE, checkpoint_metrics, complete_checkpoints, is_complete
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
 from rayline.evaluation import validation_metric_names
+from rayline.storage import ObjectPath, cached_copy, join, location, ray_storage
 from rayline.tracking.runs import search_key
 from rayline.train.driver import build_trainer, check_batch_fits
 from rayline.train.weights import class_weights_for
@@ -34,7 +35,7 @@ UNFINISHED_TRIALS: set[str] = set()
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    experiment_dir: Path
+    experiment_dir: Path | ObjectPath
     best_trial_id: str
     best_params: dict[str, Any]
     best_checkpoint: Path
@@ -59,16 +60,17 @@ def run_search(
     class_weights = search_class_weights(cfg, data, [p.path for p in params])
     log(f"search: {cfg.tune.num_samples} trials, {plan.describe()}")
 
-    experiment_dir = Path(cfg.storage.root) / "tune" / cfg.run_name
+    experiment_dir = location(join(cfg.storage.uri, "tune", cfg.run_name))
+    path, filesystem = ray_storage(experiment_dir)
     trainable = make_trainable(cfg, data, plan, verbose, class_weights)
     if resume:
-        if not tune.Tuner.can_restore(str(experiment_dir)):
+        if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
             raise ConfigError(f"--resume: no search to resume at {experiment_dir}")
         tuner = tune.Tuner.restore(
-            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
         )
     else:
-        if tune.Tuner.can_restore(str(experiment_dir)):
+        if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
             raise ConfigError(
                 f"a search named {cfg.run_name!r} already exists at {experiment_dir}; pass --resume to "
                 "continue it, or set storage.run_name to start another"
@@ -163,10 +165,13 @@ def trial_config(base: PipelineConfig, params: dict[str, Any]) -> PipelineConfig
     )
 
 
-def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experiment_dir: Path, verbose: bool):
+def build_tuner(
+    cfg: PipelineConfig, trainable, space: dict, plan: Plan, experiment_dir: Path | ObjectPath, verbose: bool
+):
     from ray import tune
 
     t = cfg.tune
+    storage_path, storage_filesystem = ray_storage(experiment_dir.parent)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -183,7 +188,8 @@ def build_tuner(cfg: PipelineConfig, trainable, space: dict, plan: Plan, experim
         ),
         run_config=tune.RunConfig(
             name=experiment_dir.name,
-            storage_path=str(experiment_dir.parent),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             verbose=1 if verbose else 0,
             callbacks=[progress_printer(t)],  # also exports trial metrics, so keep it with --verbose
         ),
@@ -311,15 +317,20 @@ def check_points_to_evaluate(cfg: PipelineConfig, paths: list[str]) -> None:
         apply_params(cfg, point)
 
 
-def best_of(results, t: TuneConfig, experiment_dir: Path) -> SearchOutcome:
-    """The best trial by the search metric, and the best of its checkpoints still on disk."""
+def best_of(results, t: TuneConfig, experiment_dir: Path | ObjectPath) -> SearchOutcome:
+    """The best trial by the search metric, and the best of its checkpoints still in storage (a local folder: on
+    an object store, this node's copy of it)."""
     finished = [r for r in results if r.metrics and "checkpoint_path" in r.metrics]
     if not finished:
         errors = "; ".join(f"{type(r.error).__name__}: {r.error}" for r in results if r.error)[:2000]
         raise RuntimeError(f"no trial of the search at {experiment_dir} reported a result. {errors}")
     best = results.get_best_result(metric=t.metric, mode=t.mode, scope="all")
-    run_dir = Path(best.metrics["checkpoint_path"]).parent
-    checkpoint = best_checkpoint_in(run_dir, t.metric, t.mode)
+    path = best.metrics["checkpoint_path"]  # a path on the experiment's filesystem
+    if isinstance(experiment_dir, ObjectPath):
+        run_dir = ObjectPath(experiment_dir.fs, path, experiment_dir.root_uri).parent
+        checkpoint = best_object_store_checkpoint(run_dir, t)
+    else:
+        checkpoint = best_checkpoint_in(Path(path).parent, t.metric, t.mode)
     params = decode_params(best.config)
     return SearchOutcome(experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint))
 
@@ -334,7 +345,32 @@ def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:
     return max(candidates, key=lambda p: sign * checkpoint_metrics(p)[metric])
 
 
-def write_summary(experiment_dir: Path, cfg: PipelineConfig) -> None:
+def best_object_store_checkpoint(run_dir: ObjectPath, t: TuneConfig) -> Path:
+    """best_checkpoint_in for a run on an object store: its checkpoints ranked by the metrics they hold, and the
+    first whose copy passes verification."""
+    sign = 1 if t.mode == "max" else -1
+    for _, folder in sorted(scored_checkpoints(run_dir, t.metric), key=lambda c: -sign * c[0]):
+        local = cached_copy(folder, (folder / MANIFEST_FILE).read_text())
+        if is_complete(local):
+            return local
+    raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
+
+
+def scored_checkpoints(run_dir: ObjectPath, metric: str) -> list[tuple[float, ObjectPath]]:
+    """(metric, folder) of each checkpoint of a run on an object store whose state and manifest can be read."""
+    scored = []
+    for folder in run_dir.iterdir():
+        if not folder.name.startswith("checkpoint_"):
+            continue
+        try:
+            if (folder / MANIFEST_FILE).is_file():
+                scored.append((float(json.loads((folder / STATE_FILE).read_text())["metrics"][metric]), folder))
+        except (OSError, ValueError, KeyError):  # cut short while it was written
+            continue
+    return scored
+
+
+def write_summary(experiment_dir: Path | ObjectPath, cfg: PipelineConfig) -> None:
     """What `rayline tune-report` needs to redraw the report from the results folder alone."""
     experiment_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.tune

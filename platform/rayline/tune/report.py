@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rayline.config import ConfigError
+from rayline.storage import ObjectPath, location, ray_storage
 from rayline.tune.driver import SUMMARY_FILE
 
 
@@ -42,12 +43,12 @@ def collect_trials(results, metric: str, mode: str, max_t: int) -> list[TrialRow
 
 def trial_params(result) -> dict[str, Any]:
     """A trial's parameters; a trial that failed before reporting has no Result.config, but Tune wrote them to
-    params.json in its folder when it started."""
+    params.json in its folder (local or on an object store) when it started."""
     if result.config is not None:
         return dict(result.config)
-    params = Path(result.path) / "params.json"
     try:
-        return json.loads(params.read_text())
+        with result.filesystem.open_input_stream(f"{result.path}/params.json") as params:
+            return json.loads(params.read())
     except (OSError, ValueError):
         return {}
 
@@ -75,7 +76,9 @@ def asha_rungs(scheduler: dict[str, Any]) -> list[float]:
     return rungs
 
 
-def plot_curves(rows: list[TrialRow], metric: str, rungs: list[float], path: Path) -> None:
+def plot_curves(rows: list[TrialRow], metric: str, rungs: list[float]) -> bytes:
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,29 +98,36 @@ def plot_curves(rows: list[TrialRow], metric: str, rungs: list[float], path: Pat
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    return png.getvalue()
 
 
-def write_report(results, experiment_dir: Path) -> str:
+def write_report(results, experiment_dir: Path | ObjectPath) -> str:
     """Write trials.txt and learning_curves.png next to the results; return the table."""
     summary = json.loads((experiment_dir / SUMMARY_FILE).read_text())
     metric, mode, scheduler = summary["metric"], summary["mode"], summary["scheduler"]
     rows = collect_trials(results, metric, mode, scheduler["max_t"])
     table = format_table(rows, metric)
     (experiment_dir / "trials.txt").write_text(table + "\n")
-    plot_curves(rows, metric, asha_rungs(scheduler), experiment_dir / "learning_curves.png")
+    (experiment_dir / "learning_curves.png").write_bytes(plot_curves(rows, metric, asha_rungs(scheduler)))
     return table
 
 
-def report_from_dir(experiment_dir: str | Path) -> str:
-    """Regenerate the report of a finished (or interrupted) search from its results folder alone."""
-    experiment_dir = Path(experiment_dir).resolve()
+def report_from_dir(experiment_dir: str | Path | ObjectPath) -> str:
+    """Regenerate the report of a finished (or interrupted) search from its results folder alone: a local path,
+    or an object-store folder (as an ObjectPath or a URI)."""
+    if not isinstance(experiment_dir, ObjectPath):
+        experiment_dir = location(str(experiment_dir))
+    if isinstance(experiment_dir, Path):
+        experiment_dir = experiment_dir.resolve()
     if not (experiment_dir / SUMMARY_FILE).is_file():
         raise ConfigError(f"{experiment_dir} is not a rayline search folder (no {SUMMARY_FILE})")
     from ray import tune
 
-    results = tune.ResultGrid(tune.ExperimentAnalysis(str(experiment_dir)))
+    path, filesystem = ray_storage(experiment_dir)
+    results = tune.ResultGrid(tune.ExperimentAnalysis(path, storage_filesystem=filesystem))
     return write_report(results, experiment_dir)
 
 
