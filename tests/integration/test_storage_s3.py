@@ -105,7 +105,7 @@ def test_a_run_resumes_from_its_checkpoints_in_the_bucket(trained):
     assert [int(h["epoch"]) for h in history] == [0, 1, 2]
 
 
-def test_a_version_in_the_bucket_is_served_promoted_and_batch_predicted_to_the_bucket(
+def test_a_version_in_the_bucket_is_served_promoted_rolled_back_and_batch_predicted_to_the_bucket(
     ray_cluster, s3, trained, tmp_path
 ):
     from rayline.serve import deploy, shutdown
@@ -126,6 +126,10 @@ def test_a_version_in_the_bucket_is_served_promoted_and_batch_predicted_to_the_b
         assert "switched running app(s) digits-s3 to digits-s3/v1 in place" in switched
         assert httpx.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v1"
         assert Registry(cfg.storage.uri).model("digits-s3").serving_version() == "v1"
+        rolled_back = rayline("rollback", "digits-s3", "--root", cfg.storage.uri, "--ray-address", address)
+        assert "digits-s3/v2" in rolled_back, rolled_back
+        assert httpx.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v2"
+        assert Registry(cfg.storage.uri).model("digits-s3").serving_version() == "v2"
     finally:
         shutdown()
 
