@@ -637,6 +637,97 @@ class StorageConfig(Section):
     """Name of the training run; the same name resumes it. Defaults to the pipeline name."""
 
 
+# ---------------------------------------------------------------- federated
+
+
+class PrivacyConfig(Section):
+    clip_norm: Annotated[float, Field(gt=0.0)]
+    """Each client's update is scaled down to at most this L2 norm before it is sent (required: noise on
+    unbounded updates protects nothing)."""
+    noise_multiplier: Annotated[float, Field(ge=0.0)] = 1.0
+    """Gaussian noise on the sum of the round's updates, as a multiple of clip_norm (0: clipping only, no
+    privacy guarantee)."""
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
+    """The delta of the (epsilon, delta) guarantee; keep it below 1 / number of clients."""
+
+
+class FederatedConfig(Section):
+    partition_by: str | None = None
+    """A column of the source: each distinct value is one client (a site, a hospital). Its hive folders
+    (client=a/...) work as well. Give either this or clients."""
+    clients: PositiveInt | None = None
+    """Simulated clients that split the training rows by `partition`."""
+    partition: Literal["iid", "dirichlet"] = "iid"
+    """With clients: iid deals rows out at random; dirichlet gives each client a label mix drawn from
+    Dirichlet(alpha) (Hsu et al. 2019)."""
+    alpha: Annotated[float, Field(gt=0.0)] = 0.5
+    """Dirichlet concentration: small is label-skewed (0.1), large is near iid (10)."""
+    seed: int = 0
+    """Seeds the partition, each round's choice of clients and each client's batch order."""
+    holdout: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.2
+    """Share of each client's rows it keeps out of training, to report the global model's accuracy on
+    each client's own data."""
+    rounds: PositiveInt = 10
+    """Rounds of: send the global model, train on the chosen clients, average their updates."""
+    clients_per_round: Annotated[float, Field(gt=0.0)] = 1.0
+    """Clients chosen each round: a count (>= 1) or a fraction of all clients (< 1; 1.0 means all)."""
+    local_epochs: PositiveInt = 1
+    """Passes each chosen client makes over its rows per round."""
+    local_batch_size: PositiveInt = 32
+    """Rows per local step (a client with fewer rows takes them all in one step)."""
+    algorithm: Literal["fedavg", "fedprox", "fedavgm"] = "fedavg"
+    """fedavg averages the updates; fedprox adds mu/2 * ||w - global||^2 to each client's loss; fedavgm
+    applies the average with server momentum."""
+    mu: Annotated[float, Field(ge=0.0)] = 0.01
+    """FedProx's proximal weight."""
+    server_lr: Annotated[float, Field(gt=0.0)] = 1.0
+    """The server's step on the averaged update (1.0: the plain average)."""
+    server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """FedAvgM's momentum."""
+    clients_per_actor: PositiveInt | None = None
+    """Clients each Ray actor holds and trains in turn; default: the clients spread over one actor per free
+    CPU."""
+    cpus_per_actor: Annotated[float, Field(gt=0.0)] = 1.0
+    """CPUs each client actor reserves."""
+    round_timeout_s: Annotated[float, Field(gt=0.0)] = 300.0
+    """A round closes after this long with the clients that answered (if min_clients did)."""
+    min_clients: PositiveInt = 1
+    """Fewest answers a round needs; with fewer it is tried again with another choice of clients."""
+    max_round_attempts: PositiveInt = 3
+    """Tries of one round before the run fails."""
+    secure_aggregation: bool = False
+    """Clients add pairwise masks that cancel in the sum (Bonawitz et al. 2017), so the server only ever
+    holds masked updates. A client lost mid-round fails that try of the round."""
+    dp: PrivacyConfig | None = None
+    """User-level differential privacy (DP-FedAvg, McMahan et al. 2018); omit for none."""
+
+    @model_validator(mode="after")
+    def _clients_named_once(self) -> FederatedConfig:
+        if (self.partition_by is None) == (self.clients is None):
+            raise ValueError("give either partition_by (a column whose values are the clients) or clients: N")
+        if self.partition_by is not None and "partition" in self.model_fields_set:
+            raise ValueError(
+                "partition (iid, dirichlet) splits simulated clients: use it with clients, not partition_by"
+            )
+        if self.clients_per_round > 1 and self.clients_per_round != int(self.clients_per_round):
+            raise ValueError(f"clients_per_round {self.clients_per_round} is neither a count nor a fraction <= 1")
+        if self.clients is not None and self.min_clients > self.clients:
+            raise ValueError(f"min_clients {self.min_clients} is more than the {self.clients} clients")
+        if self.clients is not None and self.min_clients > round_size(self, self.clients):
+            raise ValueError(
+                f"min_clients {self.min_clients} is more than the {round_size(self, self.clients)} clients chosen "
+                "per round (clients_per_round)"
+            )
+        return self
+
+
+def round_size(cfg: FederatedConfig, num_clients: int) -> int:
+    """Clients chosen per round out of num_clients."""
+    wanted = cfg.clients_per_round
+    count = round(wanted * num_clients) if wanted <= 1 else int(wanted)
+    return max(1, min(num_clients, count))
+
+
 class PipelineConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Pipeline name; names runs and registry entries."""
@@ -656,6 +747,8 @@ class PipelineConfig(Section):
     """How the trained model is named in the registry."""
     tracking: TrackingConfig = TrackingConfig()
     """Experiment tracking: MLflow and TensorBoard."""
+    federated: FederatedConfig | None = None
+    """Federated learning over clients that keep their rows, instead of data-parallel training; omit for none."""
 
     @property
     def run_name(self) -> str:
@@ -665,6 +758,23 @@ class PipelineConfig(Section):
     def model_name(self) -> str:
         """The registry name this pipeline's models are versioned and served under."""
         return self.registry.model_name or self.name
+
+    @model_validator(mode="after")
+    def _federated_trains_alone(self) -> PipelineConfig:
+        if self.federated is None:
+            return self
+        if self.tune is not None:
+            raise ValueError("federated: and tune: cannot be combined yet; search the settings of a centralized run")
+        if self.train.strategy != "ddp" or self.train.use_gpu:
+            raise ValueError(
+                "federated: trains whole models on CPU client actors; drop train.strategy "
+                f"({self.train.strategy}) and train.use_gpu"
+            )
+        if is_remote(self.storage.root):
+            raise ValueError("federated: keeps its round checkpoints on a local or shared storage.root for now")
+        if self.federated.partition_by is not None and self.federated.partition_by == self.data.label:
+            raise ValueError(f"federated.partition_by {self.data.label!r} is the label; name a column of clients")
+        return self
 
     @model_validator(mode="after")
     def _tensorboard_needs_a_filesystem(self) -> PipelineConfig:

@@ -28,6 +28,12 @@ VALIDATION_DESCRIPTION = "Validation metrics of the last epoch, by name"
 TRIALS_GAUGE = "rayline_tune_trials"
 TRIALS_DESCRIPTION = "Trials of a hyperparameter search by state"
 TRIAL_STATES = ("running", "finished", "stopped", "errored")
+FEDERATED_GAUGES = {
+    "rayline_federated_round": ("round", "Rounds completed by a federated run"),
+    "rayline_federated_clients_answered": ("clients_answered", "Clients whose update the last round averaged"),
+    "rayline_federated_bytes_moved": ("bytes_moved", "Bytes the last round moved: global model out, updates in"),
+    "rayline_federated_epsilon": ("epsilon", "Privacy budget spent so far (epsilon at the run's delta)"),
+}
 
 REFRESH_S = 1.0
 
@@ -100,6 +106,15 @@ def record_epoch(run: str, metrics: Mapping[str, Any]) -> None:
     for key, value in metrics.items():
         if key.startswith("val_") and is_number(value):
             set_gauge(VALIDATION_GAUGE, VALIDATION_DESCRIPTION, float(value), {"run": run, "metric": key})
+
+
+def record_round(run: str, metrics: Mapping[str, Any]) -> None:
+    """Export a federated round's own figures (its validation metrics go through record_epoch)."""
+    if not exporting():
+        return
+    for name, (key, description) in FEDERATED_GAUGES.items():
+        if is_number(metrics.get(key)):
+            set_gauge(name, description, float(metrics[key]), {"run": run})
 
 
 def record_trials(experiment: str, counts: Mapping[str, int]) -> None:

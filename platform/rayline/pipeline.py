@@ -48,6 +48,8 @@ def train_and_register(
     verbose: bool = False,
 ) -> TrainReport:
     """Train the pipeline's model, score its best checkpoint on the test split, and register it."""
+    if cfg.federated is not None:
+        return federated_and_register(cfg, log=log)
     cfg = preflight(cfg)
     wait_for_nodes = check_cluster_fits(cfg.train, log)
     data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, check=model_takes_inputs(cfg), log=log)
@@ -84,6 +86,79 @@ def train_and_register(
         curves = {"learning_curves.png": learning_curves_png(record["history"], f"{version} ({cfg.run_name})")}
         log_registration(tracker, str(version), record, {**artifacts, **curves})
     return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
+
+
+def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = print) -> TrainReport:
+    """Train by federated rounds over the pipeline's clients, score the final global model on the test split,
+    and register it with its federated settings, per-client metrics and privacy budget."""
+    from rayline.federated import train_federated
+
+    cfg = preflight(with_client_column(cfg))
+    data = prepare_datasets(
+        cfg.data,
+        storage_root=cfg.storage.uri,
+        check=model_takes_inputs(cfg),
+        log=log,
+        client_column=cfg.federated.partition_by,
+    )
+    cfg = cfg.model_copy(update={"data": data.data_cfg})
+    log_preparation(data, log)
+    log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows (global splits)")
+    class_weights = class_weights_for(cfg, data.label_counts)
+    outcome = train_federated(cfg, data, class_weights=class_weights, log=log)
+    summary = federated_summary(outcome)
+    test_metrics, evaluation, artifacts = assess(outcome.final_checkpoint, cfg, data, class_weights, summary)
+    evaluation["federated"] = {
+        "settings": cfg.federated.model_dump(mode="json"),
+        "clients": outcome.clients,
+        "privacy": outcome.privacy,
+    }
+    for line in summary:
+        log(line)
+    version = Registry(cfg.storage.uri).register(
+        outcome.final_checkpoint,
+        run_name=cfg.run_name,
+        data_fingerprint=data.fingerprint,
+        test_metrics=test_metrics,
+        evaluation=evaluation,
+        artifacts=artifacts,
+    )
+    return TrainReport(version, outcome.final_metrics, test_metrics, data.num_rows, evaluation, summary)
+
+
+def with_client_column(cfg: PipelineConfig) -> PipelineConfig:
+    """federated.partition_by names clients, never an input: it must be in the source, and features: auto
+    leaves it out."""
+    from rayline.data.files import resolve_source
+    from rayline.data.read import read_sample
+
+    column = cfg.federated.partition_by
+    if column is None:
+        return cfg
+    names = read_sample(resolve_source(cfg.data.source, cfg.data.format), 1, cfg.data.source).column_names
+    if column not in names:
+        raise ConfigError(f"federated.partition_by {column!r} is not a column of {cfg.data.source} (it has {names})")
+    if cfg.data.resolved:
+        if column in {f.name for f in cfg.data.features}:
+            raise ConfigError(f"federated.partition_by {column!r} is also in data.features; drop it from there")
+        return cfg
+    if column in cfg.data.exclude:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"exclude": [*cfg.data.exclude, column]})})
+
+
+def federated_summary(outcome) -> list[str]:
+    lines = []
+    clients = outcome.clients
+    if clients:
+        lines.append(
+            f"clients: mean {clients['metric']} {clients['mean']:.4f}, worst {clients['worst']:.4f} "
+            f"({clients['worst_client']}) on their own held-out rows"
+        )
+    if outcome.privacy is not None:
+        p = outcome.privacy
+        lines.append(f"privacy: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} after {p['rounds']} rounds")
+    return lines
 
 
 def preflight(cfg: PipelineConfig) -> PipelineConfig:

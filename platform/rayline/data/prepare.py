@@ -107,21 +107,23 @@ def prepare_datasets(
     storage_root: str,
     check: Callable[[Preprocessor], None] | None = None,
     log: Callable[[str], None] = print,
+    client_column: str | None = None,
 ) -> PreparedData:
     """The model-ready splits under storage_root/prepared, prepared now or reused; statistics come from the
     training split only. `check` sees the fitted preprocessor before any split is transformed (e.g. whether
-    the model takes its inputs)."""
+    the model takes its inputs). `client_column`: a source column the files carry as "client" (each row's
+    value as text), for federated.partition_by."""
     check_outside_source(storage_root, data_cfg.source)
     data_cfg = resolve_features(data_cfg)
     fingerprint = fingerprint_source(data_cfg)
-    location = entry_location(storage_root, data_cfg)
+    location = entry_location(storage_root, data_cfg, client_column)
     earlier = read_manifest(location)
     if earlier is not None and earlier.fingerprint == fingerprint:
         data = from_manifest(earlier, data_cfg, reused=True)
         if check is not None:
             check(data.preprocessor)
         return data
-    manifest = prepare_entry(data_cfg, fingerprint, location, check, log)
+    manifest = prepare_entry(data_cfg, fingerprint, location, check, log, client_column)
     remove_old_parts(location, keep=parts_of(manifest) | parts_of(earlier))
     return from_manifest(manifest, data_cfg, reused=False)
 
@@ -132,6 +134,7 @@ def prepare_entry(
     location: str,
     check: Callable[[Preprocessor], None] | None,
     log: Callable[[str], None],
+    client_column: str | None = None,
 ) -> Manifest:
     """Both passes over the source, the prepared files under `location`, and their manifest (written last)."""
     started = time.perf_counter()
@@ -145,7 +148,8 @@ def prepare_entry(
         check(preprocessor)
     parts = new_parts_folder()
     try:
-        splits = write_pass(ds, data_cfg, preprocessor, location, parts, Progress("writing", total_rows, exact, log))
+        progress = Progress("writing", total_rows, exact, log)
+        splits = write_pass(ds, data_cfg, preprocessor, location, parts, progress, client_column)
     except BaseException:
         remove_parts(location, parts)  # a failed or interrupted pass leaves no half-written copy behind
         raise
@@ -219,9 +223,11 @@ def write_pass(
     location: str,
     parts: str,
     progress: Progress,
+    client_column: str | None = None,
 ) -> dict[str, SplitFiles | None]:
     written: dict[str, list[tuple[str, list[int]]]] = {name: [] for name in SPLITS}
     kwargs = {"data_cfg": data_cfg, "preprocessor": preprocessor.to_dict(), "location": location, "parts": parts}
+    kwargs["client_column"] = client_column
     try:
         with reading(data_cfg.source):
             for part in block_results(ds, write_block, **kwargs):
@@ -258,7 +264,12 @@ def block_statistics(batch: pd.DataFrame, data_cfg: DataConfig) -> dict[str, Any
 
 
 def write_block(
-    batch: pd.DataFrame, data_cfg: DataConfig, preprocessor: dict[str, Any], location: str, parts: str
+    batch: pd.DataFrame,
+    data_cfg: DataConfig,
+    preprocessor: dict[str, Any],
+    location: str,
+    parts: str,
+    client_column: str | None = None,
 ) -> dict[str, Any]:
     """Transform the block's rows of each split and write them; returns [(split, path, row groups)]."""
     fitted = Preprocessor.from_dict(preprocessor)
@@ -266,7 +277,7 @@ def write_block(
     codes = split_codes(batch, data_cfg.split, leave_out(data_cfg), hashes)
     # Named by the rows it holds, so the files' (sorted) order is the same whichever task wrote which block.
     name = f"{int(np.bitwise_xor.reduce(hashes, initial=np.uint64(0))):016x}-{uuid.uuid4().hex[:8]}"
-    columns = [f.name for f in fitted.features] + [fitted.label]
+    columns = [f.name for f in fitted.features] + [fitted.label] + ([client_column] if client_column else [])
     files = []
     for split, code in SPLIT_CODES.items():
         rows = codes == code
@@ -277,7 +288,8 @@ def write_block(
             part = part.iloc[np.argsort(pd.util.hash_array(hashes[rows] ^ ORDER_SALT), kind="stable")]
         out = fitted.transform_batch(part)
         path = f"{parts}/{split}/{name}.parquet"
-        files.append((split, path, write_split_file(out["x"], out["y"], location, path)))
+        client = part[client_column].astype(str).to_numpy() if client_column else None
+        files.append((split, path, write_split_file(out["x"], out["y"], location, path, client)))
     return {"files": files}
 
 

@@ -68,6 +68,16 @@ class SplitFiles:
     def open(self) -> ParquetFiles:
         return ParquetFiles(self)
 
+    def read_column(self, name: str) -> np.ndarray:
+        """One column of the whole split in file order (e.g. "y", or the client column a federated run's data
+        carries), read without the inputs."""
+        filesystem, base = open_filesystem(self.root)
+        parts = [
+            pq.read_table(posixpath.join(base, path), columns=[name], filesystem=filesystem).column(name)
+            for path in self.paths
+        ]
+        return np.concatenate([p.to_numpy(zero_copy_only=False) for p in parts]) if parts else np.zeros(0)
+
     def iter_arrays(self, batch_size: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(x, y) numpy batches of the whole split in file order, read by pyarrow in this process."""
         files = self.open()
@@ -104,20 +114,27 @@ def row_bytes(num_inputs: int) -> int:
     return 4 * num_inputs + 8
 
 
-def table_of(x: np.ndarray, y: np.ndarray) -> pa.Table:
+def table_of(x: np.ndarray, y: np.ndarray, client: np.ndarray | None = None) -> pa.Table:
     x = np.ascontiguousarray(x, dtype=np.float32)
     inputs = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-    return pa.table({"x": inputs, "y": pa.array(y)})
+    columns = {"x": inputs, "y": pa.array(y)}
+    if client is not None:
+        columns["client"] = pa.array(client, type=pa.string())
+    return pa.table(columns)
 
 
-def write_split_file(x: np.ndarray, y: np.ndarray, root: str, relative_path: str) -> list[int]:
-    """Write one file of a split; returns its row-group sizes."""
+def write_split_file(
+    x: np.ndarray, y: np.ndarray, root: str, relative_path: str, client: np.ndarray | None = None
+) -> list[int]:
+    """Write one file of a split (with each row's client, for a federated partition_by); returns its row-group
+    sizes."""
     filesystem, base = open_filesystem(root)
     path = posixpath.join(base, relative_path)
     filesystem.create_dir(posixpath.dirname(path), recursive=True)
     group_rows = max(1, ROW_GROUP_BYTES // row_bytes(x.shape[1]))
     # No dictionaries: model inputs are floats, and dictionary-encoding them is most of the writing time.
-    pq.write_table(table_of(x, y), path, filesystem=filesystem, row_group_size=group_rows, use_dictionary=False)
+    table = table_of(x, y, client)
+    pq.write_table(table, path, filesystem=filesystem, row_group_size=group_rows, use_dictionary=False)
     return [min(group_rows, len(y) - start) for start in range(0, len(y), group_rows)]
 
 
@@ -139,9 +156,13 @@ def check_outside_source(storage_root: str, source: str) -> None:
         )
 
 
-def entry_location(storage_root: str, data_cfg: DataConfig) -> str:
-    """Where the data section's prepared entry lives: named by everything in the section that shapes it."""
-    described = json.dumps({"format": FORMAT, "data": data_cfg.model_dump(mode="json")}, sort_keys=True)
+def entry_location(storage_root: str, data_cfg: DataConfig, client_column: str | None = None) -> str:
+    """Where the data section's prepared entry lives: named by everything in the section that shapes it (and
+    the column of clients its files carry, if any)."""
+    shape = {"format": FORMAT, "data": data_cfg.model_dump(mode="json")}
+    if client_column is not None:
+        shape["client_column"] = client_column
+    described = json.dumps(shape, sort_keys=True)
     name = hashlib.sha256(described.encode()).hexdigest()[:20]
     return join(storage_root.rstrip("/"), "prepared", name)
 
