@@ -705,7 +705,7 @@ class FederatedConfig(Section):
     def _clients_named_once(self) -> FederatedConfig:
         if (self.partition_by is None) == (self.clients is None):
             raise ValueError("give either partition_by (a column whose values are the clients) or clients: N")
-        if self.partition_by is not None and "partition" in self.model_fields_set:
+        if self.partition_by is not None and self.partition != "iid":
             raise ValueError(
                 "partition (iid, dirichlet) splits simulated clients: use it with clients, not partition_by"
             )

@@ -116,7 +116,9 @@ class ClientGroup:
         anchor = [p.detach().clone() for p in self.model.parameters()] if fed.algorithm == "fedprox" else None
         optimizer = make_optimizer(self.cfg.train.optimizer, self.model.parameters())
         x, y = self.data[cid]
-        generator = torch.Generator().manual_seed(hash_seed(fed.seed, round_index, cid))
+        seed = hash_seed(fed.seed, round_index, cid)
+        torch.manual_seed(seed)  # dropout: a client's update is the same whichever actor trains it, and on a retry
+        generator = torch.Generator().manual_seed(seed)
         losses = []
         for _ in range(fed.local_epochs):
             order = torch.randperm(len(y), generator=generator)

@@ -1,0 +1,228 @@
+"""Federated learning on the session's Ray cluster, with real ClientGroup actors and the real aggregation: FedAvg
+against centralized SGD, weighting by sample counts, secure aggregation's masks as the server receives them,
+differential privacy's budget, a client actor killed mid-round, a driver killed and resumed, and the federated
+model served over HTTP and used for batch prediction."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clusters import VENV_BIN
+from faults import wait_until
+from pipelines import PIXELS, digits_config, digits_pipeline, digits_source, write_pipeline
+from rayline.checkpoint import MODEL_FILE, checkpoint_metrics, complete_checkpoints
+from rayline.config import ServeConfig
+from rayline.data import prepare_datasets
+from rayline.federated import secure
+from rayline.federated.driver import make_clients, start_groups
+from rayline.federated.privacy import epsilon_after
+from rayline.federated.rounds import aggregate, collect
+from rayline.federated.state import initial_model, to_vector
+from rayline.pipeline import train_and_register
+from rayline.predict import predict_files
+from rayline.registry import Registry
+from rayline.runtime import free_port
+
+SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
+EXACT = {
+    "model": {"kind": "mlp", "hidden_sizes": [32], "dropout": 0.0},
+    "train": {"optimizer": SGD, "baseline": False},
+}
+"""Plain SGD without dropout: one local step is the centralized step, to float rounding."""
+
+
+def fed_config(directory: Path, name: str, federated: dict, **sections):
+    base = {
+        "model": EXACT["model"],
+        "train": {**EXACT["train"], "checkpoint": {"metric": "val_accuracy", "mode": "max"}},
+    }
+    return digits_config(directory, name, **{**base, **sections}, federated=federated)
+
+
+def sgd_step(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, lr: float) -> np.ndarray:
+    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y).long())
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+    return to_vector(model)
+
+
+def registered_vector(cfg, report, data) -> np.ndarray:
+    model = initial_model(cfg, data.preprocessor)
+    directory = Registry(cfg.storage.uri).checkpoint_dir(report.version)
+    model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True))
+    return to_vector(model)
+
+
+def test_fedavg_of_one_client_one_full_batch_step_is_one_centralized_sgd_step(ray_cluster, tmp_path):
+    federated = {"clients": 1, "holdout": 0.0, "rounds": 1, "local_batch_size": 100_000}
+    cfg = fed_config(tmp_path, "one-client", federated)
+    report = train_and_register(cfg, log=lambda _: None)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, log=lambda _: None)
+    x, y = (np.concatenate(parts) for parts in zip(*data.train.iter_arrays(), strict=True))
+    centralized = sgd_step(initial_model(cfg, data.preprocessor), x, y, SGD["lr"])
+    federated_model = registered_vector(cfg, report, data)
+    assert np.abs(federated_model - to_vector(initial_model(cfg, data.preprocessor))).max() > 1e-3, "it trained"
+    assert np.abs(federated_model - centralized).max() < 1e-6
+
+
+def test_clients_of_unequal_size_are_averaged_by_their_sample_counts(ray_cluster, tmp_path):
+    frame = pd.read_parquet(digits_source(tmp_path))
+    frame["site"] = np.where(np.arange(len(frame)) < 400, "north", "south")
+    frame.to_parquet(tmp_path / "sites.parquet")
+    federated = {"partition_by": "site", "holdout": 0.0, "rounds": 1, "local_batch_size": 100_000}
+    cfg = fed_config(tmp_path, "sites", federated, data={"source": str(tmp_path / "sites.parquet")})
+    report = train_and_register(cfg, log=lambda _: None)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, log=lambda _: None, client_column="site")
+    x, y = (np.concatenate(parts) for parts in zip(*data.train.iter_arrays(), strict=True))
+    site = data.train.read_column("client")
+    counts = {name: int((site == name).sum()) for name in ("north", "south")}
+    assert 250 < counts["north"] < counts["south"] / 3, counts
+    steps = {n: sgd_step(initial_model(cfg, data.preprocessor), x[site == n], y[site == n], SGD["lr"]) for n in counts}
+    weighted = sum(counts[n] * steps[n].astype(np.float64) for n in counts) / sum(counts.values())
+    federated_model = registered_vector(cfg, report, data)
+    assert np.abs(federated_model - weighted).max() < 1e-6
+    assert np.abs(federated_model - (steps["north"] + steps["south"]) / 2).max() > 1e-4, "not the plain mean"
+    record = Registry(cfg.storage.uri).record(report.version)
+    assert record["evaluation"]["federated"]["clients"] == {}, "holdout 0: no rows to score each client on"
+    assert record["evaluation"]["federated"]["settings"]["partition_by"] == "site"
+
+
+def test_the_server_receives_only_masked_updates_whose_sum_is_the_true_sum(ray_cluster, tmp_path):
+    import ray
+
+    cfg = fed_config(tmp_path, "masked", {"clients": 6, "secure_aggregation": True, "clients_per_actor": 3})
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, log=lambda _: None)
+    groups = start_groups(cfg, data, make_clients(cfg, data), None)
+    try:
+        vector = to_vector(initial_model(cfg, data.preprocessor))
+        ref = ray.put(vector)
+        masked, lost, _ = collect(groups, list(range(6)), ref, vector.nbytes, 0, cfg.federated)
+        plain_cfg = cfg.federated.model_copy(update={"secure_aggregation": False})
+        plain, _, _ = collect(groups, list(range(6)), ref, vector.nbytes, 0, plain_cfg)
+    finally:
+        for group in groups:
+            ray.kill(group.actor)
+    assert not lost and len(masked) == len(plain) == 6
+    by_client = {a["client"]: a["sent"] for a in plain}
+    for answer in masked:
+        assert answer["sent"].dtype == np.uint64
+        seen = secure.decode(answer["sent"])
+        assert np.median(np.abs(seen - by_client[answer["client"]])) > 1e3, "what the server holds hides the update"
+    true_sum = np.sum([a["sent"].astype(np.float64) for a in plain], axis=0)
+    assert np.abs(secure.unmasked_sum([a["sent"] for a in masked]) - true_sum).max() < 1e-4
+    assert np.abs(aggregate(masked, cfg.federated, 0) - aggregate(plain, plain_cfg, 0)).max() < 1e-6
+
+
+def test_a_private_run_records_the_accountants_epsilon(ray_cluster, tmp_path):
+    dp = {"clip_norm": 1.0, "noise_multiplier": 0.8, "delta": 1e-4}
+    federated = {"clients": 10, "clients_per_round": 0.5, "rounds": 3, "secure_aggregation": True, "dp": dp}
+    cfg = fed_config(tmp_path, "private", federated)
+    lines: list[str] = []
+    report = train_and_register(cfg, log=lines.append)
+    expected = epsilon_after(cfg.federated.dp, 0.5, 3)
+    record = Registry(cfg.storage.uri).record(report.version)
+    assert record["evaluation"]["federated"]["privacy"] == {"epsilon": expected, "delta": 1e-4, "rounds": 3}
+    assert [h["epsilon"] for h in record["history"]] == [epsilon_after(cfg.federated.dp, 0.5, r) for r in (1, 2, 3)]
+    assert any(f"epsilon {expected:.2f}" in line and line.startswith("round 3/3") for line in lines), lines
+    assert any(line.startswith(f"privacy: epsilon {expected:.2f} at delta 0.0001 after 3 rounds") for line in lines)
+
+
+@pytest.fixture(scope="module")
+def survived_a_kill(ray_cluster, tmp_path_factory):
+    """Five rounds over 8 clients in 2 actors; one actor is killed (and restarted by Ray) during round 3."""
+    import ray
+
+    directory = tmp_path_factory.mktemp("federated-kill")
+    federated = {"clients": 8, "rounds": 5, "clients_per_actor": 4, "local_epochs": 25, "local_batch_size": 16}
+    cfg = fed_config(directory, "kill", federated)
+    lines: list[str] = []
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(report=train_and_register(cfg, log=lines.append)))
+    thread.start()
+    runs = directory / "store" / "runs" / "kill"
+    wait_until(lambda: any(line.startswith("round 2/5") for line in lines) or not thread.is_alive(), 300, "round 2")
+    time.sleep(0.3)  # inside round 3's local training
+    ray.kill(ray.get_actor("rayline-federated-kill-0"), no_restart=False)
+    thread.join(timeout=300)
+    assert "report" in outcome, "\n".join(lines[-20:])
+    return cfg, outcome["report"], lines, runs
+
+
+def test_a_client_actor_killed_mid_round_loses_only_that_round_of_its_clients(survived_a_kill):
+    cfg, report, lines, runs = survived_a_kill
+    history = Registry(cfg.storage.uri).record(report.version)["history"]
+    assert [int(h["round"]) for h in history] == list(range(1, 6)), "every round ran once"
+    short = [h for h in history if h["clients_answered"] < h["clients_chosen"] or h["round_attempts"] > 1]
+    assert short, "the killed actor's clients were missing from a round"
+    assert history[-1]["clients_answered"] == history[-1]["clients_chosen"] == 8, "its clients came back"
+    assert report.test_metrics["test_accuracy"] > 0.6, "the run trained on (chance is 0.1)"
+
+
+def test_a_federated_model_is_served_and_batch_predicted(ray_cluster, survived_a_kill, tmp_path):
+    from rayline.serve import deploy, shutdown
+
+    cfg, report, _, _ = survived_a_kill
+    rows = pd.read_parquet(digits_source(tmp_path)).head(8)
+    serve_cfg = ServeConfig(port=free_port(), app_name="federated", route_prefix="/fed", cpus_per_replica=0.25)
+    url = deploy(cfg.storage.uri, report.version, serve_cfg)
+    try:
+        answer = httpx.post(f"{url}/predict", json={"rows": rows[PIXELS].to_dict("records")}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        served = [p["label"] for p in answer.json()["predictions"]]
+    finally:
+        shutdown()
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    used, written = predict_files(
+        cfg.storage.uri, str(report.version), str(tmp_path / "in.csv"), str(tmp_path / "out.parquet")
+    )
+    assert (used, written) == (report.version, 8)
+    batch = pd.read_parquet(tmp_path / "out.parquet")
+    assert batch["prediction"].astype(str).tolist() == [str(label) for label in served]
+    assert np.mean(np.array(served).astype(int) == rows["label"].to_numpy()) > 0.5
+
+
+def test_a_killed_driver_resumes_from_its_last_round(ray_cluster, tmp_path):
+    federated = {"clients": 4, "rounds": 6, "local_epochs": 15, "local_batch_size": 16}
+    pipeline = digits_pipeline(tmp_path, "resumed", **EXACT, federated=federated)
+    write_pipeline(tmp_path / "pipeline.yaml", pipeline)
+    command = [
+        str(VENV_BIN / "rayline"),
+        "train",
+        "pipeline.yaml",
+        "--ray-address",
+        ray_cluster.address_info["address"],
+    ]
+    runs = tmp_path / "store" / "runs" / "resumed"
+    with (tmp_path / "first.log").open("w") as out:
+        first = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(rounds_saved(runs)) >= 2 or first.poll() is not None, 300, "two rounds saved")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+    done_before = max(rounds_saved(runs))
+    assert done_before < 6, (tmp_path / "first.log").read_text()[-2000:]
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming resumed after round {done_before}" in second.stdout
+    printed = [line.split(":")[0] for line in second.stdout.splitlines() if line.startswith("round ")]
+    assert printed == [f"round {r}/6" for r in range(done_before + 1, 7)], "only the rounds left were trained"
+    record = Registry(tmp_path / "store").record(Registry(tmp_path / "store").model("resumed").ref("v1"))
+    assert [int(h["round"]) for h in record["history"]] == list(range(1, 7))
+
+
+def rounds_saved(runs: Path) -> list[int]:
+    return [int(checkpoint_metrics(c)["round"]) for c in complete_checkpoints(runs)] or [0]
