@@ -276,6 +276,11 @@ def train(cfg: PipelineConfig, args):
     from rayline.metrics import record_epoch
     from rayline.pipeline import format_epoch, train_and_register
 
+    if cfg.federated is not None:
+        fed = cfg.federated
+        clients = f"the clients of column {fed.partition_by!r}" if fed.partition_by else f"{fed.clients} clients"
+        print(f"training {cfg.name} by federated learning: {cfg.model.kind}, {fed.algorithm} over {clients}")
+        return train_and_register(cfg, verbose=args.verbose)
     print(f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs")
 
     def on_epoch(metrics: dict) -> None:

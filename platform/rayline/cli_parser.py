@@ -59,7 +59,7 @@ def build_parser(handlers: Mapping[str, Callable], version: str) -> argparse.Arg
     command("demo", "train, serve, send one HTTP request, shut down")
     add_serving_commands(command)
     example = command("make-example", "write a bundled tabular example as CSV", pipeline=False)
-    example.add_argument("name", choices=["breast_cancer", "diabetes"], help="which example")
+    example.add_argument("name", choices=["breast_cancer", "breast_cancer_hospitals", "diabetes"], help="which example")
     example.add_argument("--output", help="CSV path (default: data/NAME.csv)")
     digits = command("make-digits", "write scikit-learn's digits to Parquet", pipeline=False)
     digits.add_argument("--output", default="data/digits.parquet")

@@ -53,7 +53,24 @@ def diabetes_table(seed: int = 0) -> pd.DataFrame:
     return df
 
 
-EXAMPLES = {"breast_cancer": breast_cancer_table, "diabetes": diabetes_table}
+def breast_cancer_hospitals_table(seed: int = 0) -> pd.DataFrame:
+    """The breast cancer table with the hospital each patient was seen at: four hospitals of unequal size and
+    case mix (a referral centre sees more large, malignant tumours), for federated learning by hospital."""
+    df = breast_cancer_table(seed)
+    rng = np.random.default_rng(seed + 1)
+    malignant = (df["diagnosis"] == "malignant").fillna(False).to_numpy()
+    # Rows of each diagnosis are dealt to the hospitals with different odds: unequal sizes and label mixes.
+    odds = np.where(malignant[:, None], [0.55, 0.2, 0.15, 0.1], [0.15, 0.35, 0.3, 0.2])
+    picks = [rng.choice(4, p=row) for row in odds]
+    df.insert(1, "hospital", [f"hospital_{'abcd'[i]}" for i in picks])
+    return df
+
+
+EXAMPLES = {
+    "breast_cancer": breast_cancer_table,
+    "breast_cancer_hospitals": breast_cancer_hospitals_table,
+    "diabetes": diabetes_table,
+}
 
 
 def write_example(name: str, path: str | Path) -> int:
