@@ -598,7 +598,8 @@ class TrackingConfig(Section):
     one child per trial (params, per-epoch metrics, curves, confusion matrix, the registry record)."""
     tensorboard: bool = False
     """Write TensorBoard event files per run and per trial under storage.root/runs/<run>/tensorboard, so
-    `tensorboard --logdir <storage.root>/runs` shows them side by side."""
+    `tensorboard --logdir <storage.root>/runs` shows them side by side (on an object store, written locally and
+    copied there after each epoch)."""
 
     @property
     def enabled(self) -> bool:
@@ -774,15 +775,6 @@ class PipelineConfig(Section):
             raise ValueError("federated: keeps its round checkpoints on a local or shared storage.root for now")
         if self.federated.partition_by is not None and self.federated.partition_by == self.data.label:
             raise ValueError(f"federated.partition_by {self.data.label!r} is the label; name a column of clients")
-        return self
-
-    @model_validator(mode="after")
-    def _tensorboard_needs_a_filesystem(self) -> PipelineConfig:
-        if self.tracking.tensorboard and is_remote(self.storage.root):
-            raise ValueError(
-                "tracking.tensorboard writes event files under storage.root, which must then be a local or shared "
-                f"path, not {self.storage.root.split('?')[0]!r}; use MLflow (tracking.mlflow) with an object store"
-            )
         return self
 
     @model_validator(mode="after")

@@ -48,7 +48,7 @@ def trained(ray_cluster, s3, mlflow_server, tmp_path_factory):
         "data": {"source": s3.uri("datasets", "digits")},
         "train": {"num_workers": 2, "epochs": 2, "batch_size": 64},
         "storage": {"root": f"s3://{BUCKET}/rayline", "endpoint_override": s3.endpoint},
-        "tracking": {"mlflow": {"uri": mlflow_server.uri, "experiment": "s3-runs"}},
+        "tracking": {"mlflow": {"uri": mlflow_server.uri, "experiment": "s3-runs"}, "tensorboard": True},
     }
     first_lines: list[str] = []
     first = train_and_register(digits_config(local, "digits-s3", **sections), log=first_lines.append)
@@ -65,6 +65,8 @@ def test_checkpoints_prepared_data_and_registry_live_in_the_bucket(s3, trained):
     keys = s3.keys(BUCKET, "rayline/")
     assert any(k.startswith("rayline/runs/digits-s3/checkpoint_") and k.endswith("/model.pt") for k in keys)
     assert any(k.startswith("rayline/prepared/") and k.endswith(".parquet") for k in keys)
+    events = [k for k in keys if k.startswith("rayline/runs/digits-s3/tensorboard/events.out.tfevents.")]
+    assert len(events) == 2, "TensorBoard files of both starts, copied to the bucket"
     for version in ("v1", "v2"):
         assert f"rayline/registry/models/digits-s3/{version}/record.json" in keys
         assert f"rayline/registry/models/digits-s3/{version}/checkpoint/manifest.json" in keys

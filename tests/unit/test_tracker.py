@@ -279,12 +279,12 @@ def test_tensorboard_tag_groups_by_split():
     ]
 
 
-def test_tensorboard_needs_a_filesystem_root_and_mlflow_needs_a_uri():
+def test_mlflow_needs_a_uri_and_tensorboard_takes_an_object_store_root():
     from rayline.config import ConfigError, validate_config
 
     base = {"name": "t", "data": {"source": "/x.parquet", "task": "classification", "label": "y", "features": ["a"]}}
-    with pytest.raises(ConfigError, match="tracking.tensorboard writes event files under storage.root"):
-        validate_config({**base, "storage": {"root": "s3://b/r"}, "tracking": {"tensorboard": True}})
+    s3_tensorboard = validate_config({**base, "storage": {"root": "s3://b/r"}, "tracking": {"tensorboard": True}})
+    assert s3_tensorboard.tracking.tensorboard
     with pytest.raises(ConfigError, match=r"tracking.mlflow.uri: required field is missing"):
         validate_config({**base, "tracking": {"mlflow": {"experiment": "e"}}})
     cfg = validate_config({**base, "storage": {"root": "s3://b/r"}, "tracking": {"mlflow": {"uri": "http://h:5000"}}})

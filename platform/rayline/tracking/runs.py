@@ -8,7 +8,6 @@ two projects with the same run name in one experiment stay apart.
 from __future__ import annotations
 
 import json
-import posixpath
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rayline.config import PipelineConfig
-from rayline.storage import display
+from rayline.storage import display, join
 from rayline.tracking.tracker import RunTracker, flatten
 
 EpochLog = Callable[[int, dict[str, Any]], None]
@@ -34,8 +33,9 @@ def search_key(cfg: PipelineConfig) -> str:
 
 
 def tensorboard_dir(cfg: PipelineConfig, run_name: str) -> str:
-    """Beside the run's checkpoints: `tensorboard --logdir <root>/runs` shows runs and trials side by side."""
-    return posixpath.join(cfg.storage.root, "runs", run_name, "tensorboard")
+    """Beside the run's checkpoints: `tensorboard --logdir <root>/runs` shows runs and trials side by side. On an
+    object store, the URI with its options (the endpoint), as the tracker opens it."""
+    return join(cfg.storage.uri, "runs", run_name, "tensorboard")
 
 
 def params(cfg: PipelineConfig) -> dict[str, str]:

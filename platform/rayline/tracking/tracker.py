@@ -20,10 +20,14 @@ import numbers
 import os
 import queue
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+from rayline.storage import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ class RunTracker:
         self.run_key, self.run_name, self.parent_key = run_key, run_name, parent_key
         self._uri, self._experiment = mlflow_uri, experiment or "Default"
         self._params, self._tags = dict(params or {}), {k: str(v) for k, v in (tags or {}).items()}
-        self._tb_dir, self._tb = tensorboard_dir, None
+        self._tb_dir, self._tb, self._tb_mirror = tensorboard_dir, None, None
         self._warned: set[str] = set()
         self._mlflow_off = False
         self._warn_lock = threading.Lock()
@@ -194,7 +198,8 @@ class RunTracker:
             self._warned.add(backend)
         logger.warning("Tracking: %s (run %s); training goes on without it", message, self.run_name)
 
-    # TensorBoard, on the caller's thread: local event files, written by tensorboardX's own thread.
+    # TensorBoard, on the caller's thread: local event files, written by tensorboardX's own thread (and, for a
+    # folder on an object store, copied there by an EventMirror's thread).
 
     def _tensorboard(self, epoch: int, values: dict[str, float]) -> None:
         if self._tb_dir is None or self._finished:
@@ -208,20 +213,35 @@ class RunTracker:
                 # writers in one second would truncate each other's file; the suffix also keeps them in
                 # creation order, the order TensorBoard reads them in.
                 suffix = f".{time.time_ns()}.{os.getpid()}"
-                self._tb = SummaryWriter(logdir=self._tb_dir, purge_step=epoch, filename_suffix=suffix)
+                self._tb = SummaryWriter(logdir=self._local_tb_dir(), purge_step=epoch, filename_suffix=suffix)
             for name, value in values.items():
                 self._tb.add_scalar(tensorboard_tag(name), value, global_step=epoch)
+            if self._tb_mirror is not None:
+                self._tb.flush()
+                self._tb_mirror.changed()
         except Exception as error:
             self._warn_once("tensorboard", f"TensorBoard at {self._tb_dir} failed ({type(error).__name__}: {error})")
             self._tb_dir = None
 
-    def _close_tensorboard(self) -> None:
+    def _local_tb_dir(self) -> str:
+        """Where tensorboardX writes: the folder itself, or a local one mirrored to an object store."""
+        if not is_remote(self._tb_dir):
+            return self._tb_dir
+        from rayline.tracking.mirror import EventMirror
+
+        local = Path(tempfile.mkdtemp(prefix="rayline-tensorboard-"))
+        self._tb_mirror = EventMirror(local, self._tb_dir, lambda m: self._warn_once("tensorboard", m))
+        return str(local)
+
+    def _close_tensorboard(self, timeout_s: float = 30) -> None:
         if self._tb is None:
             return
         try:
             self._tb.close()
         except Exception as error:
             self._warn_once("tensorboard", f"TensorBoard could not flush ({type(error).__name__}: {error})")
+        if self._tb_mirror is not None:
+            self._tb_mirror.close(timeout_s)
 
     # MLflow, on the tracker's thread.
 
