@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rayline.data.preprocess import scale_of
 from rayline.export.contract import raw_inputs
 from rayline.export.graph import InputLayout
 from rayline.export.rows import ParityRows
@@ -38,7 +39,10 @@ class Answers:
 class ParityReport:
     rows: int
     max_abs_diff: float
-    """Over probabilities (classification) or values (regression)."""
+    """Over probabilities (classification), or values in units of the label's standard deviation (regression:
+    the model's own output scale; a float32 model's error is relative, and a label's units are arbitrary)."""
+    max_abs_diff_label_units: float | None
+    """Regression: the same difference in the label's own units."""
     different_labels: int
     """Rows whose predicted class differs (0 for regression)."""
     metric: str
@@ -82,7 +86,10 @@ def compare(reference: Answers, candidate: Answers, served: ServedModel, rows: P
     diff = float(np.max(np.abs(candidate.scores - reference.scores))) if len(rows.frame) else 0.0
     different = 0 if reference.labels is None else int((candidate.labels != reference.labels).sum())
     metric, truth_metric, candidate_metric = metrics(reference, candidate, served, rows)
-    return ParityReport(len(rows.frame), diff, different, metric, truth_metric, candidate_metric)
+    if reference.labels is not None:
+        return ParityReport(len(rows.frame), diff, None, different, metric, truth_metric, candidate_metric)
+    scaled = diff / scale_of(served.preprocessor.target_std)
+    return ParityReport(len(rows.frame), scaled, diff, different, metric, truth_metric, candidate_metric)
 
 
 def metrics(reference: Answers, candidate: Answers, served: ServedModel, rows: ParityRows) -> tuple[str, float, float]:
@@ -137,8 +144,13 @@ def int8_problems(report: ParityReport, size_ratio: float, label_std: float | No
 
 
 def describe(report: ParityReport) -> str:
-    """One line of figures, e.g. "max |diff| 3.0e-08 over 270 rows, 0 different classes, accuracy 0.9741 vs 0.9741"."""
-    line = f"max |diff| {report.max_abs_diff:.2e} over {report.rows} rows"
-    if report.metric != "rmse" and report.metric != "rmse_vs_torch":
-        line += f", {report.different_labels} different classes"
+    """One line of figures, e.g. "max |diff| 3.0e-08 over 270 rows, 0 different classes, accuracy 0.9741 (onnx) vs
+    0.9741 (torch)"."""
+    if report.max_abs_diff_label_units is None:
+        line = f"max |diff| {report.max_abs_diff:.2e} over {report.rows} rows, {report.different_labels} different classes"
+    else:
+        line = (
+            f"max |diff| {report.max_abs_diff:.2e} label std ({report.max_abs_diff_label_units:.2e} in label units) "
+            f"over {report.rows} rows"
+        )
     return line + f", {report.metric} {report.onnx_metric:.4f} (onnx) vs {report.torch_metric:.4f} (torch)"
