@@ -66,7 +66,10 @@ def cancer_pipeline(tmp_path: Path) -> dict:
 
 def json_rows(frame: pd.DataFrame) -> list[dict]:
     """Rows as a client sends them: null for an empty cell."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
 
 
 def test_onnx_runtime_alone_reproduces_the_served_answers(tmp_path):
@@ -136,4 +139,3 @@ def test_int8_past_its_limits_fails_unless_allowed(tmp_path, capsys):
     exports = Registry(tmp_path).record(Registry(tmp_path).find("tiny"))["exports"]
     assert [e["quantization"] for e in exports] == [None, None, "int8-dynamic"]
     assert exports[-1]["accepted_past_limits"]
-

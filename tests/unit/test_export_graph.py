@@ -74,7 +74,8 @@ def test_onnx_graph_answers_as_rayline_with_missing_unseen_and_other_values(tmp_
     assert exporter == "dynamo"
 
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    answers = dict(zip([o.name for o in session.get_outputs()], session.run(None, raw_inputs(ROWS, InputLayout.of(pre)))))
+    outputs = session.run(None, raw_inputs(ROWS, InputLayout.of(pre)))
+    answers = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
     with torch.inference_mode():
         decoded = pre.decode(model(torch.from_numpy(pre.transform_features(ROWS))).numpy())
     if task == "regression":

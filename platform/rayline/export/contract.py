@@ -58,12 +58,12 @@ def describe(preprocessor: Preprocessor, *, model: str, files: dict[str, str]) -
     inputs = []
     if layout.numeric:
         features = [numeric_entry(f.name, f.missing, f.fill is not None) for f in layout.numeric]
-        inputs.append(
-            {"name": NUMERIC_INPUT, "dtype": "float64", "shape": ["n", len(features)], "features": features}
-        )
+        inputs.append({"name": NUMERIC_INPUT, "dtype": "float64", "shape": ["n", len(features)], "features": features})
     if layout.categorical:
         features = [categorical_entry(f) for f in layout.categorical]
-        inputs.append({"name": CATEGORICAL_INPUT, "dtype": "string", "shape": ["n", len(features)], "features": features})
+        inputs.append(
+            {"name": CATEGORICAL_INPUT, "dtype": "string", "shape": ["n", len(features)], "features": features}
+        )
     return {
         "contract_version": CONTRACT_VERSION,
         "model": model,

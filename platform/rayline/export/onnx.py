@@ -120,10 +120,14 @@ def add_category_lookup(proto: Any, layout: InputLayout) -> None:
     for i, f in enumerate(layout.categorical):
         other = len(f.categories) if f.other else -1
         missing = f.slots - 1 if f.missing_slot else other
-        bounds = [numpy_helper.from_array(_int64([v]), f"category_{i}_{end}") for end, v in (("start", i), ("end", i + 1))]
+        bounds = [
+            numpy_helper.from_array(_int64([v]), f"category_{i}_{end}") for end, v in (("start", i), ("end", i + 1))
+        ]
         graph.initializer.extend(bounds)
         column = f"category_{i}_text"
-        nodes.append(helper.make_node("Slice", [CATEGORICAL_INPUT, bounds[0].name, bounds[1].name, "category_axis"], [column]))
+        nodes.append(
+            helper.make_node("Slice", [CATEGORICAL_INPUT, bounds[0].name, bounds[1].name, "category_axis"], [column])
+        )
         slot_columns.append(f"category_{i}_slot")
         nodes.append(
             helper.make_node(
@@ -139,7 +143,11 @@ def add_category_lookup(proto: Any, layout: InputLayout) -> None:
         )
     graph.initializer.append(numpy_helper.from_array(_int64([1]), "category_axis"))
     nodes.append(helper.make_node("Concat", slot_columns, [SLOTS_INPUT], axis=1))
-    replace_input(graph, SLOTS_INPUT, helper.make_tensor_value_info(CATEGORICAL_INPUT, TensorProto.STRING, ["n", len(slot_columns)]))
+    replace_input(
+        graph,
+        SLOTS_INPUT,
+        helper.make_tensor_value_info(CATEGORICAL_INPUT, TensorProto.STRING, ["n", len(slot_columns)]),
+    )
     prepend_nodes(graph, nodes)
     use_ml_domain(proto)
 

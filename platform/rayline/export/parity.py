@@ -135,7 +135,9 @@ def int8_problems(report: ParityReport, size_ratio: float, label_std: float | No
     before, after = report.torch_metric, report.onnx_metric
     if report.metric in ("accuracy", "agreement"):
         if not before - after <= INT8_ACCURACY_DROP:
-            problems.append(f"{report.metric} {after:.4f} vs {before:.4f} fp32 (limit: {INT8_ACCURACY_DROP * 100:g} pt lower)")
+            problems.append(
+                f"{report.metric} {after:.4f} vs {before:.4f} fp32 (limit: {INT8_ACCURACY_DROP * 100:g} pt lower)"
+            )
     else:
         allowed = INT8_ACCURACY_DROP * (label_std or 1.0)
         if not after - before <= allowed:
@@ -147,7 +149,9 @@ def describe(report: ParityReport) -> str:
     """One line of figures, e.g. "max |diff| 3.0e-08 over 270 rows, 0 different classes, accuracy 0.9741 (onnx) vs
     0.9741 (torch)"."""
     if report.max_abs_diff_label_units is None:
-        line = f"max |diff| {report.max_abs_diff:.2e} over {report.rows} rows, {report.different_labels} different classes"
+        line = (
+            f"max |diff| {report.max_abs_diff:.2e} over {report.rows} rows, {report.different_labels} different classes"
+        )
     else:
         line = (
             f"max |diff| {report.max_abs_diff:.2e} label std ({report.max_abs_diff_label_units:.2e} in label units) "

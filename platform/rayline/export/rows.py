@@ -61,7 +61,9 @@ def parity_rows(preprocessor: Preprocessor, config: PipelineConfig, record: dict
     return ParityRows(frame, labelled, description)
 
 
-def held_out_rows(preprocessor: Preprocessor, config: PipelineConfig, record: dict[str, Any]) -> tuple[pd.DataFrame, str]:
+def held_out_rows(
+    preprocessor: Preprocessor, config: PipelineConfig, record: dict[str, Any]
+) -> tuple[pd.DataFrame, str]:
     from rayline.data.files import resolve_source
     from rayline.data.read import read_sample
 
