@@ -69,8 +69,7 @@ def test_torch_part_builds_the_preprocessors_inputs_bit_for_bit():
 def test_onnx_graph_answers_as_rayline_with_missing_unseen_and_other_values(tmp_path, task):
     pre = preprocessor(task)
     model = mlp(pre)
-    contract = describe(pre, model="handmade/v1", files={"fp32": "m.onnx"})
-    exporter = export_onnx(pre, model, tmp_path / "m.onnx", metadata_for(pre, "handmade/v1", contract))
+    exporter = export_onnx(pre, model, tmp_path / "m.onnx", metadata_for(pre, "handmade/v1"))
     assert exporter == "dynamo"
 
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
@@ -88,6 +87,10 @@ def test_onnx_graph_answers_as_rayline_with_missing_unseen_and_other_values(tmp_
     assert answers["label"].tolist() == [d["label"] for d in decoded]
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(metadata["rayline.classes"]) == ["no", "yes", "maybe"]
+    assert json.loads(metadata["rayline.inputs"]) == {
+        "numeric": ["age", "height", "weight"],
+        "categorical": ["colour", "city", "size"],
+    }
     assert metadata["rayline.exporter"] == "dynamo"
 
 

@@ -46,6 +46,7 @@ def export_onnx(preprocessor: Preprocessor, model: nn.Module, path: Path, metada
                 f"torch could not export this model to ONNX: dynamo: {one_line(dynamo_error)}; "
                 f"torchscript: {one_line(err)}"
             ) from err
+    strip_trace_info(proto)
     layout = InputLayout.of(preprocessor)
     if layout.categorical:
         add_category_lookup(proto, layout)
@@ -108,6 +109,17 @@ def export_with_torchscript(module: nn.Module, args: tuple, names: list[str], pr
             opset_version=OPSET,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def strip_trace_info(proto: Any) -> None:
+    """Drop what the dynamo exporter records about the Python it traced (stack traces, module paths, source file
+    names) and the inferred shapes of intermediate values: most of a small model's bytes, nothing ONNX Runtime
+    needs (it infers shapes itself), and this machine's paths in a shipped file."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.metadata_props[:]
+    del proto.graph.value_info[:]
 
 
 def add_category_lookup(proto: Any, layout: InputLayout) -> None:
@@ -204,10 +216,14 @@ def opset_of(path: Path) -> int:
 
 def quantize_int8(source: Path, target: Path) -> None:
     """ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch at run time."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet():
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    quantized = onnx.load(str(target))
+    del quantized.graph.value_info[:]  # the quantizer's shape inference adds them back; the fp32 file has none
+    onnx.save_model(quantized, str(target))
 
 
 def check_graph_names(path: Path, preprocessor: Preprocessor) -> None:
@@ -219,12 +235,23 @@ def check_graph_names(path: Path, preprocessor: Preprocessor) -> None:
     assert sorted(o.name for o in graph.output) == sorted(output_names(preprocessor))
 
 
-def metadata_for(preprocessor: Preprocessor, model: str, contract: dict[str, Any]) -> dict[str, str]:
-    """ONNX metadata_props: what the file is, its classes, and the whole contract."""
-    meta = {"rayline.model": model, "rayline.task": preprocessor.task, "rayline.label": preprocessor.label}
+def metadata_for(preprocessor: Preprocessor, model: str) -> dict[str, str]:
+    """ONNX metadata_props: what the file is, the features of each input in order, and the class names. The
+    categories and missing rules are in the JSON beside it (contract.describe), which would double a small
+    model's file here."""
+    layout = InputLayout.of(preprocessor)
+    features = {
+        NUMERIC_INPUT: [f.name for f in layout.numeric],
+        CATEGORICAL_INPUT: [f.name for f in layout.categorical],
+    }
+    meta = {
+        "rayline.model": model,
+        "rayline.task": preprocessor.task,
+        "rayline.label": preprocessor.label,
+        "rayline.inputs": json.dumps({name: names for name, names in features.items() if names}),
+    }
     if preprocessor.classes is not None:
         meta["rayline.classes"] = json.dumps(preprocessor.classes)
-    meta["rayline.contract"] = json.dumps(contract)
     return meta
 
 

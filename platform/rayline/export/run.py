@@ -45,7 +45,7 @@ def run_export(
     files = {"fp32": fp32_path.name, **({"int8": int8_path.name} if quantize else {})}
     contract = describe(pre, model=str(ref), files=files)
     log(f"exporting {ref} ({config.model.kind}, {pre.task}) to {fp32_path}")
-    exporter = export_onnx(pre, served.model, fp32_path, metadata_for(pre, str(ref), contract))
+    exporter = export_onnx(pre, served.model, fp32_path, metadata_for(pre, str(ref)))
     check_graph_names(fp32_path, pre)
     rows = parity_rows(pre, config, served.record)
     log(f"  parity rows: {rows.description}")
