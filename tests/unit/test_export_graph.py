@@ -65,12 +65,15 @@ def test_torch_part_builds_the_preprocessors_inputs_bit_for_bit():
     np.testing.assert_array_equal(x_graph, x_rayline)
 
 
-@pytest.mark.parametrize("task", ["classification", "regression"])
-def test_onnx_graph_answers_as_rayline_with_missing_unseen_and_other_values(tmp_path, task):
+@pytest.mark.parametrize(
+    ("task", "exporter"), [("classification", "dynamo"), ("regression", "dynamo"), ("classification", "torchscript")]
+)
+def test_onnx_graph_answers_as_rayline_with_missing_unseen_and_other_values(tmp_path, task, exporter):
+    """The torchscript case is the fallback exporter's graph, used where dynamo fails."""
     pre = preprocessor(task)
     model = mlp(pre)
-    exporter = export_onnx(pre, model, tmp_path / "m.onnx", metadata_for(pre, "handmade/v1"))
-    assert exporter == "dynamo"
+    used = export_onnx(pre, model, tmp_path / "m.onnx", metadata_for(pre, "handmade/v1"), exporters=(exporter,))
+    assert used == exporter
 
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     outputs = session.run(None, raw_inputs(ROWS, InputLayout.of(pre)))
@@ -91,7 +94,7 @@ def test_onnx_graph_answers_as_rayline_with_missing_unseen_and_other_values(tmp_
         "numeric": ["age", "height", "weight"],
         "categorical": ["colour", "city", "size"],
     }
-    assert metadata["rayline.exporter"] == "dynamo"
+    assert metadata["rayline.exporter"] == exporter
 
 
 def test_contract_lists_inputs_in_model_order_with_their_missing_values():

@@ -29,23 +29,28 @@ LABEL_INDEX = "label_index"
 EXAMPLE_ROWS = 2
 
 
-def export_onnx(preprocessor: Preprocessor, model: nn.Module, path: Path, metadata: dict[str, str]) -> str:
-    """Write the self-contained graph to `path`; returns the exporter that made it: "dynamo" (torch.export, the
-    current exporter) or "torchscript" (the older one, used only where dynamo fails)."""
+def export_onnx(
+    preprocessor: Preprocessor,
+    model: nn.Module,
+    path: Path,
+    metadata: dict[str, str],
+    exporters: tuple[str, ...] = ("dynamo", "torchscript"),
+) -> str:
+    """Write the self-contained graph to `path`; returns the exporter that made it, the first of `exporters` that
+    succeeds: "dynamo" (torch.export, torch's current exporter), else "torchscript" (the older one)."""
     import onnx
 
     module = exportable(preprocessor, model)
     args, names = example_inputs(preprocessor)
-    try:
-        proto, exporter = export_with_dynamo(module, args, names, preprocessor), "dynamo"
-    except Exception as dynamo_error:  # any failure of the newer exporter is worth one try with the older one
+    failures = []
+    for exporter in exporters:
         try:
-            proto, exporter = export_with_torchscript(module, args, names, preprocessor), "torchscript"
-        except Exception as err:
-            raise ExportError(
-                f"torch could not export this model to ONNX: dynamo: {one_line(dynamo_error)}; "
-                f"torchscript: {one_line(err)}"
-            ) from err
+            proto = EXPORTERS[exporter](module, args, names, preprocessor)
+            break
+        except Exception as err:  # any failure of one exporter is worth a try with the next
+            failures.append(f"{exporter}: {one_line(err)}")
+    else:
+        raise ExportError(f"torch could not export this model to ONNX: {'; '.join(failures)}")
     strip_trace_info(proto)
     layout = InputLayout.of(preprocessor)
     if layout.categorical:
@@ -120,6 +125,9 @@ def strip_trace_info(proto: Any) -> None:
         node.doc_string = ""
     del proto.graph.metadata_props[:]
     del proto.graph.value_info[:]
+
+
+EXPORTERS = {"dynamo": export_with_dynamo, "torchscript": export_with_torchscript}
 
 
 def add_category_lookup(proto: Any, layout: InputLayout) -> None:

@@ -47,7 +47,7 @@ def parity_rows(preprocessor: Preprocessor, config: PipelineConfig, record: dict
     try:
         held_out, description = held_out_rows(preprocessor, config, record)
         labelled = len(held_out)
-    except Exception as err:  # any failure to re-read the source falls back to rows made from the statistics
+    except (OSError, ValueError, KeyError) as err:  # gone, unreadable, changed (DataError is a ValueError)
         held_out = synthetic_rows(preprocessor, SYNTHETIC_ROWS)
         labelled = 0
         description = (
