@@ -157,6 +157,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from rayline.export import export_version
+
+    report = export_version(
+        args.root,
+        args.model,
+        args.output,
+        fmt=args.fmt,
+        quantize=args.quantize,
+        allow_accuracy_drop=args.allow_accuracy_drop,
+    )
+    written = ", ".join(str(f.path) for f in report.files)
+    print(f"exported {report.model}: {written}; inputs and outputs described in {report.contract_path}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from rayline.registry import Registry
     from rayline.registry_layout import check_name
@@ -333,6 +349,7 @@ COMMANDS: dict[str, Callable] = {
     "demo": cmd_demo,
     "serve": cmd_serve,
     "predict": cmd_predict,
+    "export": cmd_export,
     "models": cmd_models,
     "promote": cmd_promote,
     "rollback": cmd_rollback,

@@ -83,6 +83,19 @@ def add_serving_commands(command: Callable) -> None:
     predict.add_argument("--input", required=True, help="file, directory or glob of Parquet/CSV/JSON lines")
     predict.add_argument("--output", required=True, help="output directory; its extension picks the format")
     predict.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
+    export = command("export", "write a registered version as an ONNX file with its preprocessing", pipeline=False)
+    export.add_argument("model", metavar="NAME[/vN]", help="model name (its serving version) or one version of it")
+    export.add_argument("--format", dest="fmt", default="onnx", choices=["onnx"], help="file format (onnx)")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="also write an int8 copy (ONNX Runtime dynamic quantization)"
+    )
+    export.add_argument(
+        "--allow-accuracy-drop", action="store_true", help="keep an int8 copy that is past the size or accuracy limits"
+    )
+    export.add_argument(
+        "--output", required=True, help="local folder for the .onnx and .json files (created if needed)"
+    )
+    export.add_argument("--root", default=DEFAULT_ROOT, help="storage root (a path or an object-store URI)")
     models = command("models", "list registered model versions", pipeline=False)
     models.add_argument("name", nargs="?", help="only this model name's versions")
     models.add_argument("--root", default=DEFAULT_ROOT, help="storage root")

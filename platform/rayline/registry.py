@@ -73,6 +73,11 @@ class Registry:
     def record(self, ref: ModelVersion) -> dict[str, Any]:
         return self.model(self.require(ref.name)).record(ref.version)
 
+    def record_export(self, ref: ModelVersion, entry: dict[str, Any]) -> None:
+        """Add an exported file (its format, sha256, opset, exporter, quantization, parity) to the version's
+        record, under "exports"; earlier exports stay listed."""
+        self.model(self.require(ref.name)).add_to_record(ref.version, "exports", entry)
+
     def checkpoint_dir(self, ref: ModelVersion) -> Path:
         """A version's checkpoint as a local folder: on an object store, this node's copy of it, made once per
         manifest (which names every file's sha256), so a changed version is fetched again."""

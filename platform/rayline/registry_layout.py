@@ -214,6 +214,16 @@ class RegisteredModel:
     def records(self) -> list[dict[str, Any]]:
         return [self.record(v) for v in self.versions()]
 
+    def add_to_record(self, version: str, key: str, entry: dict[str, Any]) -> None:
+        """Append `entry` to the list under `key` in a version's record (e.g. "exports"), under the name's lock so
+        two writers at the same moment both land."""
+        self.record(version)
+        path = self.path / version / RECORD_FILE
+        with locked(self.path / LOCK_FILE):
+            record = read_json(path)
+            record[key] = [*record.get(key, []), entry]
+            write_json(path, record)
+
     def checkpoint_dir(self, version: str) -> Path | ObjectPath:
         self.record(version)
         return self.path / version / "checkpoint"

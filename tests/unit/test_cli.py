@@ -180,6 +180,7 @@ def broken_inputs(tmp: Path) -> dict[str, list[str]]:
         "serve": ["serve", "--root", empty],
         "predict": ["predict", "--root", empty, "--model", "nope", "--input", "x.csv", "--output", "o.csv"],
         "models": ["models", "nope", "--root", empty],
+        "export": ["export", "nope", "--output", str(tmp / "a_file"), "--root", empty],
         "promote": ["promote", "nope", "v1", "--root", empty],
         "rollback": ["rollback", "nope", "--root", empty],
         "make-example": ["make-example", "diabetes", "--output", str(tmp / "a_file" / "x.csv")],
@@ -194,7 +195,7 @@ def broken_inputs(tmp: Path) -> dict[str, list[str]]:
 
 CASES = ["validate", "validate-yaml", "train", "run", "tune", "tune-report", "demo", "serve", "predict", "models"]
 CASES += ["promote", "rollback", "make-example", "make-digits", "submit", "jobs", "train-ray-address"]
-CASES += ["run-dashboard-url"]
+CASES += ["run-dashboard-url", "export"]
 
 
 @pytest.mark.parametrize("case", CASES)
