@@ -25,7 +25,7 @@ from rayline.data import PreparedData
 from rayline.federated.client import ClientGroup
 from rayline.federated.partition import Client, check_clients, column_clients, simulated_clients
 from rayline.federated.privacy import epsilon_after
-from rayline.federated.rounds import Group, RoundResult, run_round, server_step
+from rayline.federated.rounds import Group, RoundResult, run_round, server_step, wait_until_back
 from rayline.federated.state import initial_model, load_vector, to_vector
 from rayline.metrics import record_epoch, record_round
 from rayline.train.evaluate import evaluate
@@ -83,7 +83,7 @@ def train_federated(
             record_epoch(cfg.run_name, {**metrics, "epochs_done": state.rounds_done})
             record_round(cfg.run_name, metrics)
         load_vector(model, state.vector)
-        per_client = client_metrics(groups, clients, state.vector, data)
+        per_client = client_metrics(groups, clients, state.vector, data, fed.round_timeout_s)
     finally:
         for group in groups:
             ray.kill(group.actor)
@@ -127,15 +127,19 @@ def start_groups(
     per_actor = fed.clients_per_actor or math.ceil(len(clients) / actor_count(fed.cpus_per_actor, len(clients)))
     config, preprocessor, split = cfg.model_dump(mode="json"), data.preprocessor.to_dict(), data.train.to_dict()
     remote = ray.remote(ClientGroup)
+    options = {"num_cpus": fed.cpus_per_actor, "max_restarts": 3, "max_task_retries": 0}
+    threads = max(1, int(fed.cpus_per_actor))
     groups = []
     for first in range(0, len(clients), per_actor):
         ids = list(range(first, min(first + per_actor, len(clients))))
-        rows = {i: {"train": clients[i].train_rows, "holdout": clients[i].holdout_rows} for i in ids}
-        options = {"num_cpus": fed.cpus_per_actor, "max_restarts": 3, "max_task_retries": 0}
-        actor = remote.options(name=f"rayline-federated-{cfg.run_name}-{first // per_actor}", **options).remote(
-            config, preprocessor, split, rows, class_weights, max(1, int(fed.cpus_per_actor))
-        )
-        groups.append(Group(actor, ids))
+        rows = ray.put({i: {"train": clients[i].train_rows, "holdout": clients[i].holdout_rows} for i in ids})
+        name = f"rayline-federated-{cfg.run_name}-{first // per_actor}"
+
+        def start(name=name, rows=rows):
+            actor = remote.options(name=name, get_if_exists=False, **options)
+            return actor.remote(config, preprocessor, split, rows, class_weights, threads)
+
+        groups.append(Group(start(), ids, start))
     ray.get([g.actor.ready.remote() for g in groups])  # a client that cannot read its rows fails here
     return groups
 
@@ -238,14 +242,21 @@ def resume_state(run_dir: Path, cfg: PipelineConfig, data: PreparedData, log) ->
     return ServerState(to_vector(model), None if momentum is None else momentum.numpy(), epoch + 1, history)
 
 
-def client_metrics(groups: list[Group], clients: list[Client], vector: np.ndarray, data: PreparedData) -> dict:
+def client_metrics(
+    groups: list[Group], clients: list[Client], vector: np.ndarray, data: PreparedData, timeout_s: float
+) -> dict:
     """The final model on every client's held-out rows: each client's metrics, and the mean and the worst."""
     import ray
 
     vector_ref = ray.put(vector)
     found: dict[int, dict[str, float]] = {}
-    for part in ray.get([g.actor.evaluate.remote(vector_ref) for g in groups]):
-        found.update(part)
+    # An actor Ray is restarting (or a new one for its clients) answers once it is back.
+    for group in groups:
+        try:
+            wait_until_back(group, timeout_s)
+            found.update(ray.get(group.actor.evaluate.remote(vector_ref)))
+        except ray.exceptions.RayActorError:  # gone for good: its clients have no metrics
+            continue
     if not found:
         return {}
     name, worst = ("accuracy", min) if data.preprocessor.task == "classification" else ("rmse", max)
