@@ -325,6 +325,26 @@ class PipelineParallelConfig(Section):
     """gpipe runs all forwards then all backwards; 1f1b interleaves them (needs microbatches >= stages)."""
 
 
+class CompressionConfig(Section):
+    kind: Literal["none", "fp16", "powersgd"] = "none"
+    """How strategy ddp sends gradients (a DDP communication hook): none as fp32; fp16 at half the bytes; powersgd
+    as rank-`rank` factors of each weight matrix, with error feedback (biases and small matrices as they are)."""
+    rank: PositiveInt = 2
+    """For kind powersgd: the rank of each matrix's approximation; higher is closer to the full gradient."""
+    start_step: Annotated[int, Field(ge=2)] = 1000
+    """For kind powersgd: optimizer steps of plain fp32 all-reduce before compressing (PyTorch's default; the first
+    steps are the most sensitive to inexact gradients); at least 2, as DDP settles its buckets in the first."""
+
+
+COMPRESSION_REFUSED = {
+    "fsdp": "fsdp reduce-scatters sharded gradients itself and takes no DDP communication hook",
+    "tensor": "tensor parallelism has one replica, so there is no gradient all-reduce to compress",
+    "pipeline": "pipeline parallelism has one replica, so there is no gradient all-reduce to compress",
+    "hybrid": "hybrid's data-parallel dimension is FSDP, which takes no DDP communication hook",
+}
+"""Why each strategy but ddp cannot compress its gradients."""
+
+
 Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid"]
 
 
@@ -350,6 +370,8 @@ class TrainConfig(Section):
     """Batches whose gradients are summed before each optimizer step (gradients sync only on the last)."""
     grad_clip_norm: Annotated[float, Field(gt=0.0)] | None = None
     """Clip the global gradient norm (over every shard and stage) to this value; none = no clipping."""
+    compression: CompressionConfig = CompressionConfig()
+    """Gradient compression for strategy ddp (through DDP communication hooks)."""
     epochs: PositiveInt = 200
     """Most passes over the training split; early stopping (on by default) usually ends training sooner."""
     batch_size: PositiveInt = 64
@@ -420,6 +442,11 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.mesh is only read by strategy 'hybrid'; strategy {self.strategy!r} uses all "
                 "train.num_workers along one dimension, so drop train.mesh"
+            )
+        if self.compression.kind != "none" and self.strategy != "ddp":
+            raise ValueError(
+                f"train.compression.kind {self.compression.kind!r} compresses ddp's gradient all-reduce, but "
+                f"{COMPRESSION_REFUSED[self.strategy]}; use train.strategy ddp or train.compression.kind none"
             )
         if self.model_parallelism == "pipeline":
             stages, micro = self.model_parallel_size, self.pipeline.microbatches
@@ -770,6 +797,11 @@ class PipelineConfig(Section):
             raise ValueError(
                 "federated: trains whole models on CPU client actors; drop train.strategy "
                 f"({self.train.strategy}) and train.use_gpu"
+            )
+        if self.train.compression.kind != "none":
+            raise ValueError(
+                "federated: clients send their model updates, not ddp gradients; drop train.compression "
+                f"({self.train.compression.kind})"
             )
         if is_remote(self.storage.root):
             raise ValueError("federated: keeps its round checkpoints on a local or shared storage.root for now")

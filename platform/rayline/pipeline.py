@@ -370,7 +370,23 @@ def training_notes(
         }
     if class_weights is not None:
         notes["class_weights"] = dict(zip(data.preprocessor.classes, class_weights, strict=True))
+    if (compression := compression_note(outcome, cfg)) is not None:
+        notes["compression"] = compression
     return notes
+
+
+def compression_note(outcome: TrainOutcome, cfg: PipelineConfig) -> dict[str, Any] | None:
+    """train.compression and what the last epoch's gradient all-reduce sent per step (ddp runs only)."""
+    last = outcome.last_metrics or outcome.best_metrics
+    if "grad_bytes_per_step" not in last:
+        return None
+    return {
+        **cfg.train.compression.model_dump(),
+        "grad_bytes_per_step": last["grad_bytes_per_step"],
+        "compression_ratio": last["compression_ratio"],
+        "measured": "bytes of the tensors each worker hands to the gradient all-reduce per optimizer step, mean "
+        "over the last epoch; compression_ratio = fp32 gradient bytes / those bytes",
+    }
 
 
 def format_epoch(metrics: dict[str, Any], total_epochs: int) -> str:
@@ -382,4 +398,12 @@ def format_epoch(metrics: dict[str, Any], total_epochs: int) -> str:
     if "lr" in metrics:
         shown.append(f"lr {metrics['lr']:.2g}")
     shown.append(f"{metrics['samples_per_s']:,.0f} samples/s")
+    if "grad_bytes_per_step" in metrics:
+        shown.append(gradient_traffic(metrics["grad_bytes_per_step"], metrics["compression_ratio"]))
     return "  ".join(shown)
+
+
+def gradient_traffic(bytes_per_step: float, ratio: float) -> str:
+    """e.g. "grads 1.2 KiB/step (7.6x less)": what each worker sent to the gradient all-reduce per step."""
+    size = f"{bytes_per_step / 2**20:.1f} MiB" if bytes_per_step >= 2**20 else f"{bytes_per_step / 2**10:.1f} KiB"
+    return f"grads {size}/step" + (f" ({ratio:.1f}x less)" if round(ratio, 1) != 1.0 else "")

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipelines import digits_config as digits_pipeline_config
-from rayline.checkpoint import STATE_FILE, last_complete_checkpoint
+from rayline.checkpoint import MODEL_FILE, STATE_FILE, last_complete_checkpoint
 from rayline.config import ConfigError
 from rayline.data import DataError
 from rayline.data.split import TEST, assign_splits
@@ -56,6 +57,10 @@ def test_ddp_training_learns_digits_and_registers(trained):
     assert record["data_fingerprint"].startswith("sha256:")
     assert len(record["history"]) == record["epoch"] + 1
     assert Registry(cfg.storage.root).model(report.version.name).serving_version() == report.version.version
+    weights = torch.load(Registry(cfg.storage.root).checkpoint_dir(report.version) / MODEL_FILE, weights_only=True)
+    fp32_bytes = 4 * sum(t.numel() for t in weights.values())
+    sent = {(m["grad_bytes_per_step"], m["compression_ratio"]) for m in epochs}
+    assert sent == {(fp32_bytes, 1.0)}, "train.compression none: DDP all-reduces every gradient as fp32"
 
 
 def test_batch_prediction_over_a_file(trained, tmp_path):

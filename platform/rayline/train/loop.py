@@ -64,7 +64,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     with epoch_logger(cfg, loop_config.get("tracking"), rank_zero, history) as log_epoch:
         for epoch in range(start_epoch, cfg.train.epochs):
             epoch_started_at, started = time.time(), time.perf_counter()
-            loss_sum, rows, train_cpu_s = train_epoch(pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps)
+            loss_sum, rows, train_cpu_s, optimizer_steps = train_epoch(
+                pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps
+            )
             train_seconds = time.perf_counter() - started
             val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
             metrics = {
@@ -78,6 +80,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 "samples_per_cpu_s": rows / train_cpu_s,
                 "epoch_time_s": time.perf_counter() - started,
                 "epoch_started_at": epoch_started_at,
+                **({} if pm.traffic is None else pm.traffic.epoch_metrics(optimizer_steps)),
                 **memory_metrics(pm, optimizer, device),
             }
             history.append(metrics)
@@ -114,15 +117,17 @@ def early_stop(history: list[dict], train: TrainConfig) -> dict[str, Any] | None
 
 def train_epoch(
     pm: Parallelized, optimizer, data: ShardReader, train: TrainConfig, epoch: int, loss_fn, steps: int
-) -> tuple[float, float, float]:
-    """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas and
-    the CPU seconds all ranks spent on it. The learning rate follows train.lr_schedule, set before each batch
-    (`steps` is the expected number of batches, for the warm-up's progress through the epoch)."""
+) -> tuple[float, float, float, int]:
+    """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas, the
+    CPU seconds all ranks spent on it and this rank's optimizer steps. The learning rate follows
+    train.lr_schedule, set before each batch (`steps` is the expected number of batches, for the warm-up's progress
+    through the epoch)."""
     cpu_started = time.process_time()
     pm.model.train()
     accumulation, bf16 = train.grad_accumulation_steps, train.precision == "bf16"
     sums = torch.zeros(2, dtype=torch.float64, device=data.device)  # loss * rows, rows (reporting ranks)
     label_checksum = torch.zeros((), dtype=torch.float64)
+    optimizer_steps = 0
     # Pipeline stages exchange fixed-shape micro-batches.
     batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
     for step, (batch, last_batch) in enumerate(flag_last(batches)):
@@ -134,6 +139,7 @@ def train_epoch(
         loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
         if sync:
             optimizer_step(pm, optimizer, train.grad_clip_norm)
+            optimizer_steps += 1
         if pm.reports:  # summed on the device: no host sync per step
             sums += torch.stack([loss.double() * len(y_b), loss.new_tensor(len(y_b), dtype=torch.float64)])
         if pm.strategy not in ("ddp", "fsdp"):
@@ -141,7 +147,7 @@ def train_epoch(
     require_same_batches(label_checksum, pm)
     cpu_s = torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)
     loss_sum, rows, cpu_s = all_reduce(torch.cat([sums.cpu(), cpu_s])).tolist()  # one collective for all three
-    return loss_sum, rows, cpu_s
+    return loss_sum, rows, cpu_s, optimizer_steps
 
 
 def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:

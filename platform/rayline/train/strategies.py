@@ -18,9 +18,10 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
-from rayline.config import PipelineParallelConfig, TrainConfig
+from rayline.config import CompressionConfig, PipelineParallelConfig, TrainConfig
 from rayline.models import Transformer
 from rayline.models.transformer import Block
+from rayline.train.compression import GradientTraffic, attach_compression
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,6 +46,8 @@ class Parallelized:
     """The pipeline's stages: their parameters are disjoint, so a global gradient norm sums over them."""
     first_stage: bool = True
     last_stage: bool = True
+    traffic: GradientTraffic | None = None
+    """ddp only: the bytes this rank sends to the gradient all-reduce (through train.compression's hook)."""
 
     @property
     def sharded(self) -> bool:
@@ -61,13 +64,17 @@ def make_mesh(train: TrainConfig, device_type: str) -> DeviceMesh:
     return init_device_mesh(device_type, (train.num_workers,), mesh_dim_names=names[train.strategy])
 
 
-def apply_ddp(model: nn.Module, *, mesh: DeviceMesh, device: torch.device) -> nn.Module:
-    """Replicate the model; gradients are averaged over the mesh in backward."""
+def apply_ddp(
+    model: nn.Module, *, mesh: DeviceMesh, device: torch.device, compression: CompressionConfig
+) -> tuple[DistributedDataParallel, GradientTraffic]:
+    """Replicate the model; gradients are averaged over the mesh in backward, compressed as `compression` says.
+    Returns the model and the count of the bytes its all-reduce sends."""
     device_ids = [device] if device.type == "cuda" else None
     # Gradients as views into the all-reduce buckets: one copy fewer per step (and less memory).
-    return DistributedDataParallel(
+    ddp = DistributedDataParallel(
         model, process_group=mesh.get_group(), device_ids=device_ids, gradient_as_bucket_view=True
     )
+    return ddp, attach_compression(ddp, compression, mesh.get_group())
 
 
 def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
@@ -220,9 +227,8 @@ def parallelize(model: nn.Module, train: TrainConfig, *, loss_fn: LossFn, device
     """Apply train.strategy to a model already on `device`; every rank calls this with the same config."""
     mesh = make_mesh(train, device.type)
     if train.strategy == "ddp":
-        return Parallelized(
-            apply_ddp(model, mesh=mesh, device=device), model, "ddp", mesh.get_local_rank(), mesh.size(), True
-        )
+        ddp, traffic = apply_ddp(model, mesh=mesh, device=device, compression=train.compression)
+        return Parallelized(ddp, model, "ddp", mesh.get_local_rank(), mesh.size(), True, traffic=traffic)
     if train.strategy == "fsdp":
         model = apply_fsdp(model, mesh=mesh)
         return Parallelized(model, model, "fsdp", mesh.get_local_rank(), mesh.size(), True)
