@@ -115,14 +115,21 @@ def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = 
     }
     for line in summary:
         log(line)
-    version = Registry(cfg.storage.uri).register(
+    tracker = run_tracker(cfg, cfg.run_name, tensorboard=False)  # the run the rounds were logged to
+    registry = Registry(cfg.storage.uri)
+    version = registry.register(
         outcome.final_checkpoint,
         run_name=cfg.run_name,
         data_fingerprint=data.fingerprint,
         test_metrics=test_metrics,
         evaluation=evaluation,
         artifacts=artifacts,
+        tracking=tracked_as(tracker),
     )
+    if tracker is not None:
+        record = registry.record(version)
+        curves = {"learning_curves.png": learning_curves_png(record["history"], f"{version} ({cfg.run_name})")}
+        log_registration(tracker, str(version), record, {**artifacts, **curves})
     return TrainReport(version, outcome.final_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 

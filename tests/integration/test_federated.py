@@ -125,10 +125,13 @@ def test_the_server_receives_only_masked_updates_whose_sum_is_the_true_sum(ray_c
     assert np.abs(aggregate(masked, cfg.federated, 0) - aggregate(plain, plain_cfg, 0)).max() < 1e-6
 
 
-def test_a_private_run_records_the_accountants_epsilon(ray_cluster, tmp_path):
+def test_a_private_run_records_the_accountants_epsilon_and_is_tracked(ray_cluster, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     dp = {"clip_norm": 1.0, "noise_multiplier": 0.8, "delta": 1e-4}
     federated = {"clients": 10, "clients_per_round": 0.5, "rounds": 3, "secure_aggregation": True, "dp": dp}
-    cfg = fed_config(tmp_path, "private", federated)
+    tracking = {"mlflow": {"uri": mlflow_server.uri, "experiment": "federated"}, "tensorboard": True}
+    cfg = fed_config(tmp_path, "private", federated, tracking=tracking)
     lines: list[str] = []
     report = train_and_register(cfg, log=lines.append)
     expected = epsilon_after(cfg.federated.dp, 0.5, 3)
@@ -137,6 +140,15 @@ def test_a_private_run_records_the_accountants_epsilon(ray_cluster, tmp_path):
     assert [h["epsilon"] for h in record["history"]] == [epsilon_after(cfg.federated.dp, 0.5, r) for r in (1, 2, 3)]
     assert any(f"epsilon {expected:.2f}" in line and line.startswith("round 3/3") for line in lines), lines
     assert any(line.startswith(f"privacy: epsilon {expected:.2f} at delta 0.0001 after 3 rounds") for line in lines)
+
+    client = MlflowClient(mlflow_server.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("federated").experiment_id])
+    assert record["tracking"] == {"mlflow_run_id": run.info.run_id}
+    assert run.info.status == "FINISHED" and run.data.tags["rayline.version"] == "private/v1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2], "per round"
+    assert run.data.metrics["epsilon"] == pytest.approx(expected)
+    assert run.data.params["federated.dp.noise_multiplier"] == "0.8"
+    assert list((tmp_path / "store" / "runs" / "private" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 ROUNDS = 40

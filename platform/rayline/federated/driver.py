@@ -28,6 +28,7 @@ from rayline.federated.privacy import epsilon_after
 from rayline.federated.rounds import Group, RoundResult, run_round, server_step, wait_until_back
 from rayline.federated.state import initial_model, load_vector, to_vector
 from rayline.metrics import record_epoch, record_round
+from rayline.tracking.runs import epoch_logger
 from rayline.train.evaluate import evaluate
 
 CLIENT_COLUMN = "client"
@@ -68,20 +69,10 @@ def train_federated(
     log(describe(cfg, clients, sample_rate))
     groups = start_groups(cfg, data, clients, class_weights)
     model = initial_model(cfg, data.preprocessor)
+    tracking = {"run_name": cfg.run_name} if cfg.tracking.enabled else None
     try:
-        for round_index in range(state.rounds_done, fed.rounds):
-            started = time.perf_counter()
-            result = run_round(groups, state.vector, round_index, fed, len(clients), log)
-            state.vector, state.momentum = server_step(state.vector, result.average, state.momentum, fed)
-            load_vector(model, state.vector)
-            metrics = round_metrics(model, data, result, round_index, fed, sample_rate)
-            metrics["round_seconds"] = time.perf_counter() - started
-            state.history.append(metrics)
-            state.rounds_done = round_index + 1
-            save_round(run_dir, model, state, cfg, data)
-            log(progress_line(metrics, result, cfg))
-            record_epoch(cfg.run_name, {**metrics, "epochs_done": state.rounds_done})
-            record_round(cfg.run_name, metrics)
+        with epoch_logger(cfg, tracking, True, state.history) as log_round:
+            run_rounds(groups, state, cfg, data, model, run_dir, len(clients), sample_rate, log, log_round)
         load_vector(model, state.vector)
         per_client = client_metrics(groups, clients, state.vector, data, fed.round_timeout_s)
     finally:
@@ -91,6 +82,26 @@ def train_federated(
     epsilon = None if fed.dp is None else epsilon_after(fed.dp, sample_rate, state.rounds_done)
     privacy = None if fed.dp is None else {"epsilon": epsilon, "delta": fed.dp.delta, "rounds": state.rounds_done}
     return FederatedOutcome(last, state.history[-1], state.rounds_done - first_round, per_client, privacy)
+
+
+def run_rounds(groups, state: ServerState, cfg, data, model, run_dir: Path, num_clients, sample_rate, log, log_round):
+    """The rounds left: each one run, the global model stepped and evaluated, checkpointed, printed, exported and
+    tracked (MLflow, TensorBoard) as training's epochs are."""
+    fed = cfg.federated
+    for round_index in range(state.rounds_done, fed.rounds):
+        started = time.perf_counter()
+        result = run_round(groups, state.vector, round_index, fed, num_clients, log)
+        state.vector, state.momentum = server_step(state.vector, result.average, state.momentum, fed)
+        load_vector(model, state.vector)
+        metrics = round_metrics(model, data, result, round_index, fed, sample_rate)
+        metrics["round_seconds"] = time.perf_counter() - started
+        state.history.append(metrics)
+        state.rounds_done = round_index + 1
+        save_round(run_dir, model, state, cfg, data)
+        log(progress_line(metrics, result, cfg))
+        record_epoch(cfg.run_name, {**metrics, "epochs_done": state.rounds_done})
+        record_round(cfg.run_name, metrics)
+        log_round(round_index, metrics)
 
 
 def make_clients(cfg: PipelineConfig, data: PreparedData) -> list[Client]:
