@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import random
 import socket
 import tempfile
 import time
@@ -147,8 +148,20 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+LISTEN_PORTS = range(20000, 32768)
+"""Where free_port looks: above Ray's worker ports (10002-19999) and below Linux's ephemeral range (32768 up),
+from which the kernel picks the source port of every outgoing connection. A port asked of the kernel (bind to
+0) comes from that range, and on a busy node an outgoing connection can take it before the server listens."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port on 127.0.0.1 that nothing listens on now, for a server started shortly after."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(LISTEN_PORTS)
+        if port_is_free(port):
+            return port
+    with socket.socket() as sock:  # every try taken: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -116,3 +116,18 @@ def test_haproxy_on_a_loopback_host_of_a_multi_node_cluster_is_warned_about(kind
     assert (warning is not None) == warned
     if warned:
         assert "serve.ingress: proxy" in warning and f"{nodes} nodes" in warning
+
+
+def test_free_ports_are_outside_the_kernels_ephemeral_range_and_free():
+    """A server port asked of the kernel can be taken as an outgoing connection's source port before the server
+    listens (seen as HAProxy's "Address already in use" with two Ray clusters busy on one machine)."""
+    import socket
+    from pathlib import Path
+
+    from rayline.runtime import LISTEN_PORTS, free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(p in LISTEN_PORTS and p < low for p in ports), (sorted(ports), low)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))
