@@ -31,6 +31,11 @@ from rayline.metrics import record_epoch, record_round
 from rayline.tracking.runs import epoch_logger
 from rayline.train.evaluate import evaluate
 
+TRAINING_SETTINGS = (
+    "partition_by", "clients", "partition", "alpha", "seed", "holdout", "clients_per_round", "local_epochs",
+    "local_batch_size", "algorithm", "mu", "server_lr", "server_momentum", "secure_aggregation", "dp",
+)  # fmt: skip
+"""What a resumed run must keep: the clients and what a round does. rounds, timeouts and actor sizes may change."""
 CLIENT_COLUMN = "client"
 """The prepared files' column holding each row's partition_by value (prepare_datasets(client_column=...))."""
 
@@ -237,12 +242,13 @@ def resume_state(run_dir: Path, cfg: PipelineConfig, data: PreparedData, log) ->
     last = last_complete_checkpoint(run_dir)
     if last is None:
         return ServerState(to_vector(initial_model(cfg, data.preprocessor)), None, 0, [])
-    earlier = checkpoint_config(last)
-    if earlier.federated is None or earlier.federated.model_copy(update={"rounds": cfg.federated.rounds}) != (
-        cfg.federated
-    ):
+    earlier = checkpoint_config(last).federated
+    changed = sorted(
+        k for k in TRAINING_SETTINGS if earlier is None or getattr(earlier, k) != getattr(cfg.federated, k)
+    )
+    if changed:
         raise ConfigError(
-            f"run {cfg.run_name!r} at {run_dir} was trained with other settings than this federated: section; "
+            f"run {cfg.run_name!r} at {run_dir} was trained with other federated settings ({', '.join(changed)}); "
             "set storage.run_name to start another run"
         )
     model_state, server, epoch, history = load_training_state(last)
