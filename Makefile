@@ -47,4 +47,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix platform tests benchmarks pipelines
 
 clean:
-	rm -rf $(VENV) .rayline data benchmarks/.peer-venv
+	rm -rf $(VENV) .rayline data benchmarks/.peer-venv benchmarks/.flower-venv
