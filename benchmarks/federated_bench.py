@@ -53,7 +53,7 @@ def flower_settings(cfg, data, inputs: Path) -> dict[str, Any]:
     """Flower's run, derived from the rayline config so that both sides train with the same settings."""
     fed, optimizer = cfg.federated, cfg.train.optimizer
     # Flower's client loop is plain SGD with unweighted cross-entropy: refuse settings it would not mirror.
-    assert optimizer.name == "sgd" and cfg.train.grad_clip_norm is None and cfg.train.class_weight is None
+    assert optimizer.name == "sgd" and cfg.train.grad_clip_norm is None and cfg.train.class_weight == "none"
     assert fed.algorithm == "fedavg" and fed.dp is None and not fed.secure_aggregation
     return {
         "inputs": str(inputs),
@@ -241,7 +241,7 @@ def main() -> None:
     RUNS.mkdir(parents=True)
     venv = flower_venv.ensure()
     cfg = rayline_side.bench_config(RUNS, "compare", {**COMPARISON, "rounds": args.rounds})
-    data = rayline_side.prepare(cfg)
+    data = rayline_side.prepare(cfg, verbose=args.verbose)
     cfg = rayline_side.with_data(cfg, data)
     print(f"comparison: {args.rounds} rounds of all 100 clients, {args.repeats} run(s) per side", flush=True)
     compared = comparison(cfg, data, venv, args.repeats, args.verbose)

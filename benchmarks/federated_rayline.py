@@ -29,16 +29,21 @@ def bench_config(root: Path, run_name: str, federated: dict[str, Any]):
     return load_config(PIPELINE, overrides)
 
 
-def prepare(cfg):
-    """The pipeline's data, prepared as federated_and_register prepares it; and the config that goes with it."""
+def prepare(cfg, *, verbose: bool = False):
+    """The pipeline's data, prepared as federated_and_register prepares it (Ray Data reads the source, so on an
+    embedded cluster that is stopped afterwards: no Ray of rayline's runs beside Flower's)."""
     from rayline.data import prepare_datasets, write_digits
     from rayline.pipeline import model_takes_inputs, preflight, with_client_column
+    from rayline.runtime import connect, disconnect
 
     if not DIGITS.exists():
         write_digits(str(DIGITS))  # scikit-learn's digits, shipped with it: nothing is downloaded
     cfg = preflight(with_client_column(cfg))
-    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, check=model_takes_inputs(cfg), log=lambda _: None)
-    return data
+    connect(verbose=verbose)
+    try:
+        return prepare_datasets(cfg.data, storage_root=cfg.storage.uri, check=model_takes_inputs(cfg), log=print)
+    finally:
+        disconnect()
 
 
 def with_data(cfg, data):
