@@ -18,8 +18,8 @@
    its Ray backend) and over the whole run with start-up; every round's wall time; final test accuracy.
 2. Algorithms: FedAvg, FedProx (mu 0.01) and FedAvgM (server momentum 0.9, server lr 0.1) at Dirichlet alpha 0.1
    and 10, over --seeds seeds (federated.seed: partition, client choice, initial model), 20 clients, 10 a round.
-3. DP-FedAvg: 100 clients, 20 a round, clip norm 0.5, noise multiplier 0.5 and 1.0 against the same run without
-   DP; epsilon at delta 1e-5 from rayline's accountant (Opacus RDP).
+3. DP-FedAvg: 100 clients, 20 a round, clip norm 0.2, noise multiplier 1.0 and 2.0 (and 0.0: clipping alone)
+   against the same run without DP; epsilon at delta 1e-5 from rayline's accountant (Opacus RDP).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def environment(venv: dict) -> dict[str, Any]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=30, help="rounds of the comparison; default 30")
+    parser.add_argument("--rounds", type=int, default=50, help="rounds of the comparison; default 50")
     parser.add_argument("--repeats", type=int, default=2, help="comparison runs per side, order alternating; default 2")
     parser.add_argument("--study-rounds", type=int, default=30, help="rounds of each algorithm and DP run; default 30")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the algorithm study; default 3")
