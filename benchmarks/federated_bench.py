@@ -143,6 +143,7 @@ def comparison(cfg, data, venv: dict, repeats: int, verbose: bool) -> dict[str, 
     for repeat in range(repeats):
         order = ["flower", "rayline"] if repeat % 2 == 0 else ["rayline", "flower"]
         run: dict[str, Any] = {"repeat": repeat, "order": order, "load_average_before": load_average()}
+        run["pytest_processes_before"] = pytest_processes()
         for side in order:
             if side == "flower":
                 run["flower"] = flower_figures(run_flower(venv, settings, f"flower-{repeat}"), cfg, data)
@@ -153,8 +154,15 @@ def comparison(cfg, data, venv: dict, repeats: int, verbose: bool) -> dict[str, 
                 run["rayline"] = rayline_figures(run_rayline(named, data, verbose))
             print(f"  comparison {repeat + 1}/{repeats} {side}: {one_line(run[side])}", flush=True)
         run["load_average_after"] = load_average()
+        run["pytest_processes_after"] = pytest_processes()
         runs.append(run)
     return {"partition": partition, "flower_settings": settings, "runs": runs, "summary": summarize(runs)}
+
+
+def pytest_processes() -> int:
+    """Test-suite processes running beside the benchmark on this shared machine (they skew its timings)."""
+    found = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True).stdout.split()
+    return len(found)
 
 
 def one_line(side: dict) -> str:
