@@ -45,6 +45,22 @@ RUNS = RESULTS / "federated_runs"
 CPUS = 2
 COMPARISON = {"clients": 100, "clients_per_round": 1.0}
 """On top of the shipped pipeline's federated section (alpha 0.3, 2 local epochs of batch 16, FedAvg)."""
+SIDES = {
+    "rayline": "rayline.federated.train_federated after rayline.data.prepare_datasets, on rayline.runtime.connect()'s "
+    "embedded ray.init(num_cpus=2) (dashboard on, as rayline always runs it); clients_per_actor default: one "
+    "ClientGroup actor per CPU (cpus_per_actor 1, one torch thread), 50 clients each; the driver evaluates the "
+    "validation split, writes a checkpoint and exports Prometheus metrics every round",
+    "flower": "flwr 1.42.0 Message API: ClientApp (@train) + ServerApp (@main) running FedAvg(fraction_train from "
+    "clients_per_round, fraction_evaluate=0.0).start(evaluate_fn on the validation split), through "
+    "flwr.simulation.run_simulation (deprecated in 1.42 for `flwr run`, which starts the same simulation runtime "
+    "from a project's pyproject.toml) on its Ray backend: init_args num_cpus 2 (dashboard off, its default), "
+    "client_resources num_cpus 1, so a pool of two ClientAppActor processes; FLWR_TELEMETRY_ENABLED=0",
+    "same_on_both": "prepared arrays, each client's training rows (rayline's Dirichlet partition), round-0 weights, "
+    "the model (rayline.models.build_model), SGD settings, local epochs and batch, per-client seeds for batch order "
+    "and dropout (rayline.federated.client.hash_seed), validation after every round, test scoring of the final "
+    "model by rayline.train.evaluate.evaluate",
+    "processes": "each side: its driver (the server) + 2 client actor processes + Ray's own processes",
+}
 UPDATES_RATIO_AT_LEAST = 3.0
 ACCURACY_GAP_PP_AT_MOST = 1.0
 
@@ -275,6 +291,7 @@ def main() -> None:
             "repeats": args.repeats,
         },
         "environment": env,
+        "sides": SIDES,
         "comparison": compared,
         "targets": targets(compared["summary"]),
         "algorithms": algorithms,
