@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train bench-ingest clean
+.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train bench-ingest bench-federated clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-train: $(STAMP)
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest_bench.py
 
+bench-federated: $(STAMP)
+	$(BIN)/python benchmarks/federated_bench.py
+
 test: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines
 	bash tests/run_suite.sh $(BIN)/python
@@ -47,4 +50,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix platform tests benchmarks pipelines
 
 clean:
-	rm -rf $(VENV) .rayline data benchmarks/.peer-venv
+	rm -rf $(VENV) .rayline data benchmarks/.peer-venv benchmarks/.flower-venv
