@@ -294,7 +294,13 @@ def train(cfg: PipelineConfig, args):
 
     if cfg.federated is not None:
         fed = cfg.federated
-        clients = f"the clients of column {fed.partition_by!r}" if fed.partition_by else f"{fed.clients} clients"
+        clients = (
+            f"the clients of column {fed.partition_by!r}"
+            if fed.partition_by
+            else "one client per file of data.source"
+            if fed.client_files
+            else f"{fed.clients} clients"
+        )
         print(f"training {cfg.name} by federated learning: {cfg.model.kind}, {fed.algorithm} over {clients}")
         return train_and_register(cfg, verbose=args.verbose)
     print(f"training {cfg.name}: {cfg.model.kind} on {cfg.train.num_workers} workers, {cfg.train.epochs} epochs")

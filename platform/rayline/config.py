@@ -685,6 +685,8 @@ class FederatedConfig(Section):
     (client=a/...) work as well. Give either this or clients."""
     clients: PositiveInt | None = None
     """Simulated clients that split the training rows by `partition`."""
+    client_files: bool = False
+    """Each file of data.source (a folder or glob of several files) is one client, named by its file name."""
     partition: Literal["iid", "dirichlet"] = "iid"
     """With clients: iid deals rows out at random; dirichlet gives each client a label mix drawn from
     Dirichlet(alpha) (Hsu et al. 2019)."""
@@ -731,12 +733,14 @@ class FederatedConfig(Section):
 
     @model_validator(mode="after")
     def _clients_named_once(self) -> FederatedConfig:
-        if (self.partition_by is None) == (self.clients is None):
-            raise ValueError("give either partition_by (a column whose values are the clients) or clients: N")
-        if self.partition_by is not None and self.partition != "iid":
+        named = [self.partition_by is not None, self.clients is not None, self.client_files]
+        if sum(named) != 1:
             raise ValueError(
-                "partition (iid, dirichlet) splits simulated clients: use it with clients, not partition_by"
+                "give one of partition_by (a column whose values are the clients), client_files: true (one client "
+                "per file of data.source) or clients: N (simulated)"
             )
+        if self.clients is None and self.partition != "iid":
+            raise ValueError("partition (iid, dirichlet) splits simulated clients: use it with clients: N")
         if self.clients_per_round > 1 and self.clients_per_round != int(self.clients_per_round):
             raise ValueError(f"clients_per_round {self.clients_per_round} is neither a count nor a fraction <= 1")
         if self.clients is not None and self.min_clients > self.clients:

@@ -99,7 +99,7 @@ def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = 
         storage_root=cfg.storage.uri,
         check=model_takes_inputs(cfg),
         log=log,
-        client_column=cfg.federated.partition_by,
+        client_column=client_column(cfg),
     )
     cfg = cfg.model_copy(update={"data": data.data_cfg})
     log_preparation(data, log)
@@ -133,16 +133,36 @@ def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = 
     return TrainReport(version, outcome.final_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 
+def client_column(cfg: PipelineConfig) -> str | None:
+    """The source column the prepared files carry as each row's client: partition_by, or the row's file."""
+    from rayline.data.read import SOURCE_PATH_COLUMN
+
+    return SOURCE_PATH_COLUMN if cfg.federated.client_files else cfg.federated.partition_by
+
+
 def with_client_column(cfg: PipelineConfig) -> PipelineConfig:
     """federated.partition_by names clients, never an input: it must be in the source, and features: auto
-    leaves it out."""
+    leaves it out. client_files needs a source of several files."""
     from rayline.data.files import resolve_source
-    from rayline.data.read import read_sample
+    from rayline.data.read import SOURCE_PATH_COLUMN, read_sample
 
+    files = resolve_source(cfg.data.source, cfg.data.format)
+    names = read_sample(files, 1, cfg.data.source).column_names
+    if cfg.federated.client_files:
+        if len(files.paths) < 2:
+            raise ConfigError(
+                f"federated.client_files: data.source {cfg.data.source} is {len(files.paths)} file; one client per "
+                "file needs a folder or glob of several"
+            )
+        if SOURCE_PATH_COLUMN in names:
+            raise ConfigError(
+                f"federated.client_files: {cfg.data.source} has a column {SOURCE_PATH_COLUMN!r}, the name Ray Data "
+                "gives each row's file; rename it, or name the clients by a column with partition_by"
+            )
+        return cfg
     column = cfg.federated.partition_by
     if column is None:
         return cfg
-    names = read_sample(resolve_source(cfg.data.source, cfg.data.format), 1, cfg.data.source).column_names
     if column not in names:
         raise ConfigError(f"federated.partition_by {column!r} is not a column of {cfg.data.source} (it has {names})")
     if cfg.data.resolved:

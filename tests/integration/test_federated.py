@@ -21,7 +21,7 @@ from clusters import VENV_BIN
 from faults import wait_until
 from pipelines import PIXELS, digits_config, digits_pipeline, digits_source, write_pipeline
 from rayline.checkpoint import MODEL_FILE, checkpoint_metrics, complete_checkpoints
-from rayline.config import ServeConfig
+from rayline.config import ConfigError, ServeConfig
 from rayline.data import prepare_datasets
 from rayline.federated import secure
 from rayline.federated.driver import make_clients, start_groups
@@ -97,6 +97,29 @@ def test_clients_of_unequal_size_are_averaged_by_their_sample_counts(ray_cluster
     record = Registry(cfg.storage.uri).record(report.version)
     assert record["evaluation"]["federated"]["clients"] == {}, "holdout 0: no rows to score each client on"
     assert record["evaluation"]["federated"]["settings"]["partition_by"] == "site"
+
+
+def test_a_folder_of_files_is_one_client_per_file(ray_cluster, tmp_path):
+    frame = pd.read_parquet(digits_source(tmp_path))
+    folder = tmp_path / "clinics"
+    folder.mkdir()
+    for name, part in (
+        ("north.parquet", frame[:300]),
+        ("south.parquet", frame[300:900]),
+        ("east.parquet", frame[900:]),
+    ):
+        part.to_parquet(folder / name)
+    federated = {"client_files": True, "rounds": 2}
+    cfg = fed_config(tmp_path, "clinics", federated, data={"source": str(folder)})
+    lines: list[str] = []
+    report = train_and_register(cfg, log=lines.append)
+    assert any(line.startswith("federated: 3 clients") for line in lines), lines
+    clients = Registry(cfg.storage.uri).record(report.version)["evaluation"]["federated"]["clients"]
+    assert sorted(clients["clients"]) == ["east.parquet", "north.parquet", "south.parquet"]
+    rows = {name: m["rows"] for name, m in clients["clients"].items()}
+    assert rows["north.parquet"] < rows["south.parquet"] < rows["east.parquet"], rows
+    with pytest.raises(ConfigError, match="data.source .* is 1 file"):
+        train_and_register(fed_config(tmp_path, "one-file", federated), log=lambda _: None)
 
 
 def test_the_server_receives_only_masked_updates_whose_sum_is_the_true_sum(ray_cluster, tmp_path):

@@ -20,10 +20,12 @@ from rayline.federated.privacy import clipped, epsilon_after
 
 
 def test_settings_that_cannot_work_are_refused_naming_the_field(tmp_path):
-    with pytest.raises(ValidationError, match="either partition_by"):
+    with pytest.raises(ValidationError, match="give one of partition_by"):
         FederatedConfig()
-    with pytest.raises(ValidationError, match="either partition_by"):
+    with pytest.raises(ValidationError, match="give one of partition_by"):
         FederatedConfig(partition_by="site", clients=4)
+    with pytest.raises(ValidationError, match="give one of partition_by"):
+        FederatedConfig(client_files=True, clients=4)
     with pytest.raises(ValidationError, match="min_clients 5 is more than the 4 clients"):
         FederatedConfig(clients=4, min_clients=5)
     with pytest.raises(ValidationError, match=r"min_clients 3 is more than the 2 clients chosen per round"):
@@ -32,7 +34,7 @@ def test_settings_that_cannot_work_are_refused_naming_the_field(tmp_path):
         digits_config(tmp_path, federated={"clients": 4, "partition": "dirichlet", "alpha": 0})
     with pytest.raises(ConfigError, match=r"federated\.dp\.clip_norm: required field is missing"):
         digits_config(tmp_path, federated={"clients": 4, "dp": {"noise_multiplier": 1.0}})
-    with pytest.raises(ValidationError, match="use it with clients, not partition_by"):
+    with pytest.raises(ValidationError, match="use it with clients: N"):
         FederatedConfig(partition_by="site", partition="dirichlet")
     with pytest.raises(ConfigError, match="federated: and tune: cannot be combined"):
         digits_config(tmp_path, federated={"clients": 4}, tune={"search_space": str(tmp_path / "s.yaml")})

@@ -46,7 +46,7 @@ from rayline.data.prepared import (
 )
 from rayline.data.preprocess import Preprocessor
 from rayline.data.progress import Progress, estimate_rows
-from rayline.data.read import read_source
+from rayline.data.read import SOURCE_PATH_COLUMN, read_source
 from rayline.data.split import (
     INCOMPLETE,
     NO_LABEL,
@@ -112,7 +112,7 @@ def prepare_datasets(
     """The model-ready splits under storage_root/prepared, prepared now or reused; statistics come from the
     training split only. `check` sees the fitted preprocessor before any split is transformed (e.g. whether
     the model takes its inputs). `client_column`: a source column the files carry as "client" (each row's
-    value as text), for federated.partition_by."""
+    value as text), for federated.partition_by; SOURCE_PATH_COLUMN carries each row's file."""
     check_outside_source(storage_root, data_cfg.source)
     data_cfg = resolve_features(data_cfg)
     fingerprint = fingerprint_source(data_cfg)
@@ -138,7 +138,8 @@ def prepare_entry(
 ) -> Manifest:
     """Both passes over the source, the prepared files under `location`, and their manifest (written last)."""
     started = time.perf_counter()
-    ds = read_checked(data_cfg)  # a corrupt or truncated file is named here, before its footer is read again
+    # A corrupt or truncated file is named here, before its footer is read again.
+    ds = read_checked(data_cfg, include_paths=client_column == SOURCE_PATH_COLUMN)
     with reading(data_cfg.source):
         total_rows, exact = estimate_rows(resolve_source(data_cfg.source, data_cfg.format))
     stats, codes = fit_pass(ds, data_cfg, Progress("fitting", total_rows, exact, log))
@@ -192,9 +193,9 @@ def leave_out(data_cfg: DataConfig) -> LeaveOut:
     return LeaveOut(data_cfg.label, data_cfg.task == "regression", drop_row_columns(data_cfg))
 
 
-def read_checked(data_cfg: DataConfig) -> ray.data.Dataset:
+def read_checked(data_cfg: DataConfig, include_paths: bool = False) -> ray.data.Dataset:
     try:
-        return read_source(data_cfg)
+        return read_source(data_cfg, include_paths)
     except DataError as err:
         # A stray text cell makes Arrow type a number column as text; name the cell, then the type.
         found = located(err, data_cfg, parse_check(data_cfg), data_cfg.source)

@@ -32,13 +32,18 @@ SAMPLE_FILES = 32
 """Most files read_sample opens: a source of many tiny files is sampled from its first ones."""
 
 
-def read_source(data_cfg: DataConfig) -> ray.data.Dataset:
-    """A lazy Dataset of the source's rows, after checks that it has rows and the configured columns."""
+SOURCE_PATH_COLUMN = "path"
+"""The column Ray Data adds with each row's file when asked (include_paths): a federated run's clients by file."""
+
+
+def read_source(data_cfg: DataConfig, include_paths: bool = False) -> ray.data.Dataset:
+    """A lazy Dataset of the source's rows, after checks that it has rows and the configured columns; with
+    `include_paths`, each row's file in the SOURCE_PATH_COLUMN column."""
     source = data_cfg.source
     files = resolve_source(source, data_cfg.format)
     with reading(source):
         # read_parquet reads the footers here, on the driver: a corrupt file fails in this call.
-        ds = open_source(files)
+        ds = open_source(files, include_paths)
         # One row is enough to learn the schema and that the source is not empty, and is cheap to read.
         head = ds.limit(1).materialize()
     if head.count() == 0:
@@ -48,18 +53,20 @@ def read_source(data_cfg: DataConfig) -> ray.data.Dataset:
     return ds
 
 
-def open_source(files: SourceFiles) -> ray.data.Dataset:
+def open_source(files: SourceFiles, include_paths: bool = False) -> ray.data.Dataset:
     """A lazy Dataset over the listed files, with their partition folders (key=value) as typed columns and
     CSV read with the delimiter its header shows."""
     delimiter = csv_delimiter(files) if files.format == "csv" else ","
     if not files.partitions:
-        return open_dataset(files.paths, files.filesystem, files.format, delimiter=delimiter)
+        return open_dataset(
+            files.paths, files.filesystem, files.format, delimiter=delimiter, include_paths=include_paths
+        )
     from ray.data.datasource.partitioning import Partitioning
 
     # Ray adds each partition value as a string column; type_partitions gives it the type inferred from
     # every folder name. base_dir keeps folders above the source (/data/env=prod/...) out of the table.
     partitioning = Partitioning("hive", base_dir=files.base, filesystem=files.filesystem)
-    ds = open_dataset(files.paths, files.filesystem, files.format, partitioning, delimiter)
+    ds = open_dataset(files.paths, files.filesystem, files.format, partitioning, delimiter, include_paths)
     return ds.map_batches(
         type_partitions, fn_kwargs={"types": files.partitions}, batch_format="pyarrow", zero_copy_batch=True
     )
@@ -71,6 +78,7 @@ def open_dataset(
     fmt: str,
     partitioning: Partitioning | None = None,
     delimiter: str = ",",
+    include_paths: bool = False,
 ) -> ray.data.Dataset:
     """A lazy Dataset over exactly these files (from list_source_files); folder names add columns only through
     `partitioning`, and CSV is read with `delimiter` (open_source sets both)."""
@@ -84,8 +92,9 @@ def open_dataset(
     # free CPUs at that moment, and the prepared files (one per block), so the order training sees rows in, would
     # change with what else runs. Within a file, blocks are still cut by size, the same way every time.
     layout = {"file_extensions": None, "partitioning": partitioning, "override_num_blocks": len(paths)}
+    layout["include_paths"] = include_paths
     if fmt == "parquet":
-        return read_parquet_v1(paths, filesystem, partitioning)
+        return read_parquet_v1(paths, filesystem, partitioning, include_paths)
     if fmt == "csv":
         parse_options = pacsv.ParseOptions(delimiter=delimiter)
         return ray.data.read_csv(paths, filesystem=filesystem, parse_options=parse_options, **layout)
@@ -93,7 +102,10 @@ def open_dataset(
 
 
 def read_parquet_v1(
-    paths: list[str], filesystem: pafs.FileSystem, partitioning: Partitioning | None = None
+    paths: list[str],
+    filesystem: pafs.FileSystem,
+    partitioning: Partitioning | None = None,
+    include_paths: bool = False,
 ) -> ray.data.Dataset:
     """read_parquet through Ray Data's V1 datasource.
 
@@ -113,6 +125,7 @@ def read_parquet_v1(
             filesystem=filesystem,
             file_extensions=None,
             partitioning=partitioning,
+            include_paths=include_paths,
             override_num_blocks=len(paths),  # see open_dataset
         )
     finally:

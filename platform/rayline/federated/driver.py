@@ -4,6 +4,7 @@ and checkpointed, a stopped run resumed from its last round, and each client's m
 from __future__ import annotations
 
 import math
+import posixpath
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from rayline.tracking.runs import epoch_logger
 from rayline.train.evaluate import evaluate
 
 TRAINING_SETTINGS = (
-    "partition_by", "clients", "partition", "alpha", "seed", "holdout", "clients_per_round", "local_epochs",
-    "local_batch_size", "algorithm", "mu", "server_lr", "server_momentum", "secure_aggregation", "dp",
+    "partition_by", "client_files", "clients", "partition", "alpha", "seed", "holdout", "clients_per_round",
+    "local_epochs", "local_batch_size", "algorithm", "mu", "server_lr", "server_momentum", "secure_aggregation", "dp",
 )  # fmt: skip
 """What a resumed run must keep: the clients and what a round does. rounds, timeouts and actor sizes may change."""
 CLIENT_COLUMN = "client"
@@ -113,6 +114,9 @@ def make_clients(cfg: PipelineConfig, data: PreparedData) -> list[Client]:
     fed = cfg.federated
     if fed.partition_by is not None:
         return column_clients(fed, data.train.read_column(CLIENT_COLUMN))
+    if fed.client_files:
+        files = [posixpath.basename(str(path)) for path in data.train.read_column(CLIENT_COLUMN)]
+        return column_clients(fed, np.array(files), what="federated.client_files")
     labels = data.train.read_column("y") if data.preprocessor.task == "classification" else None
     return simulated_clients(fed, labels, data.train.rows)
 

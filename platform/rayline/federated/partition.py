@@ -68,21 +68,22 @@ def dirichlet_shares(labels: np.ndarray, clients: int, alpha: float, rng: np.ran
     )
 
 
-def column_clients(cfg: FederatedConfig, values: np.ndarray) -> list[Client]:
-    """partition_by: one client per distinct value of the column, in sorted order of the values."""
+def column_clients(cfg: FederatedConfig, values: np.ndarray, what: str | None = None) -> list[Client]:
+    """partition_by (or client_files): one client per distinct value, in sorted order of the values."""
+    what = what or f"federated.partition_by {cfg.partition_by!r}"
     names = np.asarray(values).astype(str)
     distinct = sorted(set(names.tolist()))
     if len(distinct) < 2:
         raise ConfigError(
-            f"federated.partition_by {cfg.partition_by!r}: the training rows hold {len(distinct)} distinct value(s) "
-            f"({distinct}); federated learning needs at least 2 clients"
+            f"{what}: the training rows hold {len(distinct)} distinct value(s) ({distinct}); federated learning "
+            "needs at least 2 clients"
         )
     rng = np.random.default_rng(cfg.seed)
     clients = [with_holdout(name, np.flatnonzero(names == name), cfg.holdout, rng) for name in distinct]
     empty = [c.name for c in clients if c.num_samples == 0]
     if empty:
         raise ConfigError(
-            f"federated.partition_by {cfg.partition_by!r}: client(s) {empty} have no training rows once "
+            f"{what}: client(s) {empty} have no training rows once "
             f"{cfg.holdout:.0%} of their rows are held out; lower federated.holdout or merge them"
         )
     return clients
