@@ -70,10 +70,24 @@ def train_and_register(
     evaluation.update(training_notes(outcome, cfg, class_weights, data))
     for line in summary:
         log(line)
-    tracker = run_tracker(cfg, cfg.run_name, tensorboard=False)  # the run the workers logged the epochs to
+    version = register_run(cfg, outcome.best_checkpoint, data, test_metrics, evaluation, artifacts)
+    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
+
+
+def register_run(
+    cfg: PipelineConfig,
+    checkpoint,
+    data: PreparedData,
+    test_metrics: dict[str, float],
+    evaluation: dict[str, Any],
+    artifacts: dict[str, bytes],
+) -> ModelVersion:
+    """Register a run's checkpoint; with tracking on, tag the run's MLflow run (the one its epochs or rounds
+    were logged to) with the version and add the record, curves and artifacts to it."""
+    tracker = run_tracker(cfg, cfg.run_name, tensorboard=False)
     registry = Registry(cfg.storage.uri)
     version = registry.register(
-        outcome.best_checkpoint,
+        checkpoint,
         run_name=cfg.run_name,
         data_fingerprint=data.fingerprint,
         test_metrics=test_metrics,
@@ -85,7 +99,7 @@ def train_and_register(
         record = registry.record(version)
         curves = {"learning_curves.png": learning_curves_png(record["history"], f"{version} ({cfg.run_name})")}
         log_registration(tracker, str(version), record, {**artifacts, **curves})
-    return TrainReport(version, outcome.best_metrics, test_metrics, data.num_rows, evaluation, summary)
+    return version
 
 
 def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = print) -> TrainReport:
@@ -115,21 +129,7 @@ def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = 
     }
     for line in summary:
         log(line)
-    tracker = run_tracker(cfg, cfg.run_name, tensorboard=False)  # the run the rounds were logged to
-    registry = Registry(cfg.storage.uri)
-    version = registry.register(
-        outcome.final_checkpoint,
-        run_name=cfg.run_name,
-        data_fingerprint=data.fingerprint,
-        test_metrics=test_metrics,
-        evaluation=evaluation,
-        artifacts=artifacts,
-        tracking=tracked_as(tracker),
-    )
-    if tracker is not None:
-        record = registry.record(version)
-        curves = {"learning_curves.png": learning_curves_png(record["history"], f"{version} ({cfg.run_name})")}
-        log_registration(tracker, str(version), record, {**artifacts, **curves})
+    version = register_run(cfg, outcome.final_checkpoint, data, test_metrics, evaluation, artifacts)
     return TrainReport(version, outcome.final_metrics, test_metrics, data.num_rows, evaluation, summary)
 
 
