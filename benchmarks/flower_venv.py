@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peer_venv import pip
+from peer_venv import installed, pip, pulls_cuda_torch, share_torch
 
 VENV = Path(__file__).resolve().parent / ".flower-venv"
 FLOWER = "flwr[simulation]==1.42.0"
@@ -36,7 +36,7 @@ def ensure() -> dict:
     print(f"making Flower's virtualenv {VENV} ({FLOWER}, {TORCH}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     pip(python, "install", "--quiet", "--upgrade", "pip")
-    cuda_torch = pulls_cuda_torch(python)
+    cuda_torch = pulls_cuda_torch(python, VENV, [TORCH])
     pip(python, "install", "--quiet", *PACKAGES)  # before any .pth: Flower's packages all land in the venv
     torch_source = "own CPU wheel"
     if cuda_torch:
@@ -58,36 +58,9 @@ def ensure() -> dict:
     return info
 
 
-def pulls_cuda_torch(python: Path) -> bool:
-    report = VENV / "pip-report.json"
-    pip(python, "install", "--dry-run", "--quiet", "--report", str(report), TORCH)
-    planned = json.loads(report.read_text())["install"]
-    names = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in planned}
-    return any(name.startswith("nvidia-") for name in names) or "+cpu" not in names.get("torch", "+cpu")
-
-
-def share_torch(python: Path) -> None:
-    """rayline's site-packages last on the venv's path: its torch, and only what the venv itself lacks."""
-    import torch
-
-    ours = Path(torch.__file__).resolve().parents[1]
-    (site_packages(python) / "zz_rayline_torch.pth").write_text(f"{ours}\n")
-
-
-def site_packages(python: Path) -> Path:
-    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    return Path(subprocess.run([str(python), "-c", code], check=True, text=True, capture_output=True).stdout.strip())
-
-
 def module_home(python: Path, module: str) -> str:
     code = f"import {module}; print({module}.__file__)"
     return subprocess.run([str(python), "-c", code], check=True, text=True, capture_output=True).stdout.strip()
-
-
-def installed(python: Path, names: list[str]) -> dict[str, str]:
-    code = f"import json, importlib.metadata as m\nprint(json.dumps({{n: m.version(n) for n in {names!r}}}))"
-    out = subprocess.run([str(python), "-c", code], check=True, text=True, capture_output=True).stdout
-    return json.loads(out)
 
 
 if __name__ == "__main__":

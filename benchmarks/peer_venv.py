@@ -30,7 +30,7 @@ def ensure() -> dict:
     print(f"making the peers' virtualenv {VENV} (LitServe, {TORCH}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     torch_source = "own CPU wheel"
-    if pulls_cuda_torch(python):
+    if pulls_cuda_torch(python, VENV, [*PACKAGES, TORCH]):
         share_torch(python)
         torch_source = "rayline's venv, through a .pth file (pip offered a CUDA build)"
     pip(python, "install", "--quiet", *PACKAGES, TORCH)
@@ -47,9 +47,10 @@ def pip(python: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def pulls_cuda_torch(python: Path) -> bool:
-    report = VENV / "pip-report.json"
-    pip(python, "install", "--dry-run", "--quiet", "--report", str(report), *PACKAGES, TORCH)
+def pulls_cuda_torch(python: Path, venv: Path, packages: list[str]) -> bool:
+    """Whether pip would install a CUDA torch (PyPI's Linux wheels are) for these packages into `venv`."""
+    report = venv / "pip-report.json"
+    pip(python, "install", "--dry-run", "--quiet", "--report", str(report), *packages)
     planned = json.loads(report.read_text())["install"]
     names = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in planned}
     return any(name.startswith("nvidia-") for name in names) or "+cpu" not in names.get("torch", "+cpu")
