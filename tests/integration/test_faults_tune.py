@@ -175,14 +175,14 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
             [*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
         )
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        runs = tracked_runs(mlflow_server.uri, "resumed-search")
+        tracked = tracked_runs(mlflow_server.uri, "resumed-search")
     finally:
         kill_processes_with_env("RAY_TMPDIR", str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
-    parents = [r for r in runs if PARENT_TAG not in r["tags"]]
-    children = [r for r in runs if PARENT_TAG in r["tags"]]
-    assert len(parents) == 1 and len(children) == 2, [(r["name"], r["tags"].get(PARENT_TAG)) for r in runs]
+    parents = [r for r in tracked if PARENT_TAG not in r["tags"]]
+    children = [r for r in tracked if PARENT_TAG in r["tags"]]
+    assert len(parents) == 1 and len(children) == 2, [(r["name"], r["tags"].get(PARENT_TAG)) for r in tracked]
     assert {c["tags"][PARENT_TAG] for c in children} == {parents[0]["id"]}
     for child in children:
         assert child["steps"] == [0, 1, 2], f"{child['name']}: each epoch once across the stop, crash and resumes"
@@ -194,10 +194,16 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     assert "registered model search/v1" in resumed.stdout
     assert registry.model("search").versions() == ["v1"] and registry.names() == ["search"], "one best model"
     assert registry.model("search").serving_version() == "v1"
-    # The best epoch of any trial (Tune ranks trials by their best, and each trial keeps its checkpoints by the
-    # search metric), which need not be a trial's last.
-    best = max(epoch["val_accuracy"] for t in trial_results(experiment) for epoch in t)
-    assert registry.model("search").record("v1")["metrics"]["val_accuracy"] == pytest.approx(best)
+    # The registered model is the best checkpoint of one trial, which need not be its last epoch. Tune ranks trials
+    # by the results it saw, and a crash can lose a trial's last reports before Tune wrote them while their
+    # checkpoints stayed in storage: the registered metric is a trial's best checkpoint, and at least the best
+    # result Tune recorded.
+    registered = registry.model("search").record("v1")["metrics"]["val_accuracy"]
+    best_checkpoints = [
+        max(checkpoint_metrics(c)["val_accuracy"] for c in complete_checkpoints(run)) for run in runs.glob("search-*")
+    ]
+    assert any(registered == pytest.approx(b) for b in best_checkpoints), (registered, best_checkpoints)
+    assert registered >= max(epoch["val_accuracy"] for t in trial_results(experiment) for epoch in t)
 
 
 # ---------------------------------------------------------------- 7. one trial cannot allocate its model
