@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayline.checkpoint import MANIFEST_FILE, STATE_FILE, checkpoint_metrics, complete_checkpoints, is_complete
+from rayline.checkpoint import MANIFEST_FILE, STATE_FILE, checkpoint_metrics, is_complete
 from rayline.config import ConfigError, PipelineConfig, TuneConfig
 from rayline.data import PreparedData
 from rayline.evaluation import validation_metric_names
@@ -328,36 +328,27 @@ def best_of(results, t: TuneConfig, experiment_dir: Path | ObjectPath) -> Search
     path = best.metrics["checkpoint_path"]  # a path on the experiment's filesystem
     if isinstance(experiment_dir, ObjectPath):
         run_dir = ObjectPath(experiment_dir.fs, path, experiment_dir.root_uri).parent
-        checkpoint = best_object_store_checkpoint(run_dir, t)
     else:
-        checkpoint = best_checkpoint_in(Path(path).parent, t.metric, t.mode)
+        run_dir = Path(path).parent
+    checkpoint = best_checkpoint_in(run_dir, t.metric, t.mode)
     params = decode_params(best.config)
     return SearchOutcome(experiment_dir, best.metrics["trial_id"], params, checkpoint, checkpoint_metrics(checkpoint))
 
 
-def best_checkpoint_in(run_dir: Path, metric: str, mode: str) -> Path:
+def best_checkpoint_in(run_dir: Path | ObjectPath, metric: str, mode: str) -> Path:
     """The best checkpoint of a trial by its own metric, among those that pass verification: a kill inside the
-    upload can leave whole metrics next to a cut-short model, and such a checkpoint must never win."""
-    candidates = complete_checkpoints(run_dir)
-    if not candidates:
-        raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
+    upload can leave whole metrics next to a cut-short model, and such a checkpoint must never win. A run on an
+    object store is read from this node's verified copy of it."""
     sign = 1 if mode == "max" else -1
-    return max(candidates, key=lambda p: sign * checkpoint_metrics(p)[metric])
-
-
-def best_object_store_checkpoint(run_dir: ObjectPath, t: TuneConfig) -> Path:
-    """best_checkpoint_in for a run on an object store: its checkpoints ranked by the metrics they hold, and the
-    first whose copy passes verification."""
-    sign = 1 if t.mode == "max" else -1
-    for _, folder in sorted(scored_checkpoints(run_dir, t.metric), key=lambda c: -sign * c[0]):
-        local = cached_copy(folder, (folder / MANIFEST_FILE).read_text())
+    for _, folder in sorted(scored_checkpoints(run_dir, metric), key=lambda c: (-sign * c[0], c[1].name)):
+        local = folder if isinstance(folder, Path) else cached_copy(folder, (folder / MANIFEST_FILE).read_text())
         if is_complete(local):
             return local
     raise RuntimeError(f"the best trial's run {run_dir} kept no complete checkpoint")
 
 
-def scored_checkpoints(run_dir: ObjectPath, metric: str) -> list[tuple[float, ObjectPath]]:
-    """(metric, folder) of each checkpoint of a run on an object store whose state and manifest can be read."""
+def scored_checkpoints(run_dir: Path | ObjectPath, metric: str) -> list[tuple[float, Path | ObjectPath]]:
+    """(metric, folder) of each checkpoint of a run whose state and manifest can be read."""
     scored = []
     for folder in run_dir.iterdir():
         if not folder.name.startswith("checkpoint_"):
