@@ -69,12 +69,12 @@ def train_federated(
     clients = make_clients(cfg, data)
     check_clients(fed, clients)
     run_dir = Path(cfg.storage.uri) / "runs" / cfg.run_name
-    state = resume_state(run_dir, cfg, data, log)
+    model = initial_model(cfg, data.preprocessor)
+    state = resume_state(run_dir, cfg, model, log)
     first_round = state.rounds_done
     sample_rate = round_size(fed, len(clients)) / len(clients)
     log(describe(cfg, clients, sample_rate))
     groups = start_groups(cfg, data, clients, class_weights)
-    model = initial_model(cfg, data.preprocessor)
     tracking = {"run_name": cfg.run_name} if cfg.tracking.enabled else None
     try:
         with epoch_logger(cfg, tracking, True, state.history) as log_round:
@@ -240,12 +240,12 @@ def metric_of(directory: Path, metric: str) -> float:
     return float("inf") if value is None or math.isnan(value) else float(value)
 
 
-def resume_state(run_dir: Path, cfg: PipelineConfig, data: PreparedData, log) -> ServerState:
-    """Round 0's model, or the last round checkpointed by an earlier start of this run (same federated settings
-    but for the number of rounds)."""
+def resume_state(run_dir: Path, cfg: PipelineConfig, model, log) -> ServerState:
+    """Round 0's model (the one given), or the last round checkpointed by an earlier start of this run (same
+    federated settings but for the number of rounds), loaded into it."""
     last = last_complete_checkpoint(run_dir)
     if last is None:
-        return ServerState(to_vector(initial_model(cfg, data.preprocessor)), None, 0, [])
+        return ServerState(to_vector(model), None, 0, [])
     earlier = checkpoint_config(last).federated
     changed = sorted(
         k for k in TRAINING_SETTINGS if earlier is None or getattr(earlier, k) != getattr(cfg.federated, k)
@@ -256,7 +256,6 @@ def resume_state(run_dir: Path, cfg: PipelineConfig, data: PreparedData, log) ->
             "set storage.run_name to start another run"
         )
     model_state, server, epoch, history = load_training_state(last)
-    model = initial_model(cfg, data.preprocessor)
     model.load_state_dict(model_state)
     momentum = server.get("server_momentum")
     log(f"federated: resuming {cfg.run_name} after round {epoch + 1} from {last}")
