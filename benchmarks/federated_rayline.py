@@ -33,7 +33,8 @@ def prepare(cfg, *, verbose: bool = False):
     """The pipeline's data, prepared as federated_and_register prepares it (Ray Data reads the source, so on an
     embedded cluster that is stopped afterwards: no Ray of rayline's runs beside Flower's)."""
     from rayline.data import prepare_datasets, write_digits
-    from rayline.pipeline import model_takes_inputs, preflight, with_client_column
+    from rayline.federated import with_client_column
+    from rayline.pipeline import model_takes_inputs, preflight
     from rayline.runtime import connect, disconnect
 
     if not DIGITS.exists():

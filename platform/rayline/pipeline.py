@@ -105,7 +105,7 @@ def register_run(
 def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = print) -> TrainReport:
     """Train by federated rounds over the pipeline's clients, score the final global model on the test split,
     and register it with its federated settings, per-client metrics and privacy budget."""
-    from rayline.federated import train_federated
+    from rayline.federated import client_column, train_federated, with_client_column
 
     cfg = preflight(with_client_column(cfg))
     data = prepare_datasets(
@@ -120,7 +120,7 @@ def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = 
     log(f"data: {data.num_rows['train']} train / {data.num_rows['validation']} validation rows (global splits)")
     class_weights = class_weights_for(cfg, data.label_counts)
     outcome = train_federated(cfg, data, class_weights=class_weights, log=log)
-    summary = federated_summary(outcome)
+    summary = outcome.summary()
     test_metrics, evaluation, artifacts = assess(outcome.final_checkpoint, cfg, data, class_weights, summary)
     evaluation["federated"] = {
         "settings": cfg.federated.model_dump(mode="json"),
@@ -131,61 +131,6 @@ def federated_and_register(cfg: PipelineConfig, *, log: Callable[[str], None] = 
         log(line)
     version = register_run(cfg, outcome.final_checkpoint, data, test_metrics, evaluation, artifacts)
     return TrainReport(version, outcome.final_metrics, test_metrics, data.num_rows, evaluation, summary)
-
-
-def client_column(cfg: PipelineConfig) -> str | None:
-    """The source column the prepared files carry as each row's client: partition_by, or the row's file."""
-    from rayline.data.read import SOURCE_PATH_COLUMN
-
-    return SOURCE_PATH_COLUMN if cfg.federated.client_files else cfg.federated.partition_by
-
-
-def with_client_column(cfg: PipelineConfig) -> PipelineConfig:
-    """federated.partition_by names clients, never an input: it must be in the source, and features: auto
-    leaves it out. client_files needs a source of several files."""
-    from rayline.data.files import resolve_source
-    from rayline.data.read import SOURCE_PATH_COLUMN, read_sample
-
-    files = resolve_source(cfg.data.source, cfg.data.format)
-    names = read_sample(files, 1, cfg.data.source).column_names
-    if cfg.federated.client_files:
-        if len(files.paths) < 2:
-            raise ConfigError(
-                f"federated.client_files: data.source {cfg.data.source} is {len(files.paths)} file; one client per "
-                "file needs a folder or glob of several"
-            )
-        if SOURCE_PATH_COLUMN in names:
-            raise ConfigError(
-                f"federated.client_files: {cfg.data.source} has a column {SOURCE_PATH_COLUMN!r}, the name Ray Data "
-                "gives each row's file; rename it, or name the clients by a column with partition_by"
-            )
-        return cfg
-    column = cfg.federated.partition_by
-    if column is None:
-        return cfg
-    if column not in names:
-        raise ConfigError(f"federated.partition_by {column!r} is not a column of {cfg.data.source} (it has {names})")
-    if cfg.data.resolved:
-        if column in {f.name for f in cfg.data.features}:
-            raise ConfigError(f"federated.partition_by {column!r} is also in data.features; drop it from there")
-        return cfg
-    if column in cfg.data.exclude:
-        return cfg
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"exclude": [*cfg.data.exclude, column]})})
-
-
-def federated_summary(outcome) -> list[str]:
-    lines = []
-    clients = outcome.clients
-    if clients:
-        lines.append(
-            f"clients: mean {clients['metric']} {clients['mean']:.4f}, worst {clients['worst']:.4f} "
-            f"({clients['worst_client']}) on their own held-out rows"
-        )
-    if outcome.privacy is not None:
-        p = outcome.privacy
-        lines.append(f"privacy: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} after {p['rounds']} rounds")
-    return lines
 
 
 def preflight(cfg: PipelineConfig) -> PipelineConfig:

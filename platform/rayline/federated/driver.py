@@ -51,6 +51,20 @@ class FederatedOutcome:
     """Per-client metrics of the final model on each client's held-out rows, with their mean and worst."""
     privacy: dict[str, float] | None
 
+    def summary(self) -> list[str]:
+        """The run's lines for the terminal and the registry record: per-client metrics and the privacy spent."""
+        lines = []
+        clients = self.clients
+        if clients:
+            lines.append(
+                f"clients: mean {clients['metric']} {clients['mean']:.4f}, worst {clients['worst']:.4f} "
+                f"({clients['worst_client']}) on their own held-out rows"
+            )
+        if self.privacy is not None:
+            p = self.privacy
+            lines.append(f"privacy: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} after {p['rounds']} rounds")
+        return lines
+
 
 @dataclass
 class ServerState:

@@ -1,4 +1,4 @@
-"""Who the clients are: each client's training rows (as positions in the prepared training split) and its
+"""Who the clients are: the source column that names them, each client's training rows (as positions in the prepared training split) and its
 held-out slice, and which clients each round trains. Everything is seeded, so a resumed run deals the same."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rayline.config import ConfigError, FederatedConfig, round_size
+from rayline.config import ConfigError, FederatedConfig, PipelineConfig, round_size
 
 DIRICHLET_DRAWS = 10
 """Draws of a Dirichlet partition before giving up on one where every client has rows (as Flower does)."""
@@ -112,3 +112,44 @@ def round_clients(cfg: FederatedConfig, num_clients: int, round_index: int, atte
     """The clients a round (and a retry of it) trains: the same for the same round, run after run."""
     rng = np.random.default_rng([cfg.seed, round_index, attempt])
     return sorted(rng.choice(num_clients, size=round_size(cfg, num_clients), replace=False).tolist())
+
+
+def client_column(cfg: PipelineConfig) -> str | None:
+    """The source column the prepared files carry as each row's client: partition_by, or the row's file."""
+    from rayline.data.read import SOURCE_PATH_COLUMN
+
+    return SOURCE_PATH_COLUMN if cfg.federated.client_files else cfg.federated.partition_by
+
+
+def with_client_column(cfg: PipelineConfig) -> PipelineConfig:
+    """federated.partition_by names clients, never an input: it must be in the source, and features: auto
+    leaves it out. client_files needs a source of several files."""
+    from rayline.data.files import resolve_source
+    from rayline.data.read import SOURCE_PATH_COLUMN, read_sample
+
+    files = resolve_source(cfg.data.source, cfg.data.format)
+    names = read_sample(files, 1, cfg.data.source).column_names
+    if cfg.federated.client_files:
+        if len(files.paths) < 2:
+            raise ConfigError(
+                f"federated.client_files: data.source {cfg.data.source} is {len(files.paths)} file; one client per "
+                "file needs a folder or glob of several"
+            )
+        if SOURCE_PATH_COLUMN in names:
+            raise ConfigError(
+                f"federated.client_files: {cfg.data.source} has a column {SOURCE_PATH_COLUMN!r}, the name Ray Data "
+                "gives each row's file; rename it, or name the clients by a column with partition_by"
+            )
+        return cfg
+    column = cfg.federated.partition_by
+    if column is None:
+        return cfg
+    if column not in names:
+        raise ConfigError(f"federated.partition_by {column!r} is not a column of {cfg.data.source} (it has {names})")
+    if cfg.data.resolved:
+        if column in {f.name for f in cfg.data.features}:
+            raise ConfigError(f"federated.partition_by {column!r} is also in data.features; drop it from there")
+        return cfg
+    if column in cfg.data.exclude:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"exclude": [*cfg.data.exclude, column]})})
