@@ -1,5 +1,6 @@
-"""Who the clients are: the source column that names them, each client's training rows (as positions in the prepared training split) and its
-held-out slice, and which clients each round trains. Everything is seeded, so a resumed run deals the same."""
+"""Who the clients are: the source column that names them, each client's training rows (as positions in the
+prepared training split) and its held-out slice, and which clients each round trains. Everything is seeded, so a
+resumed run deals the same."""
 
 from __future__ import annotations
 
