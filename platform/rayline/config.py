@@ -341,11 +341,12 @@ COMPRESSION_REFUSED = {
     "tensor": "tensor parallelism has one replica, so there is no gradient all-reduce to compress",
     "pipeline": "pipeline parallelism has one replica, so there is no gradient all-reduce to compress",
     "hybrid": "hybrid's data-parallel dimension is FSDP, which takes no DDP communication hook",
+    "auto": "auto may choose fsdp, tensor or pipeline, which take no DDP communication hook",
 }
 """Why each strategy but ddp cannot compress its gradients."""
 
 
-Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid"]
+Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid", "auto"]
 
 
 class TrainConfig(Section):
@@ -357,7 +358,11 @@ class TrainConfig(Section):
     """Train on one GPU per worker with the nccl backend and CUDA device meshes (gloo on CPU otherwise)."""
     strategy: Strategy = "ddp"
     """ddp replicates the model; fsdp shards parameters and optimizer state (FSDP2); tensor splits each layer's
-    projections across workers; pipeline gives each worker a run of layers; hybrid combines two on a 2-D mesh."""
+    projections across workers; pipeline gives each worker a run of layers; hybrid combines two on a 2-D mesh;
+    auto picks ddp, fsdp, tensor or pipeline from what a worker must hold against train.memory_per_worker_gb."""
+    memory_per_worker_gb: Annotated[float, Field(gt=0.0)] | None = None
+    """For strategy auto: the memory one worker may use. Default: on GPU, the driver's first GPU; on CPU, this
+    machine's memory divided by train.num_workers."""
     hybrid: Literal["fsdp+tensor", "fsdp+pipeline"] = "fsdp+tensor"
     """For strategy hybrid: what the data-parallel and the model-parallel dimension of train.mesh do."""
     mesh: tuple[PositiveInt, PositiveInt] | None = None
@@ -442,6 +447,11 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.mesh is only read by strategy 'hybrid'; strategy {self.strategy!r} uses all "
                 "train.num_workers along one dimension, so drop train.mesh"
+            )
+        if self.memory_per_worker_gb is not None and self.strategy != "auto":
+            raise ValueError(
+                f"train.memory_per_worker_gb is only read by strategy 'auto' (strategy is {self.strategy!r}); "
+                "drop it or set train.strategy auto"
             )
         if self.compression.kind != "none" and self.strategy != "ddp":
             raise ValueError(

@@ -177,6 +177,8 @@ def build_trainer(
     """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever. `class_weights` as in fit; `parent_key`: the
     tracking key of the search a trial belongs to."""
+    if cfg.train.strategy == "auto":
+        raise ValueError("train.strategy auto reached the trainer unresolved: call train.auto.resolve_strategy first")
     check_batch_fits(cfg.train, data.num_rows["train"])
     check_metric_names(cfg, data.preprocessor)
     if class_weights is None:

@@ -14,6 +14,7 @@ from rayline.data import PreparedData
 from rayline.evaluation import validation_metric_names
 from rayline.storage import ObjectPath, cached_copy, join, location, ray_storage
 from rayline.tracking.runs import search_key
+from rayline.train.auto import resolve_strategy
 from rayline.train.driver import build_trainer, check_batch_fits
 from rayline.train.weights import class_weights_for
 from rayline.tune.plan import Plan, cluster_resources, plan_trials
@@ -135,7 +136,11 @@ def run_trial(
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(PipelineConfig.model_validate(base), params)
+    cfg, choice = resolve_strategy(
+        trial_config(PipelineConfig.model_validate(base), params), data.preprocessor.model_shape()
+    )
+    if choice is not None:
+        print(f"strategy auto -> {choice.strategy}: {choice.reason}")
     # Propagated to the Train controller: a worker group that cannot be placed fails, never waits silently.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.tune.trial_start_timeout_s)
     trainer = build_trainer(
