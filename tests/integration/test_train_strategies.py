@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines import PIXELS, digits_source
-from rayline.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, last_complete_checkpoint
+from rayline.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, checkpoint_config, last_complete_checkpoint
 from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
 from rayline.data.split import TEST, assign_splits
 from rayline.pipeline import TrainReport, train_and_register
@@ -131,7 +131,30 @@ def test_every_strategys_checkpoint_is_served_over_http(trained, store):
         shutdown()
 
 
-@pytest.mark.parametrize("name", ["fsdp", "pipeline"])
+def test_auto_picks_fsdp_where_a_worker_cannot_hold_a_replica_and_resumes_the_fsdp_run(trained, store):
+    """strategy auto with a memory per worker between a shard's needs and a replica's: fsdp, printed with its
+    reason and recorded; the same run, trained with fsdp before, resumes under it."""
+    from rayline.train.auto import footprint, needs_gb
+
+    cfg, _, first_run = trained("fsdp")
+    data_shape = {"num_inputs": 64, "num_outputs": 10, "embeddings": []}
+    needs = needs_gb(cfg, footprint(cfg, data_shape))
+    budget = (needs["fsdp"] + needs["ddp"]) / 2
+    auto = shipped(
+        store, "fsdp", f"train.epochs={EPOCHS + 1}", "train.strategy=auto", f"train.memory_per_worker_gb={budget}"
+    )
+    printed, seen = [], []
+    report = train_and_register(auto, on_epoch=seen.append, log=printed.append)
+    assert [line for line in printed if line.startswith("strategy auto -> fsdp: a whole replica")], printed
+    assert [m["epoch"] for m in seen] == [EPOCHS], "the fsdp run resumed after its last epoch"
+    assert seen[0]["train_loss"] < 0.5 * first_run[0]["train_loss"], "from the saved weights, not from scratch"
+    record = Registry(cfg.storage.root).record(report.version)
+    assert record["evaluation"]["strategy_choice"]["strategy"] == "fsdp"
+    assert record["evaluation"]["strategy_choice"]["needs_gb"] == needs
+    assert checkpoint_config(Registry(cfg.storage.root).checkpoint_dir(report.version)).train.strategy == "fsdp"
+
+
+@pytest.mark.parametrize("name", ["pipeline"])
 def test_a_sharded_run_rerun_resumes_from_its_sharded_copy(trained, store, name):
     _, _, first_run = trained(name)
     seen: list[dict] = []
