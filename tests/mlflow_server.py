@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from children import end_with_parent
 from rayline.runtime import free_port
 
 START_TIMEOUT_S = 120.0
@@ -52,7 +53,13 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self._log = open(self.directory / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            command, cwd=self.directory, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=self.directory,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=end_with_parent,
         )
         started = time.monotonic()
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from children import end_with_parent
 from rayline.runtime import free_port
 
 MOTO = Path(sys.executable).with_name("moto_server")
@@ -77,6 +78,7 @@ def start_s3_server(log: Path, *, free_actions: int | None = None) -> S3Server:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=end_with_parent,
         )
     server = S3Server(process, port)
     deadline = time.monotonic() + 60
