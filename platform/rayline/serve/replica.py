@@ -64,7 +64,7 @@ class ModelServer:
         RAYLINE_API_TOKEN in the replica's environment (no token: no check)."""
         self.fixed = fixed_settings(fixed)
         # Replicas share the node's cores with the HTTP path and each other: scale out with replicas,
-        # not with intra-op threads that would fight over the same cores.
+        # not with intra-op threads that would fight over the same cores (ONNX Runtime's are set alike).
         torch.set_num_threads(self.fixed.torch_threads)
         self.storage_root = storage_root
         self.primary: ServedModel | None = None
@@ -130,8 +130,8 @@ class ModelServer:
             asked = ModelVersion(name or self.primary.name, version)
             return 503, error_body(f"model version {asked} cannot be served: {err}"), asked
         try:
-            x_bf = served.inputs(body, content_type)
-            outputs = await self._infer(served, x_bf)
+            inputs = served.inputs(body, content_type)
+            outputs = await self._infer(served, inputs)
             predictions = served.predictions(outputs)
         except RequestError as err:
             return err.status, err.to_json(), served.ref
@@ -166,18 +166,22 @@ class ModelServer:
             raise ModelUnavailable(str(err)) from None
 
     def _load(self, name: str | None, version: str | None) -> ServedModel:
-        return ServedModel.load(self.storage_root, name, version, max_rows=MAX_ROWS)
+        fixed = self.fixed
+        return ServedModel.load(
+            self.storage_root, name, version, max_rows=MAX_ROWS, runtime=fixed.runtime, threads=fixed.torch_threads
+        )
 
-    async def _infer(self, served: ServedModel, x_bf: np.ndarray) -> np.ndarray:
+    async def _infer(self, served: ServedModel, inputs: Any) -> np.ndarray:
+        """The outputs for one request's inputs (float32 model inputs, or raw rows for ONNX Runtime)."""
         n = self.batcher.max_rows
-        if len(x_bf) <= n:
-            return await self.batcher.submit((served, x_bf), len(x_bf))
+        if len(inputs) <= n:
+            return await self.batcher.submit((served, inputs), len(inputs))
         # Cut big requests so that no forward pass holds more than max_batch_size rows.
-        pieces = [x_bf[i : i + n] for i in range(0, len(x_bf), n)]
+        pieces = [inputs[i : i + n] for i in range(0, len(inputs), n)]
         outputs = await asyncio.gather(*(self.batcher.submit((served, p), len(p)) for p in pieces))
         return np.concatenate(outputs)
 
-    async def _run_batch(self, items: list[tuple[ServedModel, np.ndarray]]) -> list[np.ndarray]:
+    async def _run_batch(self, items: list[tuple[ServedModel, Any]]) -> list[np.ndarray]:
         # A batch may mix versions (/predict and /v1/models/...): one forward pass per version.
         by_model: dict[int, list[int]] = {}
         for i, (served, _) in enumerate(items):
@@ -186,16 +190,16 @@ class ModelServer:
         for indices in by_model.values():
             served = items[indices[0]][0]
             parts = [items[i][1] for i in indices]
-            x_bf = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            # In a thread: torch releases the GIL, so the next requests are parsed while the model runs.
+            inputs = served.concat(parts) if len(parts) > 1 else parts[0]
+            # In a thread: torch and ONNX Runtime release the GIL, so the next requests are parsed meanwhile.
             self._forward_since = time.monotonic()
             try:
-                out_bo = await asyncio.to_thread(served.forward, x_bf)
+                out_bo = await asyncio.to_thread(served.forward, inputs)
             finally:
                 self._forward_since = None
-            self.metrics.observe_batch(served.ref, len(x_bf))
+            self.metrics.observe_batch(served.ref, len(inputs))
             self.counters["batches_served"] += 1
-            self.counters["rows_served"] += len(x_bf)
+            self.counters["rows_served"] += len(inputs)
             for i, part in zip(indices, np.split(out_bo, np.cumsum([len(p) for p in parts])[:-1]), strict=True):
                 results[i] = part
         return results
