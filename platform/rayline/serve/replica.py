@@ -29,6 +29,7 @@ from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.registry_layout import check_name, is_version
 from rayline.serve.api import create_api
 from rayline.serve.batching import Batcher
+from rayline.serve.grpc_api import GrpcMethods
 from rayline.serve.http import FrontDoor, Limits, env_token_digest, error_body
 from rayline.serve.metrics import ServeMetrics
 from rayline.serve.model import ServedModel, record_metrics
@@ -56,8 +57,9 @@ def multiplexed_loader(load: Callable[[str], Awaitable[ServedModel]], limit: int
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
-class ModelServer:
-    """One replica: its default model, a small cache of other versions, and the request path."""
+class ModelServer(GrpcMethods):
+    """One replica: its default model, a small cache of other versions, and the request path (HTTP through
+    `__serve_build_asgi_app__`, gRPC through grpc_api.py's methods)."""
 
     def __init__(self, storage_root: str, fixed: dict[str, Any] | None = None, token_sha256: str | None = None):
         """fixed: settings.FIXED_FIELDS of a ServeConfig; token_sha256: the bearer token's digest, else that of
@@ -121,6 +123,13 @@ class ModelServer:
         self, name: str | None, version: str | None, body: bytes, content_type: str | None
     ) -> tuple[int, Any, ModelVersion | None]:
         """(HTTP status, JSON body, the model that answered) for one predict request."""
+        return await self.answer_payload(name, version, lambda served: served.inputs(body, content_type))
+
+    async def answer_payload(
+        self, name: str | None, version: str | None, inputs_of: Callable[[ServedModel], Any]
+    ) -> tuple[int, Any, ModelVersion | None]:
+        """(HTTP status, JSON body, the model that answered) for a request whose rows `inputs_of` reads for the
+        model that answers it (RequestError when they are wrong): the HTTP and gRPC routes' common path."""
         try:
             served = await self.model_for(name, version)
         except RegistryError as err:
@@ -130,7 +139,7 @@ class ModelServer:
             asked = ModelVersion(name or self.primary.name, version)
             return 503, error_body(f"model version {asked} cannot be served: {err}"), asked
         try:
-            inputs = served.inputs(body, content_type)
+            inputs = inputs_of(served)
             outputs = await self._infer(served, inputs)
             predictions = served.predictions(outputs)
         except RequestError as err:
