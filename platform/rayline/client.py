@@ -53,6 +53,29 @@ def connect(endpoint: str, *, token: str | None = None, timeout_s: float = 30.0)
     )
 
 
+CHUNK_ROWS = 1024
+"""Rows per request when a table is sent: the server's limit per request (serve/schema.py's MAX_ROWS)."""
+
+
+def predict_frame(
+    client: HttpClient | GrpcClient, frame: Any, model_name: str | None, model_version: str | None
+) -> dict:
+    """Predictions for every row of a pandas DataFrame, sent CHUNK_ROWS at a time; columns the served model does
+    not take (the label, ids) are left out. One answer: the model that answered and every row's prediction."""
+    features = [f["name"] for f in client.model_info()["features"]]
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise EndpointError("bad input", f"the input has no column for the model's feature(s) {shown}")
+    rows = frame[features].astype(object).to_dict(orient="records")
+    answer: dict[str, Any] = {"predictions": []}
+    for start in range(0, len(rows), CHUNK_ROWS):
+        part = client.predict(rows[start : start + CHUNK_ROWS], model_name, model_version)
+        answer.update(model_name=part["model_name"], model_version=part["model_version"])
+        answer["predictions"] += part["predictions"]
+    return answer
+
+
 class HttpClient:
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 30.0):
         self.url = url.rstrip("/")
