@@ -33,6 +33,12 @@ APPS = {
         batch_wait_timeout_s=0.3,
         **COMMON,
     ),
+    "slow": ServeConfig(
+        app_name="slow",
+        route_prefix="/slow",
+        request_timeout_s=0.0001,  # shorter than any request's trip through the replica
+        **COMMON,
+    ),
 }
 
 
@@ -41,10 +47,7 @@ def apps(ray_cluster, tmp_path_factory):
     from rayline.serve import deploy, shutdown
     from rayline.serve.control import wait_until_running
 
-    roots = {
-        "main": make_registry(tmp_path_factory.mktemp("main"), versions=2),
-        "tiny": make_registry(tmp_path_factory.mktemp("tiny")),
-    }
+    roots = {name: make_registry(tmp_path_factory.mktemp(name), versions=2 if name == "main" else 1) for name in APPS}
     urls = {}
     with pytest.MonkeyPatch.context() as env:
         for name, cfg in APPS.items():
@@ -119,6 +122,12 @@ def test_a_missing_or_wrong_token_is_unauthenticated(apps, token):
             with pytest.raises(EndpointError) as refused:
                 call()
             assert refused.value.status == "UNAUTHENTICATED"
+
+
+def test_a_request_past_request_timeout_s_is_deadline_exceeded(apps):
+    with connect(grpc_url("slow")) as client, pytest.raises(EndpointError) as late:
+        client.predict([row()])
+    assert late.value.status == "DEADLINE_EXCEEDED" and "0.0001 s limit" in late.value.message
 
 
 def test_overload_is_resource_exhausted_and_nothing_hangs(apps):
