@@ -192,3 +192,25 @@ def test_promoting_a_version_under_grpc_load_fails_no_call(apps):
     assert not failures, failures[:5]
     assert seen[0] == "v2" and seen[-1] == "v1", (seen[:3], seen[-3:])
     assert Registry(root).model(NAME).serving_version() == "v1"
+
+
+def test_rayline_predict_sends_a_files_rows_to_the_endpoint(apps, tmp_path, capsys, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    from rayline.cli import main
+
+    source = tmp_path / "rows.csv"
+    pd.DataFrame([{**row(i), "animal": "cat"} for i in range(3)]).to_csv(source, index=False)  # a label column too
+    monkeypatch.setenv("RAYLINE_API_TOKEN", TOKEN)
+    answers = {}
+    for endpoint in (grpc_url("main"), apps["urls"]["main"]):
+        out = tmp_path / f"{endpoint.split(':')[0]}.jsonl"
+        assert main(["predict", "--endpoint", endpoint, "--input", str(source), "--output", str(out)]) == 0
+        assert f"predicted 3 rows with model {NAME}/" in capsys.readouterr().out
+        answers[endpoint] = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    assert len(set(map(tuple, answers.values()))) == 1 and len(answers[grpc_url("main")]) == 3
+    monkeypatch.delenv("RAYLINE_API_TOKEN")
+    assert main(["predict", "--endpoint", grpc_url("main"), "--input", str(source)]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
