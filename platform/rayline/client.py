@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import urllib.error
 import urllib.request
@@ -235,9 +236,10 @@ class GrpcClient:
 def proto_value(value: Any) -> Any:
     from rayline.serve import rayline_pb2 as pb
 
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    # numbers.Real takes numpy's numbers too (a DataFrame's values); NaN is pandas' missing value.
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
         return pb.Value(null=True)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return pb.Value(text=str(value))
     return pb.Value(number=float(value))
 
