@@ -105,7 +105,7 @@ class HttpClient:
         return self._call("GET", "/healthz")
 
     def _call(self, method: str, path: str, body: Any = None) -> dict:
-        data = None if body is None else json.dumps(body, allow_nan=False).encode()
+        data = None if body is None else json.dumps(body, allow_nan=False, default=plain).encode()
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
         request.add_header("content-type", "application/json")
         if self.token:
@@ -140,8 +140,19 @@ def http_error(err: urllib.error.HTTPError) -> EndpointError:
 def json_row(row: Row) -> Row:
     """NaN (pandas' missing value) as null."""
     if isinstance(row, dict):
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-    return [None if isinstance(v, float) and math.isnan(v) else v for v in row]
+        return {k: None if is_nan(v) else v for k, v in row.items()}
+    return [None if is_nan(v) else v for v in row]
+
+
+def is_nan(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value)
+
+
+def plain(value: Any) -> Any:
+    """json.dumps' fallback: numpy's scalars as Python's."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"a value of type {type(value).__name__} cannot be sent as JSON: {value!r}")
 
 
 class GrpcClient:
@@ -237,7 +248,7 @@ def proto_value(value: Any) -> Any:
     from rayline.serve import rayline_pb2 as pb
 
     # numbers.Real takes numpy's numbers too (a DataFrame's values); NaN is pandas' missing value.
-    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
+    if value is None or is_nan(value):
         return pb.Value(null=True)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return pb.Value(text=str(value))
