@@ -53,7 +53,16 @@ from serve_servers import Server, make_servers, start_all
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "benchmarks" / "results" / "serve_bench_runs"
-ALL_SERVERS = ["rayline", "rayline-haproxy", "rayline-proxy", "litserve", "ray-serve", "bare"]
+ALL_SERVERS = [
+    "rayline",
+    "rayline-haproxy",
+    "rayline-proxy",
+    "rayline-onnx",
+    "rayline-grpc",
+    "litserve",
+    "ray-serve",
+    "bare",
+]
 
 
 # ---------------------------------------------------------------- the models
@@ -125,6 +134,28 @@ def ceiling(root: Path, batch: int, seconds: float = 1.0) -> dict:
     return {"threads": 1, "batch": batch, "rows_per_s": per_batch[batch], "rows_per_s_by_batch": per_batch}
 
 
+def ceiling_onnx(root: Path, batch: int, seconds: float = 1.0) -> dict:
+    """ceiling() for serve.runtime onnxruntime: the replica's own OnnxRuntime (the graph with the preprocessing
+    inside, raw float64 rows in, one intra-op thread), at batch 1, 8 and `batch`."""
+    import numpy as np
+
+    from rayline.serve.encode import RawRows
+    from rayline.serve.model import ServedModel
+
+    served = ServedModel.load(root, runtime="onnxruntime", threads=1)
+    per_batch = {}
+    for size in sorted({1, 8, batch}):
+        rows = RawRows(np.random.default_rng(0).uniform(0, 16, (size, FEATURES)), None)
+        for _ in range(3):
+            served.forward(rows)
+        runs, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            served.forward(rows)
+            runs += 1
+        per_batch[size] = round(size * runs / (time.perf_counter() - began), 1)
+    return {"threads": 1, "batch": batch, "rows_per_s": per_batch[batch], "rows_per_s_by_batch": per_batch}
+
+
 # ---------------------------------------------------------------- rounds
 
 
@@ -136,6 +167,7 @@ def measure(server: Server, others: list[Server], concurrency: int, args, *, ove
         "seconds": args.overload_seconds if overload else 0.0,
         "warmup": 0 if overload else min(args.requests, 200),
         "timeout_s": args.client_timeout_s,
+        "features": server.features,
     }
     others_cpu = cpu_seconds(lambda: [pid for other in others for pid in other.pids()])
     result = run_client(spec, server.cpu(), others_cpu)
@@ -158,6 +190,7 @@ def run_model(kind: str, args, peer_python: str | None) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     name, version, checkpoint = make_registry(root, kind, args.width)
     ceilings = [ceiling(root, defaults.max_batch_size)]
+    onnx_ceiling = ceiling_onnx(root, defaults.max_batch_size) if "rayline-onnx" in args.servers else None
     print(f"{kind}: ceiling {ceilings[0]['rows_per_s']:.0f} rows/s at batch {defaults.max_batch_size}, 1 thread")
     base = {
         "checkpoint": checkpoint,
@@ -169,6 +202,8 @@ def run_model(kind: str, args, peer_python: str | None) -> dict:
         "torch_threads": 1,
     }
     servers = make_servers(args.servers, base, root / "servers", peer_python, not args.no_dashboard)
+    for server in servers:
+        server.features = model_config(kind, args.width)[0]["features"]
     rounds: list[dict] = []
     try:
         start_all(servers)
@@ -180,8 +215,11 @@ def run_model(kind: str, args, peer_python: str | None) -> dict:
         for server in servers:
             server.stop()
     ceilings.append(ceiling(root, defaults.max_batch_size))
+    model = model_description(kind, args.width, ceilings)
+    if onnx_ceiling is not None:
+        model["onnxruntime_ceiling"] = onnx_ceiling
     return {
-        "model": model_description(kind, args.width, ceilings),
+        "model": model,
         "configs": {s.name: s.info.get("config") for s in servers},
         "rayline_serve_config": next((s.info.get("serve_config") for s in servers if s.name == "rayline"), None),
         "rounds": rounds,

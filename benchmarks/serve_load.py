@@ -154,6 +154,8 @@ async def closed_loop(
 
 def client_main(spec: dict) -> None:
     """Subprocess entry point: warm up (counted requests only), measure, print one JSON line."""
+    if spec["url"].startswith("grpc://"):
+        return grpc_client_main(spec)
     host, port = spec["url"].removeprefix("http://").split("/")[0].split(":")
     path = "/" + spec["url"].removeprefix("http://").split("/", 1)[1]
     body = request_body()
@@ -166,6 +168,23 @@ def client_main(spec: dict) -> None:
     if spec["warmup"]:
         warm = asyncio.run(closed_loop(host, int(port), request, total=spec["warmup"], **run))
     main = asyncio.run(closed_loop(host, int(port), request, total=spec["total"], seconds=spec["seconds"], **run))
+    if warm:
+        main["with_warmup"] = with_warmup(warm, main)
+        main["warmup"] = {k: v for k, v in warm.items() if k != "latencies_s"}
+    main.pop("latencies_s")
+    print(json.dumps(main))
+
+
+def grpc_client_main(spec: dict) -> None:
+    """client_main over gRPC (serve_load_grpc.py): spec["url"] is grpc://host:port, spec["features"] the names."""
+    from serve_load_grpc import grpc_closed_loop
+
+    address = spec["url"].removeprefix("grpc://").split("/")[0]
+    run = {"concurrency": spec["concurrency"], "timeout_s": spec["timeout_s"]}
+    warm = None
+    if spec["warmup"]:
+        warm = asyncio.run(grpc_closed_loop(address, spec["features"], total=spec["warmup"], **run))
+    main = asyncio.run(grpc_closed_loop(address, spec["features"], total=spec["total"], seconds=spec["seconds"], **run))
     if warm:
         main["with_warmup"] = with_warmup(warm, main)
         main["warmup"] = {k: v for k, v in warm.items() if k != "latencies_s"}

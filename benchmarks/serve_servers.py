@@ -30,6 +30,8 @@ class Server:
     workdir: Path
     process: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)
+    """The model's feature names, which a gRPC row names its values by."""
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return self.info.get("url") or f"http://127.0.0.1:{self.spec['port']}/predict"
+        """What the load goes to: the gRPC endpoint (load_url) for a gRPC row, else the HTTP predict URL."""
+        return self.info.get("load_url") or self.info.get("url") or f"http://127.0.0.1:{self.spec['port']}/predict"
 
     @property
     def log_path(self) -> Path:
@@ -125,12 +128,15 @@ def free_port() -> int:
 
 
 def make_servers(names: list[str], base: dict, workdir: Path, peer_python: str | None, dashboard: bool) -> list[Server]:
-    """The servers to measure, by name: rayline, rayline-haproxy, rayline-proxy, litserve, ray-serve, bare."""
+    """The servers to measure, by name: rayline, rayline-haproxy, rayline-proxy, rayline-onnx, rayline-grpc,
+    litserve, ray-serve, bare."""
     ours = sys.executable
     recipes = {
         "rayline": ("rayline_server.py", ours, {"include_dashboard": dashboard}),
         "rayline-haproxy": ("rayline_server.py", ours, {"include_dashboard": dashboard, "ingress": "haproxy"}),
         "rayline-proxy": ("rayline_server.py", ours, {"include_dashboard": dashboard, "ingress": "proxy"}),
+        "rayline-onnx": ("rayline_server.py", ours, {"include_dashboard": dashboard, "runtime": "onnxruntime"}),
+        "rayline-grpc": ("rayline_server.py", ours, {"include_dashboard": dashboard, "grpc_port": free_port()}),
         "litserve": ("litserve_server.py", peer_python, {"fast_queue": True}),
         "ray-serve": ("ray_serve_batch.py", ours, {"include_dashboard": dashboard}),
         "bare": ("bare_fastapi.py", ours, {}),

@@ -10,6 +10,9 @@ For rayline (and, when measured, rayline-haproxy / rayline-proxy), per model, wi
   - overload (each concurrency measured): answered requests/s >= 90% of its concurrency-32 figure, p99 of
     answered requests <= request_timeout_s, and every request not answered refused with 503 + Retry-After
     (no other status, timeout or connection error), summed over rounds.
+For the rayline-grpc row (the defaults plus serve.grpc, load over gRPC): p50 at concurrency 1 no higher than the
+rayline row's over HTTP. For the rayline-onnx row (the defaults plus serve.runtime onnxruntime): the model alone at
+batch 1 (one thread) at least as fast as torch's, and p50 at concurrency 1 no higher than the rayline row's.
 A target whose peer or concurrency was not measured is reported as null (not met, not failed).
 """
 
@@ -44,7 +47,57 @@ def evaluate(models: dict[str, Any], serve_cfg: Any) -> dict[str, Any]:
         for ours in ("rayline", "rayline-haproxy", "rayline-proxy"):
             if ours in med:
                 out.setdefault(ours, {})[kind] = targets_for(kind, ours, med, result["model"], serve_cfg)
+        if "rayline-grpc" in med:
+            out.setdefault("rayline-grpc", {})[kind] = grpc_targets(med)
+        if "rayline-onnx" in med:
+            out.setdefault("rayline-onnx", {})[kind] = onnx_targets(med, result["model"])
     return out
+
+
+def grpc_targets(med: dict) -> dict[str, Any]:
+    """gRPC beside HTTP on the same defaults: p50 at concurrency 1 no higher than HTTP's (the rayline row)."""
+    grpc_p50, http_p50 = (
+        median(med["rayline-grpc"].get("1"), "p50_ms"),
+        median(med.get("rayline", {}).get("1"), "p50_ms"),
+    )
+    rows = med["rayline-grpc"]
+    figures = {
+        "c1_p50_ms": grpc_p50,
+        "c1_p50_http_ms": http_p50,
+        "c32_req_per_s": median(rows.get("32"), "req_per_s"),
+        "c32_http_req_per_s": median(med.get("rayline", {}).get("32"), "req_per_s"),
+    }
+    met = {
+        "c1_p50_not_above_http": None if grpc_p50 is None or http_p50 is None else grpc_p50 <= http_p50,
+        "no_errors_c1_c8_c32": all(rows[c]["errors"] == 0 for c in ("1", "8", "32") if c in rows),
+    }
+    return {"figures": figures, "met": met, "overload": {}}
+
+
+def onnx_targets(med: dict, model: dict) -> dict[str, Any]:
+    """serve.runtime onnxruntime against torch (the rayline row): the model alone at batch 1 at least as fast,
+    and the endpoint's p50 at concurrency 1 no higher."""
+    onnx_p50, torch_p50 = (
+        median(med["rayline-onnx"].get("1"), "p50_ms"),
+        median(med.get("rayline", {}).get("1"), "p50_ms"),
+    )
+    alone = model.get("onnxruntime_ceiling", {}).get("rows_per_s_by_batch", {})
+    torch_alone = model["ceiling"]["rows_per_s_by_batch"]
+    rows = med["rayline-onnx"]
+    figures = {
+        "batch1_rows_per_s": alone.get(1),
+        "batch1_rows_per_s_torch": torch_alone.get(1),
+        "c1_p50_ms": onnx_p50,
+        "c1_p50_torch_ms": torch_p50,
+        "c32_req_per_s": median(rows.get("32"), "req_per_s"),
+        "c32_torch_req_per_s": median(med.get("rayline", {}).get("32"), "req_per_s"),
+    }
+    met = {
+        "batch1_model_at_least_torch": None if not alone else alone[1] >= torch_alone[1],
+        "c1_p50_not_above_torch": None if onnx_p50 is None or torch_p50 is None else onnx_p50 <= torch_p50,
+        "no_errors_c1_c8_c32": all(rows[c]["errors"] == 0 for c in ("1", "8", "32") if c in rows),
+    }
+    return {"figures": figures, "met": met, "overload": {}}
 
 
 def targets_for(kind: str, ours: str, med: dict, model: dict, serve_cfg: Any) -> dict[str, Any]:

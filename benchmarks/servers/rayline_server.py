@@ -18,6 +18,7 @@ from common import PLATFORM, Spec
 
 SHOWN = (
     "ingress",
+    "runtime",
     "num_replicas",
     "cpus_per_replica",
     "torch_threads",
@@ -48,10 +49,13 @@ def main() -> None:
     from rayline.registry import ModelVersion
     from rayline.runtime import disconnect
     from rayline.serve import deploy
+    from rayline.serve.control import grpc_endpoint
 
     spec = Spec.from_argv()
     extra = spec.extra or {}
-    overrides = {"ingress": extra["ingress"]} if extra.get("ingress") else {}
+    overrides = {key: extra[key] for key in ("ingress", "runtime") if extra.get(key)}
+    if extra.get("grpc_port"):
+        overrides["grpc"] = {"port": extra["grpc_port"]}
     cfg = ServeConfig(host="127.0.0.1", port=spec.port, **overrides)
     dashboard = bool(extra.get("include_dashboard", True))
     start_cluster(dashboard)
@@ -60,11 +64,14 @@ def main() -> None:
     try:
         url = deploy(spec.storage_root, ModelVersion(spec.model_name, spec.model_version), cfg)
         settings = ", ".join(f"{key}={getattr(cfg, key)!r}" for key in SHOWN)
-        forced = f" (ingress set explicitly to {cfg.ingress!r})" if overrides else " (ServeConfig() defaults)"
+        forced = f" (set explicitly: {overrides})" if overrides else " (ServeConfig() defaults)"
+        grpc = grpc_endpoint(cfg)
+        via = f", load over gRPC to {grpc} (rayline.proto Predict)" if grpc else ""
         spec.write_info(
             f"rayline: ServeConfig({settings}){forced}, embedded cluster via rayline.runtime.connect "
-            f"(dashboard {'on' if dashboard else 'off'})",
+            f"(dashboard {'on' if dashboard else 'off'}){via}",
             url=f"{url}/predict",
+            load_url=grpc,
             serve_config=cfg.model_dump(mode="json"),
         )
         while not stop.wait(0.5):

@@ -149,12 +149,43 @@ def cmd_predict(args) -> int:
     from rayline.predict import output_format, predict_files
     from rayline.registry import Registry
 
+    if args.endpoint:
+        return predict_through_endpoint(args)
+    if not args.output:
+        raise ConfigError("rayline predict: --output is required (or --endpoint, to send the rows to a server)")
     Registry(args.root).find(args.model)  # an unknown model or output format is refused before Ray starts
     output_format(args.output)
     start(args)
     model, rows = predict_files(args.root, args.model, args.input, args.output)
     print(f"predicted {rows} rows with model {model} into {args.output}")
     return 0
+
+
+def predict_through_endpoint(args) -> int:
+    """`rayline predict --endpoint URL`: the input's rows through a running endpoint (rayline.client), no Ray."""
+    from rayline.client import connect, predict_frame
+    from rayline.data.files import resolve_source
+    from rayline.data.read import read_sample
+    from rayline.registry_layout import split_model_spec
+
+    name, version = split_model_spec(args.model) if args.model else (None, None)
+    frame = read_sample(resolve_source(args.input), ENDPOINT_MAX_ROWS, args.input).to_pandas()
+    with connect(args.endpoint) as client:
+        answer = predict_frame(client, frame, name, version)
+    where = f"model {answer['model_name']}/{answer['model_version']} at {args.endpoint}"
+    if args.output:
+        with writing(args.output), open(args.output, "w") as out:
+            out.writelines(json.dumps(p) + "\n" for p in answer["predictions"])
+        print(f"predicted {len(frame)} rows with {where} into {args.output}")
+        return 0
+    for i, prediction in enumerate(answer["predictions"]):
+        print(f"row {i}: {describe_prediction(prediction)}")
+    print(f"predicted {len(frame)} rows with {where}")
+    return 0
+
+
+ENDPOINT_MAX_ROWS = 100_000
+"""Most rows `rayline predict --endpoint` sends (batch prediction over Ray Data is for more)."""
 
 
 def cmd_export(args) -> int:

@@ -76,12 +76,24 @@ def add_serving_commands(command: Callable) -> None:
     serve.add_argument("--model", metavar="NAME[/vN]", help="model name to serve, without a pipeline")
     serve.add_argument("--version", help="version of the model, e.g. v3 (default: its serving one)")
     serve.add_argument("--root", default=DEFAULT_ROOT, help="storage root (without a pipeline)")
-    predict = command("predict", "batch prediction over a file with Ray Data", pipeline=False)
+    predict = command(
+        "predict", "batch prediction over a file with Ray Data, or through a running endpoint", pipeline=False
+    )
     predict.add_argument(
         "--model", metavar="NAME[/vN]", help="model name, or one version of it (default: the serving version)"
     )
     predict.add_argument("--input", required=True, help="file, directory or glob of Parquet/CSV/JSON lines")
-    predict.add_argument("--output", required=True, help="output directory; its extension picks the format")
+    predict.add_argument(
+        "--output",
+        help="output directory, its extension picks the format (required without --endpoint); with --endpoint, "
+        "a JSON-lines file (default: print each prediction)",
+    )
+    predict.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="send the rows to a running endpoint instead: http://host:port[/prefix] or grpc://host:port[/app] "
+        "(bearer token: RAYLINE_API_TOKEN)",
+    )
     predict.add_argument("--root", default=DEFAULT_ROOT, help="storage root")
     export = command("export", "write a registered version as an ONNX file with its preprocessing", pipeline=False)
     export.add_argument("model", metavar="NAME[/vN]", help="model name (its serving version) or one version of it")

@@ -568,6 +568,11 @@ class ServeAutoscalingConfig(Section):
         return self
 
 
+class ServeGrpcConfig(Section):
+    port: Annotated[int, Field(ge=1, le=65535)] = 9000
+    """Port of the gRPC endpoint (service rayline.Rayline, rayline/serve/rayline.proto), on serve.host beside HTTP."""
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     """Address the endpoint binds to (and, with haproxy, each replica's own HTTP port and Serve's fallback proxy);
@@ -588,7 +593,13 @@ class ServeConfig(Section):
     cpus_per_replica: Annotated[float, Field(gt=0.0)] = 0.5
     """CPUs each replica reserves."""
     torch_threads: PositiveInt = 1
-    """Intra-op threads of each replica's forward pass; replicas share the node's cores with the HTTP path."""
+    """Intra-op threads of each replica's forward pass (torch's or ONNX Runtime's); replicas share the node's cores
+    with the HTTP path."""
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    """What runs the forward pass: torch (the checkpoint's module after the preprocessor), or onnxruntime (each
+    replica exports the checkpoint's ONNX graph, preprocessing inside, and runs it with ONNX Runtime)."""
+    grpc: ServeGrpcConfig | None = None
+    """Also answer gRPC (service rayline.Rayline) on grpc.port; off when omitted. Only applies when Serve starts."""
     max_batch_size: PositiveInt = 32
     """Most rows a replica runs through the model in one forward pass."""
     batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.005

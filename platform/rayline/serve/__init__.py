@@ -1,5 +1,6 @@
 """Ray Serve: the replica (replica.py), the app builder (app.py), deploying and switching versions (control.py),
-request schema (schema.py), ingress (ingress.py).
+request schema (schema.py), ingress (ingress.py), the forward pass's runtime (runtime.py: torch or ONNX Runtime),
+the gRPC methods (grpc_api.py, rayline.proto).
 
 Every name is imported on first use: Serve's controller imports rayline.serve.ingress as it starts, and
 `rayline.serve.schema` stays free of Ray.

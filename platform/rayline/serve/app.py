@@ -9,6 +9,7 @@ and checks its contents once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from ray.serve import Application
 from rayline.checkpoint import checkpoint_config, verify_checkpoint
 from rayline.config import ServeConfig
 from rayline.config import absolute as absolute_location
+from rayline.errors import RaylineError
 from rayline.registry import ModelVersion, Registry
 from rayline.serve.http import env_token_digest
 from rayline.serve.replica import ModelServer
 from rayline.serve.settings import ReplicaSettings, replica_settings
 
 IMPORT_PATH = "rayline.serve.app:build"
+ONNX_PACKAGES = ("onnx", "onnxruntime")
+"""What serve.runtime onnxruntime needs: the exporter's graph editing, and the runtime."""
 REPLICA_ENV = {
     # One event loop for HTTP and our code: by default Serve runs user code on a second loop in its own
     # thread, and every request then crosses between the two loops (and fights over the GIL) twice. Our
@@ -76,9 +80,22 @@ def build_app(
     directory = registry.checkpoint_dir(ref)
     verify_checkpoint(directory, contents=False)
     cfg = serve_cfg or checkpoint_config(directory).serve
+    check_runtime(cfg)
     settings = replica_settings(cfg, ref)
     deployment = ModelServer.options(**deployment_options(cfg, settings))
     return deployment.bind(root, settings.fixed, token_sha256 or env_token_digest())
+
+
+def check_runtime(cfg: ServeConfig) -> None:
+    """Refuse `serve.runtime: onnxruntime` where its packages are missing, before any replica starts."""
+    if cfg.runtime != "onnxruntime":
+        return
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RaylineError(
+            f"serve.runtime is onnxruntime but the package(s) {', '.join(missing)} are not installed where the app "
+            f"is built; install them (pip install {' '.join(missing)}) on every node, or set serve.runtime: torch"
+        )
 
 
 def deployment_options(cfg: ServeConfig, settings: ReplicaSettings) -> dict[str, Any]:

@@ -26,11 +26,15 @@ from rayline.errors import RaylineError
 from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.runtime import alive_nodes, shutdown_serve
 from rayline.serve.app import IMPORT_PATH, absolute
+from rayline.serve.grpc_api import SERVICER
 from rayline.serve.http import env_token_digest
 from rayline.serve.ingress import check_ingress, controller_options, head_only_warning, proxy_location
 from rayline.serve.replica import DEPLOYMENT_NAME
 
 QUIET = {"log_level": "WARNING"}
+GRPC_GRACE_S = 5.0
+"""Serve's own gRPC timeout runs this much past serve.request_timeout_s, so the replica's DEADLINE_EXCEEDED (with
+its message) is what a client sees."""
 logger = logging.getLogger(__name__)
 
 
@@ -69,6 +73,7 @@ def deploy(
             logger.warning(warning)
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
+        grpc_options=grpc_options(cfg),
         proxy_location=proxy_location(cfg),
         logging_config=QUIET,
         controller_options=controller_options(cfg),
@@ -79,6 +84,24 @@ def deploy(
         wait_until_running(cfg.app_name, timeout_s)
         wait_until_reachable(url, timeout_s)
     return url
+
+
+def grpc_options(cfg: ServeConfig) -> dict[str, Any] | None:
+    """Serve's gRPC listener for `serve.grpc`: service rayline.Rayline (grpc_api.py) on grpc.port; none when unset."""
+    if cfg.grpc is None:
+        return None
+    return {
+        "port": cfg.grpc.port,
+        "grpc_servicer_functions": [SERVICER],
+        "request_timeout_s": cfg.request_timeout_s + GRPC_GRACE_S,
+    }
+
+
+def grpc_endpoint(cfg: ServeConfig) -> str | None:
+    """The gRPC endpoint's address for clients (`rayline predict --endpoint`), or None without serve.grpc."""
+    if cfg.grpc is None:
+        return None
+    return f"grpc://{client_host(cfg.host)}:{cfg.grpc.port}"
 
 
 def checked_version(root: str, model: ModelVersion | None = None) -> tuple[ModelVersion, Path]:
@@ -113,9 +136,12 @@ def shutdown() -> None:
 
 
 def endpoint_url(cfg: ServeConfig) -> str:
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    return f"http://{client_host(cfg.host)}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def client_host(host: str) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"[{host}]" if ":" in host else host
 
 
 # ---------------------------------------------------------------- switching versions

@@ -10,12 +10,40 @@ messages are the same whichever path ran; the two paths must give identical inpu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
 from rayline.serve.schema import FLOAT32_MAX, MAX_ROWS
+
+
+@dataclass(frozen=True)
+class RawRows:
+    """Rows as an exported graph takes them (export/contract.py): numeric values, and categorical keys, each in
+    model order; None where the model has no feature of that kind."""
+
+    numeric: np.ndarray | None
+    """float64 [n, numeric features]; NaN = missing."""
+    categorical: np.ndarray | None
+    """object (str) [n, categorical features]; "" = missing."""
+
+    def __len__(self) -> int:
+        return len(self.numeric if self.numeric is not None else self.categorical)
+
+    def __getitem__(self, rows: slice) -> RawRows:
+        return RawRows(*(None if a is None else a[rows] for a in (self.numeric, self.categorical)))
+
+    @staticmethod
+    def concat(parts: Sequence[RawRows]) -> RawRows:
+        first = parts[0]
+        arrays = (
+            None if getattr(first, kind) is None else np.concatenate([getattr(p, kind) for p in parts])
+            for kind in ("numeric", "categorical")
+        )
+        return RawRows(*arrays)
 
 
 class FastEncoder:
@@ -73,7 +101,27 @@ class FastEncoder:
             out.append(row)
         return out
 
-    def _scaled(self, numbers: list[list[Any]], n: int) -> np.ndarray | None:
+    def raw(self, payload: Any) -> RawRows | None:
+        """The rows as an exported graph takes them, after the same checks as `encode` (None: the validating path)."""
+        rows = self._rows(payload)
+        if rows is None:
+            return None
+        numeric = None
+        if self.numeric_index:
+            numbers = rows if self.all_numeric else [[row[i] for i in self.numeric_index] for row in rows]
+            checked = self._checked(numbers, len(rows))
+            if checked is None:
+                return None
+            numeric = checked[0]
+        if not self.categorical:
+            return RawRows(numeric, None)
+        keys = [[category_key(row[position]) for position, _, _ in self.categorical] for row in rows]
+        if any(k is None for row in keys for k in row):
+            return None
+        return RawRows(numeric, np.array(keys, dtype=object).reshape(len(rows), len(self.categorical)))
+
+    def _checked(self, numbers: list[list[Any]], n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(raw float64, scaled float32) numeric values, or None for anything the validating path must judge."""
         # bool is a subclass of int and numpy would take "1.5" as a number: check exact types first.
         for row in numbers:
             for v in row:
@@ -89,6 +137,13 @@ class FastEncoder:
             scaled = ((raw - self.mean) / self.scale).astype(np.float32)
         if not np.isfinite(scaled).all():
             return None
+        return raw, scaled
+
+    def _scaled(self, numbers: list[list[Any]], n: int) -> np.ndarray | None:
+        checked = self._checked(numbers, n)
+        if checked is None:
+            return None
+        scaled = checked[1]
         if self.all_numeric:
             return scaled
         x_bf = np.zeros((n, self.num_inputs), dtype=np.float32)

@@ -74,6 +74,14 @@ def token_digest(token: str | None) -> str | None:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def bearer_matches(authorization: bytes, token_sha256: bytes) -> bool:
+    """Whether an Authorization value ("Bearer <token>") carries the token whose hex SHA-256 is `token_sha256`."""
+    scheme, _, token = authorization.partition(b" ")
+    presented = hashlib.sha256(token.strip()).hexdigest().encode()  # an empty token too: equal lengths
+    # Compare digests in constant time: equal length always, and no early exit on the first wrong byte.
+    return hmac.compare_digest(presented, token_sha256) and scheme.lower() == b"bearer"
+
+
 def env_token_digest() -> str | None:
     """The digest of RAYLINE_API_TOKEN in this process's environment; None when it is not set."""
     return token_digest(os.environ.get(TOKEN_ENV))
@@ -108,11 +116,7 @@ class FrontDoor:
         await self.docs_app(scope, receive, send)
 
     def authorized(self, scope: Scope) -> bool:
-        value = header(scope, b"authorization") or b""
-        scheme, _, token = value.partition(b" ")
-        presented = hashlib.sha256(token.strip()).hexdigest().encode()  # an empty token too: equal lengths
-        # Compare digests in constant time: equal length always, and no early exit on the first wrong byte.
-        return hmac.compare_digest(presented, self.token_sha256) and scheme.lower() == b"bearer"
+        return bearer_matches(header(scope, b"authorization") or b"", self.token_sha256)
 
     async def predict(
         self, scope: Scope, receive: Receive, send: Send, model: tuple[str | None, str | None], route: str

@@ -10,7 +10,13 @@ What listens where, with Ray 2.60 (checked in its source, and by tests/integrati
 - each replica's own HTTP port (haproxy) binds serve.host: Serve gives replicas the controller's http_options
   (its HAProxy-mode default of every interface only applies when no host is given, and rayline always gives one);
 - Serve's fallback proxy (haproxy; HAProxy's backup server while no replica is up) binds serve.host on
-  RAY_SERVE_FALLBACK_PROXY_HTTP_PORT; no gRPC listener is opened, as no gRPC servicer is configured;
+  RAY_SERVE_FALLBACK_PROXY_HTTP_PORT; without serve.grpc no gRPC listener is opened, as no gRPC servicer is
+  configured;
+- with serve.grpc, the gRPC endpoint (HAProxy's grpc_frontend) binds serve.host:grpc.port, but Ray hard-codes
+  `[::]` (every interface) for the gRPC servers behind it: each replica's own (a port in 40000-41000), the
+  fallback proxy's (RAY_SERVE_FALLBACK_PROXY_GRPC_PORT) and, with `proxy`, the proxy's gRPC endpoint itself.
+  They take no token unless the deployment has one (rayline checks it on every gRPC method but Health); keep
+  those ports inside the cluster's network (a firewall), as Ray's own ports;
 - HAProxy's stats page and Prometheus page bind every interface in Ray's config template (`bind *:` and
   `bind :`), with no setting to change it. Nothing in Ray connects to them (it reads HAProxy's state through the
   admin socket), so rayline moves them to 127.0.0.1: Ray is pointed at a wrapper script that rewrites those
@@ -70,6 +76,7 @@ def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
         BINARY_ENV: f"{state}/haproxy",
         "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": CALLBACK,
         # Serve holds a stopping replica open 30 s by default so an external load balancer can notice;

@@ -1,4 +1,4 @@
-"""One registry version made ready to answer requests: model, preprocessor, request schema, encoder. No Ray.
+"""One registry version made ready to answer requests: model, preprocessor, request schema, runtime. No Ray.
 
 A replica holds one of these for the version it serves by default and a few more for
 `/v1/models/{version}/predict` and `/v1/models/{name}/{version}/predict`; swapping versions replaces
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+import pandas as pd
 from torch import nn
 
 from rayline.data.errors import DataError
 from rayline.data.preprocess import Preprocessor
 from rayline.registry import ModelVersion, Registry, RegistryError
-from rayline.serve.encode import FastEncoder
+from rayline.serve.runtime import Runtime, build_runtime
 from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema, invalid, parse_json, problem
 
 
@@ -30,39 +30,56 @@ class ServedModel:
     preprocessor: Preprocessor
     record: dict[str, Any]
     schema: RequestSchema
-    encoder: FastEncoder
+    runtime: Runtime
     input_columns: list[str] = field(default_factory=list)
 
     @classmethod
     def load(
-        cls, storage_root: str | Path, name: str | None = None, version: str | None = None, *, max_rows: int = MAX_ROWS
+        cls,
+        storage_root: str | Path,
+        name: str | None = None,
+        version: str | None = None,
+        *,
+        max_rows: int = MAX_ROWS,
+        runtime: str = "torch",
+        threads: int = 1,
     ) -> ServedModel:
         """Load and check a registry version: of `name` (None: the registry's only name), `version` (None: its
-        serving version). RegistryError if it is unusable."""
+        serving version), to run on `runtime` (serve.runtime) with `threads` intra-op threads. RegistryError if
+        it is unusable."""
         registry = Registry(storage_root)
         # Checks the manifest hashes; the weights load with weights_only=True.
         loaded = registry.load(registry.resolve(name, version))
         require_finite_weights(loaded.model, loaded.version)
         pre = loaded.preprocessor
-        schema = RequestSchema(pre.feature_schema(), max_rows=max_rows)
+        record = registry.record(loaded.version)
         return cls(
             name=loaded.version.name,
             version=loaded.version.version,
             model=loaded.model,
             preprocessor=pre,
-            record=registry.record(loaded.version),
-            schema=schema,
-            encoder=FastEncoder(pre, max_rows=max_rows),
+            record=record,
+            schema=RequestSchema(pre.feature_schema(), max_rows=max_rows),
+            runtime=build_runtime(
+                runtime, loaded.model, pre, record, ref=str(loaded.version), threads=threads, max_rows=max_rows
+            ),
             input_columns=pre.input_columns(),
         )
 
-    def inputs(self, body: bytes, content_type: str | None) -> np.ndarray:
-        """float32 model inputs of a request body, or a RequestError that names what is wrong and where."""
-        payload = parse_json(body, content_type)
-        x_bf = self.encoder.encode(payload)
-        return x_bf if x_bf is not None else self.validated_inputs(payload)
+    def inputs(self, body: bytes, content_type: str | None) -> Any:
+        """The runtime's inputs for a request body, or a RequestError that names what is wrong and where."""
+        return self.inputs_of(parse_json(body, content_type))
 
-    def validated_inputs(self, payload: Any) -> np.ndarray:
+    def inputs_of(self, payload: Any) -> Any:
+        """The runtime's inputs for a parsed request (`{"rows": [...]}`), or a RequestError."""
+        fast = self.runtime.fast_inputs(payload)
+        if fast is not None:
+            return fast
+        frame, x_bf = self.validated(payload)
+        return self.runtime.inputs(frame, x_bf)
+
+    def validated(self, payload: Any) -> tuple[pd.DataFrame, np.ndarray]:
+        """The rows of a parsed request, checked (one column per feature), and the preprocessor's float32 inputs."""
         frame = self.schema.validate(payload)
         try:
             with np.errstate(over="ignore"):  # overflow is reported per row and feature just below
@@ -78,19 +95,22 @@ class ServedModel:
                 name = self.input_columns[c]
                 problems.append(problem(f"rows.{r}.{name}", f"{float(frame[name].iloc[r]):g} {msg}"))
             raise invalid(422, problems)
-        return x_bf
+        return frame, x_bf
 
     @property
     def ref(self) -> ModelVersion:
         return ModelVersion(self.name, self.version)
 
-    def forward(self, x_bf: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(x_bf)).numpy()
+    def forward(self, inputs: Any) -> np.ndarray:
+        """The runtime's outputs for its inputs (`inputs`, or several of them joined by `concat`)."""
+        return self.runtime.predict(inputs)
+
+    def concat(self, parts: list[Any]) -> Any:
+        return self.runtime.concat(parts)
 
     def predictions(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         require_finite_outputs(outputs)
-        return self.preprocessor.decode(outputs)
+        return self.runtime.predictions(outputs)
 
     def describe(self) -> dict[str, Any]:
         record = self.record
@@ -100,6 +120,7 @@ class ServedModel:
             "pipeline": record.get("pipeline"),
             "run_name": record.get("run_name"),
             "task": self.preprocessor.task,
+            "runtime": self.runtime.name,
             "label": self.preprocessor.label,
             "classes": self.preprocessor.classes,
             "features": self.schema.features,

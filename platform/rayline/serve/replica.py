@@ -29,6 +29,7 @@ from rayline.registry import ModelVersion, Registry, RegistryError
 from rayline.registry_layout import check_name, is_version
 from rayline.serve.api import create_api
 from rayline.serve.batching import Batcher
+from rayline.serve.grpc_api import GrpcMethods
 from rayline.serve.http import FrontDoor, Limits, env_token_digest, error_body
 from rayline.serve.metrics import ServeMetrics
 from rayline.serve.model import ServedModel, record_metrics
@@ -56,15 +57,16 @@ def multiplexed_loader(load: Callable[[str], Awaitable[ServedModel]], limit: int
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
-class ModelServer:
-    """One replica: its default model, a small cache of other versions, and the request path."""
+class ModelServer(GrpcMethods):
+    """One replica: its default model, a small cache of other versions, and the request path (HTTP through
+    `__serve_build_asgi_app__`, gRPC through grpc_api.py's methods)."""
 
     def __init__(self, storage_root: str, fixed: dict[str, Any] | None = None, token_sha256: str | None = None):
         """fixed: settings.FIXED_FIELDS of a ServeConfig; token_sha256: the bearer token's digest, else that of
         RAYLINE_API_TOKEN in the replica's environment (no token: no check)."""
         self.fixed = fixed_settings(fixed)
         # Replicas share the node's cores with the HTTP path and each other: scale out with replicas,
-        # not with intra-op threads that would fight over the same cores.
+        # not with intra-op threads that would fight over the same cores (ONNX Runtime's are set alike).
         torch.set_num_threads(self.fixed.torch_threads)
         self.storage_root = storage_root
         self.primary: ServedModel | None = None
@@ -121,6 +123,13 @@ class ModelServer:
         self, name: str | None, version: str | None, body: bytes, content_type: str | None
     ) -> tuple[int, Any, ModelVersion | None]:
         """(HTTP status, JSON body, the model that answered) for one predict request."""
+        return await self.answer_payload(name, version, lambda served: served.inputs(body, content_type))
+
+    async def answer_payload(
+        self, name: str | None, version: str | None, inputs_of: Callable[[ServedModel], Any]
+    ) -> tuple[int, Any, ModelVersion | None]:
+        """(HTTP status, JSON body, the model that answered) for a request whose rows `inputs_of` reads for the
+        model that answers it (RequestError when they are wrong): the HTTP and gRPC routes' common path."""
         try:
             served = await self.model_for(name, version)
         except RegistryError as err:
@@ -130,8 +139,8 @@ class ModelServer:
             asked = ModelVersion(name or self.primary.name, version)
             return 503, error_body(f"model version {asked} cannot be served: {err}"), asked
         try:
-            x_bf = served.inputs(body, content_type)
-            outputs = await self._infer(served, x_bf)
+            inputs = inputs_of(served)
+            outputs = await self._infer(served, inputs)
             predictions = served.predictions(outputs)
         except RequestError as err:
             return err.status, err.to_json(), served.ref
@@ -166,18 +175,22 @@ class ModelServer:
             raise ModelUnavailable(str(err)) from None
 
     def _load(self, name: str | None, version: str | None) -> ServedModel:
-        return ServedModel.load(self.storage_root, name, version, max_rows=MAX_ROWS)
+        fixed = self.fixed
+        return ServedModel.load(
+            self.storage_root, name, version, max_rows=MAX_ROWS, runtime=fixed.runtime, threads=fixed.torch_threads
+        )
 
-    async def _infer(self, served: ServedModel, x_bf: np.ndarray) -> np.ndarray:
+    async def _infer(self, served: ServedModel, inputs: Any) -> np.ndarray:
+        """The outputs for one request's inputs (float32 model inputs, or raw rows for ONNX Runtime)."""
         n = self.batcher.max_rows
-        if len(x_bf) <= n:
-            return await self.batcher.submit((served, x_bf), len(x_bf))
+        if len(inputs) <= n:
+            return await self.batcher.submit((served, inputs), len(inputs))
         # Cut big requests so that no forward pass holds more than max_batch_size rows.
-        pieces = [x_bf[i : i + n] for i in range(0, len(x_bf), n)]
+        pieces = [inputs[i : i + n] for i in range(0, len(inputs), n)]
         outputs = await asyncio.gather(*(self.batcher.submit((served, p), len(p)) for p in pieces))
         return np.concatenate(outputs)
 
-    async def _run_batch(self, items: list[tuple[ServedModel, np.ndarray]]) -> list[np.ndarray]:
+    async def _run_batch(self, items: list[tuple[ServedModel, Any]]) -> list[np.ndarray]:
         # A batch may mix versions (/predict and /v1/models/...): one forward pass per version.
         by_model: dict[int, list[int]] = {}
         for i, (served, _) in enumerate(items):
@@ -186,16 +199,16 @@ class ModelServer:
         for indices in by_model.values():
             served = items[indices[0]][0]
             parts = [items[i][1] for i in indices]
-            x_bf = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            # In a thread: torch releases the GIL, so the next requests are parsed while the model runs.
+            inputs = served.concat(parts) if len(parts) > 1 else parts[0]
+            # In a thread: torch and ONNX Runtime release the GIL, so the next requests are parsed meanwhile.
             self._forward_since = time.monotonic()
             try:
-                out_bo = await asyncio.to_thread(served.forward, x_bf)
+                out_bo = await asyncio.to_thread(served.forward, inputs)
             finally:
                 self._forward_since = None
-            self.metrics.observe_batch(served.ref, len(x_bf))
+            self.metrics.observe_batch(served.ref, len(inputs))
             self.counters["batches_served"] += 1
-            self.counters["rows_served"] += len(x_bf)
+            self.counters["rows_served"] += len(inputs)
             for i, part in zip(indices, np.split(out_bo, np.cumsum([len(p) for p in parts])[:-1]), strict=True):
                 results[i] = part
         return results

@@ -18,7 +18,7 @@ from typing import Any
 from rayline.config import ServeConfig
 from rayline.registry_layout import ModelVersion, RegistryError, check_name, is_version
 
-FIXED_FIELDS = frozenset({"max_models_per_replica", "torch_threads"})
+FIXED_FIELDS = frozenset({"max_models_per_replica", "torch_threads", "runtime"})
 """ServeConfig fields a replica takes when it starts."""
 HOT_FIELDS = frozenset({"max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "request_timeout_s"})
 """ServeConfig fields a running replica takes in place, through its user_config."""
