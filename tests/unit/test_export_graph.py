@@ -14,9 +14,9 @@ import torch
 
 from rayline.config import ModelConfig
 from rayline.data.preprocess import CategoricalStat, NumericStat, Preprocessor
-from rayline.export.contract import describe, raw_inputs
-from rayline.export.graph import InputLayout, RawFeatureModel
-from rayline.export.onnx import export_onnx, metadata_for
+from rayline.edge.contract import describe, raw_inputs
+from rayline.edge.graph import InputLayout, RawFeatureModel
+from rayline.edge.onnx import export_onnx, metadata_for
 from rayline.models import build_model
 
 FEATURES = [

@@ -1,10 +1,7 @@
-"""ONNX export of a registered version, with the preprocessing inside the graph, checked against rayline's own
-answers on every export (`rayline export`).
+"""`rayline export`: ONNX export of a registered version, with the preprocessing inside the graph (built by
+rayline.edge), checked against rayline's own answers on every export.
 
-    graph.py     the torch module exported: raw values -> preprocessing -> model -> softmax / unscaled value
-    onnx.py      torch's exporter (dynamo, else TorchScript), string lookups, class names, int8 quantization
-    contract.py  the inputs and outputs an edge caller sees, as JSON and as a feed built from a table
-    rows.py      the rows the check runs on (the held-out split found again in the source)
+    run.py       the export: graph, files, parity, int8, the registry record
     parity.py    ONNX Runtime against the Serve replica's code path, and the int8 limits
 """
 
@@ -16,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayline.export.contract import ExportError
+from rayline.edge.contract import ExportError
 
 __all__ = ["ExportError", "ExportReport", "ExportedFile", "export_version"]
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from rayline.data.preprocess import scale_of
-from rayline.export.contract import raw_inputs
-from rayline.export.graph import InputLayout
-from rayline.export.rows import ParityRows
+from rayline.edge.contract import raw_inputs
+from rayline.edge.graph import InputLayout
+from rayline.edge.rows import ParityRows
 from rayline.serve.model import ServedModel
 
 FP32_TOLERANCE = 1e-5

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from rayline.checkpoint import checkpoint_config, file_sha256
+from rayline.edge.contract import ExportError, describe
+from rayline.edge.onnx import check_graph_names, export_onnx, metadata_for, opset_of, quantize_int8
+from rayline.edge.rows import ParityRows, parity_rows
 from rayline.export import ExportedFile, ExportReport
-from rayline.export.contract import ExportError, describe
-from rayline.export.onnx import check_graph_names, export_onnx, metadata_for, opset_of, quantize_int8
 from rayline.export.parity import (
     ParityReport,
     compare,
@@ -20,7 +21,6 @@ from rayline.export.parity import (
     served_answers,
 )
 from rayline.export.parity import describe as describe_parity
-from rayline.export.rows import ParityRows, parity_rows
 from rayline.registry import ModelVersion, Registry
 from rayline.registry_layout import now, write_json
 from rayline.serve.model import ServedModel

@@ -96,8 +96,8 @@ class OnnxRuntime:
         return self.encoder.raw(payload)
 
     def inputs(self, frame: pd.DataFrame, x_bf: np.ndarray) -> RawRows:
-        from rayline.export.contract import CATEGORICAL_INPUT, NUMERIC_INPUT, raw_inputs
-        from rayline.export.graph import InputLayout
+        from rayline.edge.contract import CATEGORICAL_INPUT, NUMERIC_INPUT, raw_inputs
+        from rayline.edge.graph import InputLayout
 
         feed = raw_inputs(frame, InputLayout.of(self.preprocessor))
         return RawRows(feed.get(NUMERIC_INPUT), feed.get(CATEGORICAL_INPUT))
@@ -106,7 +106,7 @@ class OnnxRuntime:
         return RawRows.concat(parts)
 
     def predict(self, rows: RawRows) -> np.ndarray:
-        from rayline.export.contract import CATEGORICAL_INPUT, NUMERIC_INPUT
+        from rayline.edge.contract import CATEGORICAL_INPUT, NUMERIC_INPUT
 
         feed = {}
         if rows.numeric is not None:
@@ -160,8 +160,8 @@ def onnx_graph(model: nn.Module, preprocessor: Preprocessor, record: dict[str, A
     recorded = recorded_export(record)
     if recorded is not None:
         return recorded
-    from rayline.export.contract import ExportError
-    from rayline.export.onnx import export_onnx, metadata_for
+    from rayline.edge.contract import ExportError
+    from rayline.edge.onnx import export_onnx, metadata_for
 
     with tempfile.TemporaryDirectory(prefix="rayline-onnx-") as folder:
         path = Path(folder) / "model.onnx"
@@ -202,7 +202,7 @@ def onnx_session(graph: bytes, threads: int) -> Any:
 
 def check_against_torch(onnx: OnnxRuntime, reference: TorchRuntime, version: str) -> None:
     """Refuse a graph that does not answer as torch does on rows drawn from the preprocessor's statistics."""
-    from rayline.export.rows import synthetic_rows
+    from rayline.edge.rows import synthetic_rows
 
     pre = onnx.preprocessor
     frame = synthetic_rows(pre, CHECK_ROWS)

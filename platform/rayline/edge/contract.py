@@ -20,8 +20,8 @@ import pandas as pd
 
 from rayline.data.preprocess import CategoricalStat, Preprocessor
 from rayline.data.values import keys_of, numeric_column
+from rayline.edge.graph import InputLayout
 from rayline.errors import RaylineError
-from rayline.export.graph import InputLayout
 
 NUMERIC_INPUT = "numeric"
 CATEGORICAL_INPUT = "categorical"

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from rayline.data.preprocess import Preprocessor
-from rayline.export.contract import CATEGORICAL_INPUT, NUMERIC_INPUT, ExportError, input_names, output_names
-from rayline.export.graph import InputLayout, exportable
+from rayline.edge.contract import CATEGORICAL_INPUT, NUMERIC_INPUT, ExportError, input_names, output_names
+from rayline.edge.graph import InputLayout, exportable
 
 OPSET = 18
 """The default-domain opset asked of both exporters (ONNX Runtime 1.16 and later run it)."""
