@@ -356,12 +356,24 @@ def feature_names(cfg: PipelineConfig) -> set[str]:
     return {f.name for f in resolve_features(cfg.data).features}
 
 
+def trained_serve_config(root: str, model) -> ServeConfig:
+    """The serve section the version was trained with (its checkpoint's config; nothing else is read)."""
+    from rayline.checkpoint import checkpoint_config
+    from rayline.registry import Registry
+
+    registry = Registry(root)
+    version = registry.resolve(model.name, model.version) if model else registry.resolve()
+    return checkpoint_config(registry.checkpoint_dir(version)).serve
+
+
 def serve_until_interrupted(root: str, model, serve_cfg: ServeConfig | None, dashboard: str) -> int:
     """serve_cfg None: the serve section the model was trained with (deploy reads it from the checkpoint it loads)."""
     from rayline import serve as serving
 
     url = serving.deploy(root, model, serve_cfg)
     print(f"serving model {model} at {url}/predict  (docs: {url}/docs)")
+    if (grpc := serving.grpc_endpoint(serve_cfg or trained_serve_config(root, model))) is not None:
+        print(f"gRPC (service rayline.Rayline, rayline/serve/rayline.proto) at {grpc}")
     print(f"dashboard: {dashboard}")
     print("press Ctrl-C to stop")
     try:

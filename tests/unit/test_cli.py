@@ -283,3 +283,16 @@ def test_a_failed_serve_deploy_is_one_line_and_exit_2(capsys, tmp_path, monkeypa
     monkeypatch.setattr(control, "promote", refuse)
     assert main(["promote", "tiny-classification", "v1", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "error: Serve app 'digits' is DEPLOY_FAILED: the replica died\n"
+
+
+def test_rayline_serve_names_the_grpc_endpoint_the_version_was_trained_with(tmp_path):
+    from rayline.cli import trained_serve_config
+    from rayline.config import ServeConfig
+    from rayline.serve.control import grpc_endpoint
+    from serve_models import register
+
+    with_grpc = register(tmp_path / "a", serve=ServeConfig(grpc={"port": 9123}))
+    register(tmp_path / "b")
+    assert grpc_endpoint(trained_serve_config(str(tmp_path / "a"), with_grpc)) == "grpc://127.0.0.1:9123"
+    assert grpc_endpoint(trained_serve_config(str(tmp_path / "a"), None)) == "grpc://127.0.0.1:9123"
+    assert grpc_endpoint(trained_serve_config(str(tmp_path / "b"), None)) is None

@@ -20,6 +20,7 @@ _LAZY = {
     "build_app": "app",
     "deploy": "control",
     "endpoint_url": "control",
+    "grpc_endpoint": "control",
     "promote": "control",
     "rollback": "control",
     "shutdown": "control",
