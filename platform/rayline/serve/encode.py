@@ -22,7 +22,7 @@ from rayline.serve.schema import FLOAT32_MAX, MAX_ROWS
 
 @dataclass(frozen=True)
 class RawRows:
-    """Rows as an exported graph takes them (export/contract.py): numeric values, and categorical keys, each in
+    """Rows as an exported graph takes them (edge/contract.py): numeric values, and categorical keys, each in
     model order; None where the model has no feature of that kind."""
 
     numeric: np.ndarray | None

@@ -4,7 +4,7 @@ Both take the same validated rows and answer the same predictions; only the mode
 
 - `TorchRuntime`: float32 model inputs made by the preprocessor (encode.py's fast path, else
   `Preprocessor.transform_features`), the checkpoint's torch module, then `Preprocessor.decode` of its outputs;
-- `OnnxRuntime`: raw feature values in model order (encode.RawRows, the graph's inputs as export/contract.py
+- `OnnxRuntime`: raw feature values in model order (encode.RawRows, the graph's inputs as edge/contract.py
   describes them), the exported graph with the preprocessing and the softmax inside, run by
   `onnxruntime.InferenceSession`.
 
