@@ -24,6 +24,7 @@ from rayline.train.ps_worker import ServerOptimizer
 from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
 from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, local, make_loss_fn
 from rayline.train.stopping import decide
+from rayline.train.straggler import straggler_delay
 from rayline.train.strategies import Parallelized, parallelize
 
 
@@ -149,13 +150,17 @@ def train_epoch(
     optimizer_steps = 0
     # Pipeline stages exchange fixed-shape micro-batches.
     batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
+    delay = straggler_delay(dist.get_rank())  # None outside benchmarks/optim_bench.py
     for step, (batch, last_batch) in enumerate(flag_last(batches)):
         factor = lr_factor(train.lr_schedule, epochs=train.epochs, epoch=epoch, progress=step / steps)
         set_lr(optimizer, train.optimizer.lr * factor)
         x_bf, y_b = batch["x"], batch["y"]
         # Replicas take equally many steps, so they agree on where an accumulation group ends.
         sync = (step + 1) % accumulation == 0 or last_batch
+        began = time.perf_counter()
         loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
+        if delay is not None:
+            delay(time.perf_counter() - began)
         if sync:
             optimizer_step(pm, optimizer, train.grad_clip_norm)
             optimizer_steps += 1
