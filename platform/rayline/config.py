@@ -342,6 +342,7 @@ COMPRESSION_REFUSED = {
     "pipeline": "pipeline parallelism has one replica, so there is no gradient all-reduce to compress",
     "hybrid": "hybrid's data-parallel dimension is FSDP, which takes no DDP communication hook",
     "parameter_server": "parameter_server workers push their gradients to server shards, with no all-reduce",
+    "auto": "auto may pick a strategy without DDP's all-reduce",
 }
 """Why each strategy but ddp cannot compress its gradients."""
 
@@ -370,7 +371,7 @@ class ParameterServerConfig(Section):
         return self
 
 
-Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid", "parameter_server"]
+Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid", "parameter_server", "auto"]
 
 
 class TrainConfig(Section):
@@ -383,7 +384,11 @@ class TrainConfig(Section):
     strategy: Strategy = "ddp"
     """ddp replicates the model; fsdp shards parameters and optimizer state (FSDP2); tensor splits each layer's
     projections across workers; pipeline gives each worker a run of layers; hybrid combines two on a 2-D mesh;
-    parameter_server keeps parameters and optimizer state on server actors that workers push gradients to."""
+    parameter_server keeps parameters and optimizer state on server actors that workers push gradients to; auto
+    picks ddp, fsdp, tensor or pipeline from the model's size against memory_per_worker_gb (printed, and recorded)."""
+    memory_per_worker_gb: Annotated[float, Field(gt=0.0)] = 4.0
+    """Memory one worker may spend on the model's state and activations, which strategy auto plans against: on CPU a
+    share of the node's RAM, on GPU the GPU's memory less headroom."""
     hybrid: Literal["fsdp+tensor", "fsdp+pipeline"] = "fsdp+tensor"
     """For strategy hybrid: what the data-parallel and the model-parallel dimension of train.mesh do."""
     mesh: tuple[PositiveInt, PositiveInt] | None = None
@@ -863,6 +868,14 @@ class PipelineConfig(Section):
             raise ValueError("federated: keeps its round checkpoints on a local or shared storage.root for now")
         if self.federated.partition_by is not None and self.federated.partition_by == self.data.label:
             raise ValueError(f"federated.partition_by {self.data.label!r} is the label; name a column of clients")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_trains_once(self) -> PipelineConfig:
+        if self.train.strategy == "auto" and self.tune is not None:
+            raise ValueError(
+                "train.strategy auto is planned for one model, and tune: may search model sizes; name the strategy"
+            )
         return self
 
     @model_validator(mode="after")

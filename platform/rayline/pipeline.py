@@ -19,6 +19,7 @@ from rayline.registry import ModelVersion, Registry
 from rayline.storage import display, open_root
 from rayline.tracking.runs import log_registration, run_tracker, search_tracker
 from rayline.train import TrainOutcome, fit
+from rayline.train.auto import resolve_auto
 from rayline.train.driver import batch_for_small_data
 from rayline.train.evaluate import SplitResult, evaluate
 from rayline.train.resources import check_cluster_fits
@@ -60,6 +61,9 @@ def train_and_register(
         f"{data.num_rows['test']} test rows, {data.preprocessor.num_inputs} inputs, "
         f"fingerprint {data.fingerprint[:19]}…"
     )
+    cfg, choice = resolve_auto(cfg, data.preprocessor.model_shape())
+    if choice is not None:
+        log(f"train.strategy auto: {choice.strategy}, as {choice.reason}")
     cfg = fit_batch_to_data(cfg, data, log)
     class_weights = class_weights_for(cfg, data.label_counts)  # counted once: model, baseline
     outcome = fit(
@@ -68,6 +72,8 @@ def train_and_register(
     summary = early_stopping_summary(outcome, cfg)
     test_metrics, evaluation, artifacts = assess(outcome.best_checkpoint, cfg, data, class_weights, summary)
     evaluation.update(training_notes(outcome, cfg, class_weights, data))
+    if choice is not None:
+        evaluation["strategy_choice"] = choice.to_dict()
     for line in summary:
         log(line)
     version = register_run(cfg, outcome.best_checkpoint, data, test_metrics, evaluation, artifacts)
