@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/optim_bench.py            # writes benchmarks/results/optim_bench.json
 
-Four runs of pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32, 2 workers, gloo), on one Ray
-cluster started here (num_cpus 4), each with the same data, seed and epochs:
+Four runs of pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32, 2 workers, gloo) on scikit-learn's
+digits tiled --copies times (identical rows land in the same split), on one Ray cluster started here (num_cpus 4),
+each with the same data, seed and epochs, --rounds times in alternating order (medians and every round reported):
 sync ddp (train.strategy ddp), and train.strategy parameter_server with 2 shards in mode sync, async and
 bounded (max_staleness 2). Rank 1 is slowed through the benchmark-only hook rayline.train.straggler
 (RAYLINE_BENCH_STRAGGLER=1:3: after each batch it sleeps twice its own forward-backward time).
 
-Reported per run: updates/s (global parameter updates over the summed epoch time, validation included: ddp's
+Reported per run (rows: one per round): updates/s (global parameter updates over the summed epoch time, validation included: ddp's
 optimizer steps, a shard's applied versions under parameter_server), samples/s, wall time of fit, final test
 accuracy (the best checkpoint on the test split, as registered), and the staleness histogram and refusals of the
 parameter-server runs. Every epoch's figures are kept in the JSON, the first (warm-up) epoch included.
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +46,7 @@ def config(root: Path, name: str, train: dict, epochs: int):
     overrides = [
         f"data.source={root / 'digits.parquet'}",
         f"storage.root={root / 'store'}",
-        f"storage.run_name={name.replace(' ', '-').replace('(', '').replace(')', '').replace('=', '')}",
+        f"storage.run_name={''.join(c if c.isalnum() else '-' for c in name)}",
         f"train.epochs={epochs}",
         "train.early_stopping=null",
         "train.baseline=false",
@@ -94,7 +96,9 @@ def steps_per_epoch(train_rows: int, cfg) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--copies", type=int, default=8, help="digits tiled this many times (epochs of seconds)")
+    parser.add_argument("--rounds", type=int, default=2, help="each run this many times, order reversed each round")
     parser.add_argument("--straggler", default=STRAGGLER, help="RANK:FACTOR, or '' for none")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "optim_bench.json"))
     args = parser.parse_args()
@@ -102,39 +106,54 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
-
-    from rayline.data import write_digits
+    from train_bench import write_tiled_digits
 
     root = Path(tempfile.mkdtemp(prefix="optim-bench-"))
-    write_digits(str(root / "digits.parquet"))
+    rows = write_tiled_digits(root / "digits.parquet", args.copies)
     ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
-    results: dict[str, dict] = {}
+    rounds: list[dict[str, dict]] = []
     try:
-        for name, train in RUNS.items():
-            load_before = os.getloadavg()[0]
-            results[name] = {**measure(config(root, name, train, args.epochs)), "load_1m_before": load_before}
-            r = results[name]
-            print(
-                f"{name:18s} {r['updates_per_s']:7.1f} updates/s  {r['samples_per_s_median']:8.0f} samples/s  "
-                f"test accuracy {r['test_accuracy']:.4f}  staleness {r.get('staleness_histogram', '-')}",
-                flush=True,
-            )
+        for index in range(args.rounds):
+            names = list(RUNS) if index % 2 == 0 else list(reversed(RUNS))
+            rounds.append({})
+            for name in names:
+                load_before = os.getloadavg()[0]
+                cfg = config(root, f"{name} r{index}", RUNS[name], args.epochs)
+                r = rounds[-1][name] = {**measure(cfg), "load_1m_before": load_before}
+                print(
+                    f"round {index + 1} {name:18s} {r['updates_per_s']:7.1f} updates/s  "
+                    f"{r['samples_per_s_median']:8.0f} samples/s  test accuracy {r['test_accuracy']:.4f}  "
+                    f"staleness {r.get('staleness_histogram', '-')}",
+                    flush=True,
+                )
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     out = {
         "setup": {
-            "pipeline": "pipelines/digits_mlp.yaml",
+            "pipeline": "pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32)",
+            "rows": rows,
             "workers": 2,
+            "shards": 2,
             "epochs": args.epochs,
             "straggler": args.straggler,
-            "cluster": "ray.init(num_cpus=4) on this machine",
+            "cluster": "ray.init(num_cpus=4), cpus_per_worker 1",
             "cpus": os.cpu_count(),
         },
-        "runs": results,
+        "median": {name: medians([r[name] for r in rounds]) for name in RUNS},
+        "rounds": rounds,
     }
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    for name, m in out["median"].items():
+        print(f"median {name:18s} {m['updates_per_s']:7.1f} updates/s  test accuracy {m['test_accuracy']:.4f}")
     print(f"wrote {args.out}")
+
+
+def medians(runs: list[dict]) -> dict[str, float]:
+    keys = ("updates_per_s", "samples_per_s_median", "test_accuracy", "fit_wall_s")
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {
+        "spread": {k: [r[k] for r in runs] for k in keys}
+    }
 
 
 if __name__ == "__main__":
