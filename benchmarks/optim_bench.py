@@ -9,8 +9,8 @@ sync ddp (train.strategy ddp), and train.strategy parameter_server with 2 shards
 bounded (max_staleness 2). Rank 1 is slowed through the benchmark-only hook rayline.train.straggler
 (RAYLINE_BENCH_STRAGGLER=1:3: after each batch it sleeps twice its own forward-backward time).
 
-Reported per run (rows: one per round): updates/s (global parameter updates over the summed epoch time, validation included: ddp's
-optimizer steps, a shard's applied versions under parameter_server), samples/s, wall time of fit, final test
+Reported per run and round: updates/s (global parameter updates over the summed epoch time, validation included:
+ddp's optimizer steps, a shard's applied versions under parameter_server), samples/s, wall time of fit, final test
 accuracy (the best checkpoint on the test split, as registered), and the staleness histogram and refusals of the
 parameter-server runs. Every epoch's figures are kept in the JSON, the first (warm-up) epoch included.
 """
