@@ -151,24 +151,22 @@ class ServerShard:
         """(version, reference to its parameters); never waits for a gradient being applied."""
         return self.published
 
-    def push(self, worker: int, version: int, grads: Arrays, lr: float) -> tuple[str, int]:
-        """Apply (or refuse) one worker's gradient; returns (outcome, the gradient's staleness). A sync push returns
-        once its version's update is applied."""
+    def push(self, worker: int, version: int, grads: Arrays, lr: float) -> tuple[str, int, Any]:
+        """Apply (or refuse) one worker's gradient; returns the outcome and what a pull would (the latest version
+        and its reference), so a step costs one call per shard. A sync push returns once its version is applied."""
         with self.changed:
-            stale = self.core.staleness(version)
             outcome = self.core.receive(worker, version, grads, lr)
             if outcome == "applied":
                 self.published = self._publish()
                 self.changed.notify_all()
-                return outcome, stale
-            if outcome == "refused":
-                return outcome, stale
-            if not self.changed.wait_for(lambda: self.core.version > version, timeout=self.timeout_s):
+            elif outcome == "waiting" and not self.changed.wait_for(
+                lambda: self.core.version > version, timeout=self.timeout_s
+            ):
                 raise TimeoutError(
                     f"parameter server: waited {self.timeout_s:g} s for the other workers' gradients of version "
                     f"{version} (train.parameter_server.timeout_s)"
                 )
-            return "applied", stale
+            return ("refused" if outcome == "refused" else "applied"), *self.published
 
     def state(self) -> tuple[Arrays, dict[str, Any]]:
         """Parameters and the rest of the state, for a checkpoint."""

@@ -40,7 +40,6 @@ class ServerOptimizer:
         self.restored: list[dict[str, Any]] | None = None
         self.shards: list[Any] = []
         self.versions: list[int] = []
-        self.outcomes: Counter = Counter()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Keep a checkpoint's shard states for `connect` (the parameters come from the model, loaded already)."""
@@ -96,24 +95,25 @@ class ServerOptimizer:
 
     def pull(self) -> None:
         """Copy every shard's latest parameters into the model (each from its one object-store copy)."""
-        answers = self._get([shard.pull.remote() for shard in self.shards])
-        self.versions = [version for version, _ in answers]
-        arrays = self._get([ref for _, ref in answers])
-        with torch.no_grad():
-            for part in arrays:
-                for name, values in part.items():
-                    self.params[name].copy_(torch.from_numpy(values))
+        self._load(self._get([shard.pull.remote() for shard in self.shards]))
 
     def step(self) -> None:
-        """Push this worker's gradients, tagged with the versions they were computed at, then pull."""
+        """Push this worker's gradients, tagged with the versions they were computed at; each shard answers with
+        its latest parameters, which the model takes (a refused gradient's worker too: it goes on from them)."""
         lr = float(self.param_groups[0]["lr"])
         pushes = [
             shard.push.remote(self.rank, version, {n: gradient(self.params[n]) for n in part}, lr)
             for shard, version, part in zip(self.shards, self.versions, self.split, strict=True)
         ]
-        for outcome, _ in self._get(pushes):
-            self.outcomes[outcome] += 1
-        self.pull()
+        self._load([(version, ref) for _, version, ref in self._get(pushes)])
+
+    def _load(self, published: list[tuple[int, Any]]) -> None:
+        self.versions = [version for version, _ in published]
+        arrays = self._get([ref for _, ref in published])
+        with torch.no_grad():
+            for part in arrays:
+                for name, values in part.items():
+                    self.params[name].copy_(torch.from_numpy(values))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.model.zero_grad(set_to_none=set_to_none)
