@@ -3,11 +3,16 @@ sync, async and bounded mode; and the settings refused before anything starts.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from pipelines import digits_config
 from rayline.config import OptimizerConfig, ParameterServerConfig, TrainConfig
+from rayline.pipeline import format_epoch, parameter_server_note
+from rayline.train import TrainOutcome
 from rayline.train.param_server import ShardCore, split_by_size
 
 SGD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
@@ -132,3 +137,22 @@ def test_settings_that_do_not_apply_are_refused_naming_the_setting(train, messag
 def test_default_server_is_one_sync_shard():
     train = TrainConfig(strategy="parameter_server")
     assert (train.server.shards, train.server.mode, train.data_parallel_size) == (1, "sync", train.num_workers)
+
+
+def test_the_progress_line_and_the_run_record_show_staleness():
+    last = {
+        "epoch": 1,
+        "train_loss": 0.5,
+        "samples_per_s": 100.0,
+        "ps_applied": 9.0,
+        "ps_refused": 2.0,
+        "ps_staleness_mean": 0.75,
+        "ps_staleness_max": 2.0,
+        "ps_staleness_counts": [4, 3, 2],
+    }
+    assert "staleness mean 0.75 max 2 (2 refused)" in format_epoch(last, 3)
+    server = {"shards": 2, "mode": "bounded", "max_staleness": 2}
+    cfg = digits_config(Path("/tmp/unused"), train={"strategy": "parameter_server", "parameter_server": server})
+    note = parameter_server_note(TrainOutcome(Path("/tmp/unused"), {}, "", last), cfg)
+    assert note["staleness_histogram"] == {"0": 4, "1": 3, "2": 2}
+    assert (note["applied"], note["refused"], note["staleness_max"], note["mode"]) == (9, 2, 2, "bounded")
