@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train bench-ingest bench-federated clean
+.PHONY: demo demo-tune test lint format bench-tune bench-tune-overhead bench-serve bench-train bench-ingest bench-federated bench-optim clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-ingest: $(STAMP)
 
 bench-federated: $(STAMP)
 	$(BIN)/python benchmarks/federated_bench.py
+
+bench-optim: $(STAMP)
+	$(BIN)/python benchmarks/optim_bench.py
 
 test: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks pipelines

@@ -341,12 +341,37 @@ COMPRESSION_REFUSED = {
     "tensor": "tensor parallelism has one replica, so there is no gradient all-reduce to compress",
     "pipeline": "pipeline parallelism has one replica, so there is no gradient all-reduce to compress",
     "hybrid": "hybrid's data-parallel dimension is FSDP, which takes no DDP communication hook",
+    "parameter_server": "parameter_server workers push their gradients to server shards, with no all-reduce",
     "auto": "auto may choose fsdp, tensor or pipeline, which take no DDP communication hook",
 }
 """Why each strategy but ddp cannot compress its gradients."""
 
 
-Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid", "auto"]
+class ParameterServerConfig(Section):
+    shards: PositiveInt = 1
+    """Server actors the model's parameters (and their optimizer state) are split across, by size."""
+    mode: Literal["sync", "async", "bounded"] = "sync"
+    """sync averages every worker's gradient of a version, then steps (like ddp); async applies each gradient as it
+    arrives; bounded applies it too, but refuses one computed more than max_staleness versions ago."""
+    max_staleness: Annotated[int, Field(ge=0)] | None = None
+    """For mode bounded (and required there): the most versions a shard's parameters may have moved on since the
+    pull a gradient was computed from; staler gradients are refused (dropped, and counted)."""
+    timeout_s: Annotated[float, Field(gt=0.0)] = 120.0
+    """How long a worker waits for a shard to answer a pull or a push before failing (so the run restarts from its
+    last checkpoint, under train.max_failures, instead of hanging)."""
+
+    @model_validator(mode="after")
+    def _staleness_for_bounded(self) -> ParameterServerConfig:
+        if self.mode == "bounded" and self.max_staleness is None:
+            raise ValueError("train.parameter_server.mode 'bounded' needs train.parameter_server.max_staleness")
+        if self.mode != "bounded" and self.max_staleness is not None:
+            raise ValueError(
+                f"train.parameter_server.max_staleness is only read by mode 'bounded', not {self.mode!r}; drop it"
+            )
+        return self
+
+
+Strategy = Literal["ddp", "fsdp", "tensor", "pipeline", "hybrid", "parameter_server", "auto"]
 
 
 class TrainConfig(Section):
@@ -359,7 +384,8 @@ class TrainConfig(Section):
     strategy: Strategy = "ddp"
     """ddp replicates the model; fsdp shards parameters and optimizer state (FSDP2); tensor splits each layer's
     projections across workers; pipeline gives each worker a run of layers; hybrid combines two on a 2-D mesh;
-    auto picks ddp, fsdp, tensor or pipeline from what a worker must hold against train.memory_per_worker_gb."""
+    parameter_server keeps parameters and optimizer state on server actors that workers push gradients to; auto
+    picks ddp, fsdp, tensor or pipeline from what a worker must hold against train.memory_per_worker_gb."""
     memory_per_worker_gb: Annotated[float, Field(gt=0.0)] | None = None
     """For strategy auto: the memory one worker may use. Default: on GPU, the driver's first GPU; on CPU, this
     machine's memory divided by train.num_workers."""
@@ -377,6 +403,8 @@ class TrainConfig(Section):
     """Clip the global gradient norm (over every shard and stage) to this value; none = no clipping."""
     compression: CompressionConfig = CompressionConfig()
     """Gradient compression for strategy ddp (through DDP communication hooks)."""
+    parameter_server: ParameterServerConfig | None = None
+    """For strategy parameter_server: its shards and update mode (none = one shard, sync)."""
     epochs: PositiveInt = 200
     """Most passes over the training split; early stopping (on by default) usually ends training sooner."""
     batch_size: PositiveInt = 64
@@ -458,6 +486,7 @@ class TrainConfig(Section):
                 f"train.compression.kind {self.compression.kind!r} compresses ddp's gradient all-reduce, but "
                 f"{COMPRESSION_REFUSED[self.strategy]}; use train.strategy ddp or train.compression.kind none"
             )
+        self._parameter_server_fits()
         if self.model_parallelism == "pipeline":
             stages, micro = self.model_parallel_size, self.pipeline.microbatches
             if self.batch_size % micro:
@@ -467,6 +496,29 @@ class TrainConfig(Section):
                     f"train.pipeline.schedule '1f1b' needs train.pipeline.microbatches >= the {stages} stages"
                 )
         return self
+
+    def _parameter_server_fits(self) -> None:
+        if self.strategy != "parameter_server":
+            if self.parameter_server is not None:
+                raise ValueError(
+                    f"train.parameter_server is only read by strategy 'parameter_server', not {self.strategy!r}; "
+                    "drop it or set train.strategy parameter_server"
+                )
+            return
+        not_applying = {
+            "train.use_gpu": "shards hold parameters on CPU for now; set it false" if self.use_gpu else None,
+            "train.grad_accumulation_steps": "every batch's gradient is pushed to the shards; set it to 1"
+            if self.grad_accumulation_steps != 1
+            else None,
+        }
+        for path, why in not_applying.items():
+            if why is not None:
+                raise ValueError(f"{path} does not apply to strategy 'parameter_server': {why}")
+
+    @property
+    def server(self) -> ParameterServerConfig:
+        """The parameter-server settings in force (defaults where the section is left out)."""
+        return self.parameter_server or ParameterServerConfig()
 
 
 def check_parallel_plan(model: ModelConfig, train: TrainConfig) -> None:

@@ -22,6 +22,8 @@ TRAIN_GAUGES = {
     "rayline_train_epoch": "Epochs completed by a training run",
     "rayline_train_samples_per_second": "Training samples per second over the last epoch, all workers together",
     "rayline_train_loss": "Mean training loss over the last epoch",
+    "rayline_train_ps_staleness": "Parameter server: mean staleness (versions) of the updates its shards applied",
+    "rayline_train_ps_refused": "Parameter server: gradients bounded mode refused as too stale, so far",
 }
 VALIDATION_GAUGE = "rayline_train_validation"
 VALIDATION_DESCRIPTION = "Validation metrics of the last epoch, by name"
@@ -99,6 +101,8 @@ def record_epoch(run: str, metrics: Mapping[str, Any]) -> None:
         "rayline_train_epoch": metrics.get("epochs_done", metrics.get("epoch", -1) + 1),
         "rayline_train_samples_per_second": metrics.get("samples_per_s"),
         "rayline_train_loss": metrics.get("train_loss"),
+        "rayline_train_ps_staleness": metrics.get("ps_staleness_mean"),
+        "rayline_train_ps_refused": metrics.get("ps_refused"),
     }
     for name, value in values.items():
         if is_number(value):

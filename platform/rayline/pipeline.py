@@ -350,7 +350,27 @@ def training_notes(
         notes["class_weights"] = dict(zip(data.preprocessor.classes, class_weights, strict=True))
     if (compression := compression_note(outcome, cfg)) is not None:
         notes["compression"] = compression
+    if (server := parameter_server_note(outcome, cfg)) is not None:
+        notes["parameter_server"] = server
     return notes
+
+
+def parameter_server_note(outcome: TrainOutcome, cfg: PipelineConfig) -> dict[str, Any] | None:
+    """train.parameter_server and the staleness of every update its shards applied over the run."""
+    last = outcome.last_metrics or outcome.best_metrics
+    if "ps_staleness_counts" not in last:
+        return None
+    counts = last["ps_staleness_counts"]
+    return {
+        **cfg.train.server.model_dump(),
+        "staleness_histogram": {str(k): int(n) for k, n in enumerate(counts) if n},
+        "applied": int(last["ps_applied"]),
+        "refused": int(last["ps_refused"]),
+        "staleness_mean": last["ps_staleness_mean"],
+        "staleness_max": int(last["ps_staleness_max"]),
+        "measured": "over the whole run, every shard's applied updates counted (a gradient pushed to n shards counts "
+        "n times); staleness = the shard's version when the gradient arrived - the version it was computed from",
+    }
 
 
 def compression_note(outcome: TrainOutcome, cfg: PipelineConfig) -> dict[str, Any] | None:
@@ -378,6 +398,12 @@ def format_epoch(metrics: dict[str, Any], total_epochs: int) -> str:
     shown.append(f"{metrics['samples_per_s']:,.0f} samples/s")
     if "grad_bytes_per_step" in metrics:
         shown.append(gradient_traffic(metrics["grad_bytes_per_step"], metrics["compression_ratio"]))
+    if "ps_staleness_mean" in metrics:
+        refused = int(metrics["ps_refused"])
+        shown.append(
+            f"staleness mean {metrics['ps_staleness_mean']:.2f} max {int(metrics['ps_staleness_max'])}"
+            + (f" ({refused} refused)" if refused else "")
+        )
     return "  ".join(shown)
 
 

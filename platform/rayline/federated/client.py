@@ -15,7 +15,7 @@ from rayline.data.preprocess import Preprocessor
 from rayline.federated import privacy, secure
 from rayline.federated.state import initial_model, load_vector, to_vector
 from rayline.train.evaluate import SplitSums
-from rayline.train.loop import make_optimizer
+from rayline.train.optim import make_optimizer
 from rayline.train.step import make_loss_fn
 
 

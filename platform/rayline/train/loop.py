@@ -11,7 +11,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from rayline.config import OptimizerConfig, PipelineConfig, TrainConfig
+from rayline.config import PipelineConfig, TrainConfig
 from rayline.data.prepared import SplitFiles
 from rayline.data.preprocess import Preprocessor
 from rayline.models import build_model
@@ -19,9 +19,12 @@ from rayline.tracking.runs import epoch_logger
 from rayline.train.batches import ShardReader, flag_last
 from rayline.train.checkpointing import report_with_checkpoint, restore_latest
 from rayline.train.evaluate import SplitSums, all_reduce, collective_device
+from rayline.train.optim import make_optimizer
+from rayline.train.ps_worker import ServerOptimizer
 from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
 from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, local, make_loss_fn
 from rayline.train.stopping import decide
+from rayline.train.straggler import straggler_delay
 from rayline.train.strategies import Parallelized, parallelize
 
 
@@ -43,8 +46,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     accumulation = cfg.train.grad_accumulation_steps
     # Pipeline schedules run the loss themselves, so theirs carries the accumulation scale.
     pm = parallelize(model.to(device), cfg.train, loss_fn=lambda o, y: loss_fn(o, y) / accumulation, device=device)
-    optimizer = make_optimizer(cfg.train.optimizer, pm.module.parameters())
+    optimizer = build_optimizer(pm, cfg.train)
     start_epoch, history = restore_latest(pm, optimizer, cfg, loop_config.get("resume_from"))
+    server = optimizer if isinstance(optimizer, ServerOptimizer) else None
+    if server is not None:
+        server.connect()  # after the restore: the shards start from the checkpoint's parameters and state
     train_data, val_data = (
         ShardReader(
             SplitFiles.from_dict(loop_config["splits"][split]),
@@ -68,6 +74,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 pm, optimizer, train_data, cfg.train, epoch, loss_fn, steps
             )
             train_seconds = time.perf_counter() - started
+            if server is not None:
+                server.pull()  # every rank's pushes are in (train_epoch ends in a collective): evaluate the latest
             val_metrics = evaluate_parallel(pm, val_data, preprocessor, cfg.train)
             metrics = {
                 "epoch": epoch,
@@ -81,6 +89,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 "epoch_time_s": time.perf_counter() - started,
                 "epoch_started_at": epoch_started_at,
                 **({} if pm.traffic is None else pm.traffic.epoch_metrics(optimizer_steps)),
+                **({} if server is None else server.epoch_metrics()),
                 **memory_metrics(pm, optimizer, device),
             }
             history.append(metrics)
@@ -93,6 +102,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             if stopping is not None:
                 return stopping  # Ray Train V2: returning ends the run cleanly, on every rank at once
     return None
+
+
+INDEPENDENT_REPLICAS = ("ddp", "fsdp", "parameter_server")
+"""Strategies whose every rank is a replica of its own, reading its own batches."""
+
+
+def build_optimizer(pm: Parallelized, train: TrainConfig):
+    """train.optimizer over this rank's parameters; under parameter_server, the shards' optimizer instead."""
+    if pm.strategy == "parameter_server":
+        return ServerOptimizer(pm.module, train, rank=pm.dp_rank, world=pm.dp_size)
+    return make_optimizer(train.optimizer, pm.module.parameters())
 
 
 def early_stop(history: list[dict], train: TrainConfig) -> dict[str, Any] | None:
@@ -130,32 +150,28 @@ def train_epoch(
     optimizer_steps = 0
     # Pipeline stages exchange fixed-shape micro-batches.
     batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
+    delay = straggler_delay(dist.get_rank())  # None outside benchmarks/optim_bench.py
     for step, (batch, last_batch) in enumerate(flag_last(batches)):
         factor = lr_factor(train.lr_schedule, epochs=train.epochs, epoch=epoch, progress=step / steps)
         set_lr(optimizer, train.optimizer.lr * factor)
         x_bf, y_b = batch["x"], batch["y"]
         # Replicas take equally many steps, so they agree on where an accumulation group ends.
         sync = (step + 1) % accumulation == 0 or last_batch
+        began = time.perf_counter()
         loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
+        if delay is not None:
+            delay(time.perf_counter() - began)
         if sync:
             optimizer_step(pm, optimizer, train.grad_clip_norm)
             optimizer_steps += 1
         if pm.reports:  # summed on the device: no host sync per step
             sums += torch.stack([loss.double() * len(y_b), loss.new_tensor(len(y_b), dtype=torch.float64)])
-        if pm.strategy not in ("ddp", "fsdp"):
+        if pm.strategy not in INDEPENDENT_REPLICAS:
             label_checksum += checksum(y_b)
     require_same_batches(label_checksum, pm)
     cpu_s = torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)
     loss_sum, rows, cpu_s = all_reduce(torch.cat([sums.cpu(), cpu_s])).tolist()  # one collective for all three
     return loss_sum, rows, cpu_s, optimizer_steps
-
-
-def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def optimizer_step(pm: Parallelized, optimizer: torch.optim.Optimizer, grad_clip_norm: float | None) -> None:
@@ -172,7 +188,7 @@ def checksum(y_b: torch.Tensor) -> torch.Tensor:
 
 def require_same_batches(label_checksum: torch.Tensor, pm: Parallelized) -> None:
     """Ranks of one replica must have trained on identical batches (an invariant of own_batches)."""
-    if pm.strategy in ("ddp", "fsdp"):
+    if pm.strategy in INDEPENDENT_REPLICAS:
         return
     seen: list[tuple[int, float]] = [(0, 0.0)] * dist.get_world_size()
     dist.all_gather_object(seen, (pm.dp_rank, float(label_checksum)))

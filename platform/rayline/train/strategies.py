@@ -52,7 +52,7 @@ class Parallelized:
     @property
     def sharded(self) -> bool:
         """Whether no single rank holds the whole model's state, so checkpoints need the sharded copy."""
-        return self.strategy != "ddp"
+        return self.strategy not in ("ddp", "parameter_server")
 
 
 def make_mesh(train: TrainConfig, device_type: str) -> DeviceMesh:
@@ -225,6 +225,10 @@ def pipeline_view(
 
 def parallelize(model: nn.Module, train: TrainConfig, *, loss_fn: LossFn, device: torch.device) -> Parallelized:
     """Apply train.strategy to a model already on `device`; every rank calls this with the same config."""
+    assert train.strategy != "auto", "the driver resolves strategy auto before training (train/auto.py)"
+    if train.strategy == "parameter_server":
+        # No wrapper: each rank is a replica of its own, kept in step by the shards (train/ps_worker.py).
+        return Parallelized(model, model, "parameter_server", dist.get_rank(), dist.get_world_size(), True)
     mesh = make_mesh(train, device.type)
     if train.strategy == "ddp":
         ddp, traffic = apply_ddp(model, mesh=mesh, device=device, compression=train.compression)

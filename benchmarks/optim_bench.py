@@ -1,0 +1,160 @@
+"""Parameter-server modes against synchronous DDP with a straggler: one of two workers computes 3x slower.
+
+    .venv/bin/python benchmarks/optim_bench.py            # writes benchmarks/results/optim_bench.json
+
+Four runs of pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32, 2 workers, gloo) on scikit-learn's
+digits tiled --copies times (identical rows land in the same split), on one Ray cluster started here (num_cpus 4),
+each with the same data, seed and epochs, --rounds times in alternating order (medians and every round reported):
+sync ddp (train.strategy ddp), and train.strategy parameter_server with 2 shards in mode sync, async and
+bounded (max_staleness 2). Rank 1 is slowed through the benchmark-only hook rayline.train.straggler
+(RAYLINE_BENCH_STRAGGLER=1:3: after each batch it sleeps twice its own forward-backward time).
+
+Reported per run and round: updates/s (global parameter updates over the summed epoch time, validation included:
+ddp's optimizer steps, a shard's applied versions under parameter_server), samples/s, wall time of fit, final test
+accuracy (the best checkpoint on the test split, as registered), and the staleness histogram and refusals of the
+parameter-server runs. Every epoch's figures are kept in the JSON, the first (warm-up) epoch included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STRAGGLER = "1:3"
+RUNS = {
+    "ddp sync": {"strategy": "ddp"},
+    "ps sync": {"strategy": "parameter_server", "parameter_server": {"shards": 2, "mode": "sync"}},
+    "ps async": {"strategy": "parameter_server", "parameter_server": {"shards": 2, "mode": "async"}},
+    "ps bounded (K=2)": {
+        "strategy": "parameter_server",
+        "parameter_server": {"shards": 2, "mode": "bounded", "max_staleness": 2},
+    },
+}
+
+
+def config(root: Path, name: str, train: dict, epochs: int):
+    from rayline.config import load_config
+
+    overrides = [
+        f"data.source={root / 'digits.parquet'}",
+        f"storage.root={root / 'store'}",
+        f"storage.run_name={''.join(c if c.isalnum() else '-' for c in name)}",
+        f"train.epochs={epochs}",
+        "train.early_stopping=null",
+        "train.baseline=false",
+        "train.cpus_per_worker=1",
+    ]
+    overrides += [f"train.{key}={json.dumps(value)}" for key, value in train.items()]
+    return load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides)
+
+
+def measure(cfg) -> dict:
+    from rayline.pipeline import train_and_register
+
+    epochs: list[dict] = []
+    started = time.perf_counter()
+    report = train_and_register(cfg, on_epoch=epochs.append, log=lambda _: None)
+    wall = time.perf_counter() - started
+    train_s = sum(m["epoch_time_s"] for m in epochs)
+    if cfg.train.strategy == "parameter_server":
+        updates = epochs[-1]["ps_version"]
+    else:
+        updates = len(epochs) * steps_per_epoch(report.num_rows["train"], cfg)
+    last = epochs[-1]
+    result = {
+        "updates": updates,
+        "updates_per_s": updates / train_s,
+        "samples_per_s_median": sorted(m["samples_per_s"] for m in epochs)[len(epochs) // 2],
+        "train_s": train_s,
+        "fit_wall_s": wall,
+        "test_accuracy": report.test_metrics["test_accuracy"],
+        "epochs": [
+            {k: m[k] for k in ("epoch", "train_loss", "val_accuracy", "samples_per_s", "epoch_time_s") if k in m}
+            for m in epochs
+        ],
+    }
+    if "ps_staleness_counts" in last:
+        result["staleness_histogram"] = dict(enumerate(last["ps_staleness_counts"]))
+        result["staleness_mean"] = last["ps_staleness_mean"]
+        result["refused"] = last["ps_refused"]
+        result["applied"] = last["ps_applied"]
+    return result
+
+
+def steps_per_epoch(train_rows: int, cfg) -> int:
+    """ddp: every replica steps once per batch of its equal share; the global model moves once per step."""
+    return -(-(train_rows // cfg.train.num_workers) // cfg.train.batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--copies", type=int, default=8, help="digits tiled this many times (epochs of seconds)")
+    parser.add_argument("--rounds", type=int, default=2, help="each run this many times, order reversed each round")
+    parser.add_argument("--straggler", default=STRAGGLER, help="RANK:FACTOR, or '' for none")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "optim_bench.json"))
+    args = parser.parse_args()
+    os.environ["RAYLINE_BENCH_STRAGGLER"] = args.straggler  # before Ray starts: its workers inherit it
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    import ray
+    from train_bench import write_tiled_digits
+
+    root = Path(tempfile.mkdtemp(prefix="optim-bench-"))
+    rows = write_tiled_digits(root / "digits.parquet", args.copies)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
+    rounds: list[dict[str, dict]] = []
+    try:
+        for index in range(args.rounds):
+            names = list(RUNS) if index % 2 == 0 else list(reversed(RUNS))
+            rounds.append({})
+            for name in names:
+                load_before = os.getloadavg()[0]
+                cfg = config(root, f"{name} r{index}", RUNS[name], args.epochs)
+                r = rounds[-1][name] = {**measure(cfg), "load_1m_before": load_before}
+                print(
+                    f"round {index + 1} {name:18s} {r['updates_per_s']:7.1f} updates/s  "
+                    f"{r['samples_per_s_median']:8.0f} samples/s  test accuracy {r['test_accuracy']:.4f}  "
+                    f"staleness {r.get('staleness_histogram', '-')}",
+                    flush=True,
+                )
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    out = {
+        "setup": {
+            "pipeline": "pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32)",
+            "rows": rows,
+            "workers": 2,
+            "shards": 2,
+            "epochs": args.epochs,
+            "straggler": args.straggler,
+            "cluster": "ray.init(num_cpus=4), cpus_per_worker 1",
+            "cpus": os.cpu_count(),
+        },
+        "median": {name: medians([r[name] for r in rounds]) for name in RUNS},
+        "rounds": rounds,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    for name, m in out["median"].items():
+        print(f"median {name:18s} {m['updates_per_s']:7.1f} updates/s  test accuracy {m['test_accuracy']:.4f}")
+    print(f"wrote {args.out}")
+
+
+def medians(runs: list[dict]) -> dict[str, float]:
+    keys = ("updates_per_s", "samples_per_s_median", "test_accuracy", "fit_wall_s")
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {
+        "spread": {k: [r[k] for r in runs] for k in keys}
+    }
+
+
+if __name__ == "__main__":
+    main()
