@@ -1,6 +1,7 @@
 """Parameter-server modes against synchronous DDP with a straggler: one of two workers computes 3x slower.
 
-    .venv/bin/python benchmarks/optim_bench.py            # writes benchmarks/results/optim_bench.json
+    .venv/bin/python benchmarks/optim_bench.py                      # writes benchmarks/results/optim_bench.json
+    .venv/bin/python benchmarks/optim_bench.py --part compression   # optim_bench_compression.json (no straggler)
 
 Four runs of pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32, 2 workers, gloo) on scikit-learn's
 digits tiled --copies times (identical rows land in the same split), on one Ray cluster started here (num_cpus 4),
@@ -100,9 +101,15 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8, help="digits tiled this many times (epochs of seconds)")
     parser.add_argument("--rounds", type=int, default=2, help="each run this many times, order reversed each round")
     parser.add_argument("--straggler", default=STRAGGLER, help="RANK:FACTOR, or '' for none")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "optim_bench.json"))
+    parser.add_argument("--part", choices=("straggler", "compression"), default="straggler")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/optim_bench[_compression].json")
     args = parser.parse_args()
-    os.environ["RAYLINE_BENCH_STRAGGLER"] = args.straggler  # before Ray starts: its workers inherit it
+    results = REPO / "benchmarks" / "results"
+    out_path = Path(
+        args.out or results / ("optim_bench.json" if args.part == "straggler" else "optim_bench_compression.json")
+    )
+    # Before Ray starts: its workers inherit it. Compression is measured with every worker at full speed.
+    os.environ["RAYLINE_BENCH_STRAGGLER"] = args.straggler if args.part == "straggler" else ""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
@@ -111,6 +118,17 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="optim-bench-"))
     rows = write_tiled_digits(root / "digits.parquet", args.copies)
     ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
+    if args.part == "compression":
+        from optim_compression import run_compression
+
+        try:
+            out = {**run_compression(root, args.epochs, args.rounds), "rows": rows, "cpus": os.cpu_count()}
+        finally:
+            ray.shutdown()
+            shutil.rmtree(root, ignore_errors=True)
+        out_path.write_text(json.dumps(out, indent=2, default=str))
+        print(json.dumps(out["targets"], indent=1), f"\nwrote {out_path}")
+        return
     rounds: list[dict[str, dict]] = []
     try:
         for index in range(args.rounds):
@@ -143,10 +161,10 @@ def main() -> None:
         "median": {name: medians([r[name] for r in rounds]) for name in RUNS},
         "rounds": rounds,
     }
-    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    out_path.write_text(json.dumps(out, indent=2, default=str))
     for name, m in out["median"].items():
         print(f"median {name:18s} {m['updates_per_s']:7.1f} updates/s  test accuracy {m['test_accuracy']:.4f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out_path}")
 
 
 def medians(runs: list[dict]) -> dict[str, float]:
