@@ -41,7 +41,8 @@ RUNS = {
 }
 
 
-def config(root: Path, name: str, train: dict, epochs: int):
+def config(root: Path, name: str, train: dict, epochs: int, model: dict | None = None):
+    """pipelines/digits_mlp.yaml on the benchmark's data, with `train` and `model` settings over it."""
     from rayline.config import load_config
 
     overrides = [
@@ -54,6 +55,7 @@ def config(root: Path, name: str, train: dict, epochs: int):
         "train.cpus_per_worker=1",
     ]
     overrides += [f"train.{key}={json.dumps(value)}" for key, value in train.items()]
+    overrides += [f"model.{key}={json.dumps(value)}" for key, value in (model or {}).items()]
     return load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides)
 
 

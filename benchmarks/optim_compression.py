@@ -10,12 +10,12 @@ both within 0.5 pt of none's test accuracy.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from optim_bench import config
+
 HIDDEN = [1024, 1024]
 RUNS = {
     "none": {"kind": "none"},
@@ -23,24 +23,6 @@ RUNS = {
     "powersgd rank 2": {"kind": "powersgd", "rank": 2, "start_step": 10},
 }
 ACCURACY_PT = 0.5
-
-
-def config(root: Path, name: str, compression: dict, epochs: int):
-    from rayline.config import load_config
-
-    overrides = [
-        f"data.source={root / 'digits.parquet'}",
-        f"storage.root={root / 'store'}",
-        f"storage.run_name={''.join(c if c.isalnum() else '-' for c in name)}",
-        f"train.epochs={epochs}",
-        "train.early_stopping=null",
-        "train.baseline=false",
-        "train.cpus_per_worker=1",
-        "train.strategy=ddp",
-        f"model.hidden_sizes={json.dumps(HIDDEN)}",
-        f"train.compression={json.dumps(compression)}",
-    ]
-    return load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides)
 
 
 def measure(cfg) -> dict:
@@ -69,7 +51,9 @@ def run_compression(root: Path, epochs: int, rounds: int) -> dict:
         names = list(RUNS) if index % 2 == 0 else list(reversed(RUNS))
         results.append({})
         for name in names:
-            r = results[-1][name] = measure(config(root, f"compression {name} r{index}", RUNS[name], epochs))
+            train = {"strategy": "ddp", "compression": RUNS[name]}
+            cfg = config(root, f"compression {name} r{index}", train, epochs, model={"hidden_sizes": HIDDEN})
+            r = results[-1][name] = measure(cfg)
             print(
                 f"round {index + 1} {name:16s} {r['grad_bytes_per_step'] / 2**20:7.2f} MiB/step  "
                 f"{r['samples_per_s_median']:8.0f} samples/s  test accuracy {r['test_accuracy']:.4f}",
