@@ -30,10 +30,18 @@ RUNS = {
 }
 
 
+MODELS = {
+    # Over 1 MiB of gradients: DDP's first bucket is 1 MiB, so PowerSGD compresses two buckets at once (over gloo
+    # that once deadlocked its callbacks on gloo's two threads).
+    "powersgd": {"kind": "mlp", "hidden_sizes": [512, 512]},
+}
+
+
 def config(root: Path, kind: str, epochs: int = EPOCHS) -> PipelineConfig:
     # A higher learning rate than the default: four epochs are to reach well above chance with or without compression.
     train = {"epochs": epochs, "optimizer": {"lr": 0.01}, **RUNS[kind]}
-    return digits_config(root, f"digits-{kind}", train=train)
+    model = {"model": MODELS[kind]} if kind in MODELS else {}
+    return digits_config(root, f"digits-{kind}", train=train, **model)
 
 
 @pytest.fixture(scope="module")

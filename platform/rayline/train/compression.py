@@ -51,6 +51,8 @@ class HookState:
     traffic: GradientTraffic
     process_group: dist.ProcessGroup
     powersgd: powerSGD_hook.PowerSGDState | None = None
+    one_bucket_at_a_time: bool = False
+    """PowerSGD over gloo: each bucket's all-reduces finish before the next bucket's start."""
 
 
 def attach_compression(
@@ -58,7 +60,7 @@ def attach_compression(
 ) -> GradientTraffic:
     """Register compression.kind's hook on the DDP model; returns the count of the bytes it sends."""
     traffic = GradientTraffic(gradient_bytes=full_gradient_bytes(model), hooked=compression.kind != "none")
-    state = HookState(traffic, process_group)
+    state = HookState(traffic, process_group, one_bucket_at_a_time=dist.get_backend(process_group) == "gloo")
     if compression.kind == "fp16":
         model.register_comm_hook(state, counted_fp16_hook)
     elif compression.kind == "powersgd":
@@ -92,4 +94,9 @@ def counted_powersgd_hook(state: HookState, bucket: dist.GradBucket) -> torch.fu
     future = powerSGD_hook.powerSGD_hook(powersgd, bucket)
     sent = buffer.numel() if whole else powersgd.total_numel_after_compression - counted_before
     state.traffic.sent_bytes += sent * buffer.element_size()
+    if state.one_bucket_at_a_time and not whole:
+        # gloo runs a future's callbacks on its own two worker threads, and powerSGD_hook's callbacks block on the
+        # bucket's next all-reduce: with two buckets in flight both threads wait, and the workers hang or crash.
+        # Finishing each bucket before the next starts leaves a thread free (buckets no longer overlap).
+        future.wait()
     return future
