@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peer_venv import installed, pip, pulls_cuda_torch, share_torch
+from peer_venv import already_made, installed, pip, pulls_cuda_torch, share_torch
 
 VENV = Path(__file__).resolve().parent / ".flower-venv"
 FLOWER = "flwr[simulation]==1.42.0"
@@ -31,8 +31,8 @@ def ensure() -> dict:
     python = VENV / "bin" / "python"
     stamp = VENV / STAMP
     wanted = {"packages": PACKAGES, "torch": TORCH}
-    if stamp.exists() and json.loads(stamp.read_text()).get("wanted") == wanted and python.exists():
-        return json.loads(stamp.read_text())
+    if (made := already_made(VENV, STAMP, wanted)) is not None:
+        return made
     print(f"making Flower's virtualenv {VENV} ({FLOWER}, {TORCH}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     pip(python, "install", "--quiet", "--upgrade", "pip")

@@ -20,13 +20,22 @@ TORCH = "torch>=2.6,<2.14"
 STAMP = "rayline-peer-venv.json"
 
 
+def already_made(venv: Path, stamp_name: str, wanted: dict) -> dict | None:
+    """What a virtualenv's stamp recorded, if it was made with exactly `wanted` and its python is still there."""
+    stamp = venv / stamp_name
+    if not (stamp.exists() and (venv / "bin" / "python").exists()):
+        return None
+    made = json.loads(stamp.read_text())
+    return made if made.get("wanted") == wanted else None
+
+
 def ensure() -> dict:
     """The venv's python and package versions, making or mending the venv if needed (about 30 s)."""
     python = VENV / "bin" / "python"
     stamp = VENV / STAMP
     wanted = {"packages": PACKAGES, "torch": TORCH}
-    if stamp.exists() and json.loads(stamp.read_text()).get("wanted") == wanted and python.exists():
-        return json.loads(stamp.read_text())
+    if (made := already_made(VENV, STAMP, wanted)) is not None:
+        return made
     print(f"making the peers' virtualenv {VENV} (LitServe, {TORCH}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     torch_source = "own CPU wheel"
