@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="each run this many times, order reversed each round")
     parser.add_argument("--straggler", default=STRAGGLER, help="RANK:FACTOR, or '' for none")
     parser.add_argument("--part", choices=("straggler", "compression"), default="straggler")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/optim_bench[_compression].json")
     args = parser.parse_args()
     results = REPO / "benchmarks" / "results"
@@ -131,10 +132,11 @@ def main() -> None:
         out_path.write_text(json.dumps(out, indent=2, default=str))
         print(json.dumps(out["targets"], indent=1), f"\nwrote {out_path}")
         return
+    runs = [name for name in RUNS if name in args.runs.split(",")]
     rounds: list[dict[str, dict]] = []
     try:
         for index in range(args.rounds):
-            names = list(RUNS) if index % 2 == 0 else list(reversed(RUNS))
+            names = runs if index % 2 == 0 else list(reversed(runs))
             rounds.append({})
             for name in names:
                 load_before = os.getloadavg()[0]
@@ -160,7 +162,7 @@ def main() -> None:
             "cluster": "ray.init(num_cpus=4), cpus_per_worker 1",
             "cpus": os.cpu_count(),
         },
-        "median": {name: medians([r[name] for r in rounds]) for name in RUNS},
+        "median": {name: medians([r[name] for r in rounds]) for name in runs},
         "rounds": rounds,
     }
     out_path.write_text(json.dumps(out, indent=2, default=str))

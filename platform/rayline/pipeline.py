@@ -368,8 +368,11 @@ def parameter_server_note(outcome: TrainOutcome, cfg: PipelineConfig) -> dict[st
         "refused": int(last["ps_refused"]),
         "staleness_mean": last["ps_staleness_mean"],
         "staleness_max": int(last["ps_staleness_max"]),
+        "pushes_by_worker": last["ps_pushes_by_worker"],
         "measured": "over the whole run, every shard's applied updates counted (a gradient pushed to n shards counts "
-        "n times); staleness = the shard's version when the gradient arrived - the version it was computed from",
+        "n times); pushes_by_worker: the gradients each worker pushed (under async and bounded the workers share "
+        "each epoch's rows, so a faster worker pushes more); staleness = the shard's version when the gradient "
+        "arrived - the version it was computed from",
     }
 
 
@@ -404,6 +407,7 @@ def format_epoch(metrics: dict[str, Any], total_epochs: int) -> str:
             f"staleness mean {metrics['ps_staleness_mean']:.2f} max {int(metrics['ps_staleness_max'])}"
             + (f" ({refused} refused)" if refused else "")
         )
+        shown.append("pushes by worker " + "/".join(f"{n:,}" for n in metrics["ps_pushes_by_worker"]))
     return "  ".join(shown)
 
 

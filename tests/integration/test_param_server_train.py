@@ -1,11 +1,12 @@
 """Strategy parameter_server on the session cluster: sync with one worker is plain SGD step for step, async and
-bounded learn digits like ddp, bounded never applies a gradient staler than max_staleness, the checkpoint is
-registered, served and batch-predicted like any other and resumes, and a killed worker or shard ends in a
-finished run."""
+bounded learn digits like ddp (their workers sharing each epoch's rows), bounded never applies a gradient staler
+than max_staleness, the checkpoint is registered, served and batch-predicted like any other and resumes, and a
+killed worker or shard ends in a finished run."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def test_async_two_workers_reach_ddps_accuracy(trained):
     print(f"test accuracy: ps async {reached:.4f}, ddp {target:.4f}; staleness {epochs[-1]['ps_staleness_counts']}")
     assert reached >= target - ACCURACY_GAP
     assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
+    pushes = epochs[-1]["ps_pushes_by_worker"]
+    batches = EPOCHS * math.ceil(ps.num_rows["train"] / cfg.train.batch_size)
+    assert sum(pushes) == batches and min(pushes) > 0, f"the workers share each epoch's rows: {pushes}"
     assert "staleness mean" in format_epoch(epochs[-1], EPOCHS)
 
 
@@ -112,6 +116,7 @@ def test_bounded_never_applies_a_gradient_staler_than_max_staleness(trained):
     histogram = {int(k): n for k, n in noted["staleness_histogram"].items()}
     print(f"bounded: staleness {histogram}, refused {noted['refused']}")
     assert max(histogram) <= 1 and noted["staleness_max"] <= 1
+    assert max(histogram) == 1 or noted["refused"] > 0, "two workers pushing in turn make gradients stale"
     assert (noted["mode"], noted["max_staleness"], noted["shards"]) == ("bounded", 1, 2)
     assert sum(histogram.values()) == noted["applied"] > 0
     assert report.test_metrics["test_accuracy"] >= 0.8, "chance is 0.1"

@@ -149,10 +149,12 @@ def test_the_progress_line_and_the_run_record_show_staleness():
         "ps_staleness_mean": 0.75,
         "ps_staleness_max": 2.0,
         "ps_staleness_counts": [4, 3, 2],
+        "ps_pushes_by_worker": [8, 3],
     }
-    assert "staleness mean 0.75 max 2 (2 refused)" in format_epoch(last, 3)
+    assert "staleness mean 0.75 max 2 (2 refused)  pushes by worker 8/3" in format_epoch(last, 3)
     server = {"shards": 2, "mode": "bounded", "max_staleness": 2}
     cfg = digits_config(Path("/tmp/unused"), train={"strategy": "parameter_server", "parameter_server": server})
     note = parameter_server_note(TrainOutcome(Path("/tmp/unused"), {}, "", last), cfg)
     assert note["staleness_histogram"] == {"0": 4, "1": 3, "2": 2}
     assert (note["applied"], note["refused"], note["staleness_max"], note["mode"]) == (9, 2, 2, "bounded")
+    assert note["pushes_by_worker"] == [8, 3]

@@ -1,5 +1,8 @@
 """Where a rank's batches come from: its replica's range of a prepared split's Parquet files, in memory or
-streamed in shuffled windows, and the one-batch look-ahead."""
+streamed in shuffled windows, and the one-batch look-ahead; or, for parameter-server workers that share the split,
+units of it claimed by whichever worker is ready."""
+
+import itertools
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import torch
 from rayline.data import prepared
 from rayline.data.prepared import SplitFiles, write_split_file
 from rayline.train.batches import ShardReader, flag_last
+from rayline.train.shared_batches import SharedReader, UnitCounter
 
 
 @pytest.fixture
@@ -128,3 +132,32 @@ def test_windows_smaller_than_a_batch_still_give_full_batches(split):
     batches = list(data.batches(8, seed=0))
     assert [len(b["y"]) for b in batches] == [8] * 12 + [7]
     assert sorted(rows_of(batches)) == list(range(103))
+
+
+@pytest.mark.parametrize("cache_bytes", [2**20, 0], ids=["in memory", "streamed"])
+def test_workers_sharing_a_split_train_each_row_once_and_the_faster_takes_more(split, cache_bytes):
+    """Streamed, a unit is a window (of one row group here); in memory, UNIT_BATCHES batches."""
+    counter = UnitCounter()
+    fast, slow = (SharedReader(reader(split, cache_bytes=cache_bytes, window_rows=10), counter.claim) for _ in "ab")
+    for epoch in range(2):
+        taken: dict[str, list[int]] = {"fast": [], "slow": []}
+        going = {"fast": fast.batches(2, seed=epoch), "slow": slow.batches(2, seed=epoch)}
+        for turn in itertools.count():  # the fast worker asks for three batches for each of the slow one's
+            worker = "slow" if turn % 4 == 3 else "fast"
+            if worker in going and (batch := next(going[worker], None)) is not None:
+                taken[worker] += rows_of([batch])
+            elif worker in going:
+                del going[worker]
+            if not going:
+                break
+        assert sorted(taken["fast"] + taken["slow"]) == list(range(103)), "every row once, by one worker"
+        assert len(taken["fast"]) > 2 * len(taken["slow"]), taken
+        assert fast.progress(0, 1) > 0.5
+
+
+def test_a_shared_split_is_shuffled_anew_each_epoch(split):
+    counter = UnitCounter()
+    shared = SharedReader(reader(split), counter.claim)
+    first, second = rows_of(shared.batches(8, seed=1)), rows_of(shared.batches(8, seed=2))
+    assert sorted(first) == sorted(second) == list(range(103))
+    assert first != second and first != list(range(103))

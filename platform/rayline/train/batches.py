@@ -48,6 +48,10 @@ class ShardReader:
         self.files = split.open()
         self.cached: Batch | None = None
 
+    def progress(self, step: int, steps: int) -> float:
+        """How far through the epoch this replica is (for the learning-rate schedule)."""
+        return step / steps
+
     def batches(self, batch_size: int, *, seed: int | None, drop_last: bool = False) -> Iterator[Batch]:
         """seed None keeps the file order (validation); otherwise the rows are shuffled with it."""
         source = self._from_memory(batch_size, seed) if self.cached is not None else self._stream(batch_size, seed)
@@ -68,12 +72,12 @@ class ShardReader:
         carried: tuple[np.ndarray, np.ndarray] | None = None
         keep = Keep(self.rows) if self.in_memory else None
         with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = pool.submit(self._read, windows[0], seed, 0) if windows else None
+            ahead = pool.submit(self.read_window, windows[0], seed, 0) if windows else None
             for index in range(len(windows)):
                 x, y = ahead.result()
                 last = index == len(windows) - 1
                 if not last:
-                    ahead = pool.submit(self._read, windows[index + 1], seed, index + 1)
+                    ahead = pool.submit(self.read_window, windows[index + 1], seed, index + 1)
                 if keep is not None:
                     keep.add(x, y)
                 if carried is not None:  # the last window's short tail goes first, topped up from this one
@@ -81,15 +85,15 @@ class ShardReader:
                     x_b, y_b = np.concatenate([carried[0], x[:need]]), np.concatenate([carried[1], y[:need]])
                     x, y = x[need:], y[need:]
                     if len(y_b) == batch_size or last:
-                        yield self._tensors(x_b, y_b)
+                        yield self.tensors(x_b, y_b)
                     carried = None if len(y_b) == batch_size else (x_b, y_b)
                 whole = len(y) if last else len(y) - len(y) % batch_size
                 for start in range(0, whole, batch_size):
-                    yield self._tensors(x[start : start + batch_size], y[start : start + batch_size])
+                    yield self.tensors(x[start : start + batch_size], y[start : start + batch_size])
                 if whole < len(y):
                     carried = (x[whole:], y[whole:])
         if keep is not None and keep.full():
-            self.cached = self._tensors(keep.x, keep.y)
+            self.cached = self.tensors(keep.x, keep.y)
 
     def pieces(self, *, order_seed: int | None) -> list[Piece]:
         """This replica's pieces: its range of the row groups laid end to end in file order (order_seed None)
@@ -117,7 +121,7 @@ class ShardReader:
         if window:
             yield window
 
-    def _read(self, pieces: list[Piece], seed: int | None = None, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def read_window(self, pieces: list[Piece], seed: int | None = None, index: int = 0) -> tuple[np.ndarray, ...]:
         """The pieces' rows in one array, in their order or (with a seed) shuffled with (seed, index); each row
         group is written into place as it is read, so a window is never held twice."""
         rows = sum(hi - lo for _, _, lo, hi in pieces)
@@ -131,7 +135,7 @@ class ShardReader:
             offset += hi - lo
         return x_out, y_out
 
-    def _tensors(self, x: np.ndarray, y: np.ndarray) -> Batch:
+    def tensors(self, x: np.ndarray, y: np.ndarray) -> Batch:
         return {
             "x": torch.from_numpy(np.require(x, np.float32, ["C", "W"])).to(self.device),
             "y": torch.from_numpy(np.require(y, requirements=["C", "W"])).to(self.y_dtype).to(self.device),

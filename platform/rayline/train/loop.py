@@ -22,6 +22,7 @@ from rayline.train.evaluate import SplitSums, all_reduce, collective_device
 from rayline.train.optim import make_optimizer
 from rayline.train.ps_worker import ServerOptimizer
 from rayline.train.schedule import lr_factor, set_lr, steps_per_epoch
+from rayline.train.shared_batches import SharedReader
 from rayline.train.step import clip_grad_norm, forward_backward, forward_eval, local, make_loss_fn
 from rayline.train.stopping import decide
 from rayline.train.straggler import straggler_delay
@@ -51,18 +52,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     server = optimizer if isinstance(optimizer, ServerOptimizer) else None
     if server is not None:
         server.connect()  # after the restore: the shards start from the checkpoint's parameters and state
-    train_data, val_data = (
-        ShardReader(
-            SplitFiles.from_dict(loop_config["splits"][split]),
-            dp_rank=pm.dp_rank,
-            dp_size=pm.dp_size,
-            cache_bytes=int(cfg.train.cache_shard_mb * 2**20),
-            window_bytes=int(cfg.train.shuffle_window_mb * 2**20),
-            y_dtype=torch.int64 if classification else torch.float32,
-            device=device,
-        )
-        for split in ("train", "validation")
-    )
+    reader = split_reader(loop_config, cfg.train, classification, device)
+    if server is not None and server.shares_work:  # the whole split, taken a unit at a time by whoever is ready
+        train_data = SharedReader(reader("train", 0, 1), server.claim)
+    else:
+        train_data = reader("train", pm.dp_rank, pm.dp_size)
+    val_data = reader("validation", pm.dp_rank, pm.dp_size)
     steps = steps_per_epoch(loop_config["train_rows"], cfg.train.data_parallel_size, cfg.train.batch_size)
     if history and (stopping := early_stop(history, cfg.train)) is not None:
         return stopping  # a resumed run that early stopping had already ended (under the current rule)
@@ -104,6 +99,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def split_reader(loop_config: dict[str, Any], train: TrainConfig, classification: bool, device: torch.device):
+    """reader(split, dp_rank, dp_size): that range of a prepared split (dp_size 1: the whole split)."""
+
+    def reader(split: str, dp_rank: int, dp_size: int) -> ShardReader:
+        return ShardReader(
+            SplitFiles.from_dict(loop_config["splits"][split]),
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            cache_bytes=int(train.cache_shard_mb * 2**20),
+            window_bytes=int(train.shuffle_window_mb * 2**20),
+            y_dtype=torch.int64 if classification else torch.float32,
+            device=device,
+        )
+
+    return reader
+
+
 INDEPENDENT_REPLICAS = ("ddp", "fsdp", "parameter_server")
 """Strategies whose every rank is a replica of its own, reading its own batches."""
 
@@ -136,7 +148,7 @@ def early_stop(history: list[dict], train: TrainConfig) -> dict[str, Any] | None
 
 
 def train_epoch(
-    pm: Parallelized, optimizer, data: ShardReader, train: TrainConfig, epoch: int, loss_fn, steps: int
+    pm: Parallelized, optimizer, data: ShardReader | SharedReader, train: TrainConfig, epoch: int, loss_fn, steps: int
 ) -> tuple[float, float, float, int]:
     """One pass over this rank's share of the training split; returns (loss * rows, rows) over all replicas, the
     CPU seconds all ranks spent on it and this rank's optimizer steps. The learning rate follows
@@ -152,7 +164,7 @@ def train_epoch(
     batches = data.batches(train.batch_size, seed=train.seed + epoch, drop_last=train.model_parallelism == "pipeline")
     delay = straggler_delay(dist.get_rank())  # None outside benchmarks/optim_bench.py
     for step, (batch, last_batch) in enumerate(flag_last(batches)):
-        factor = lr_factor(train.lr_schedule, epochs=train.epochs, epoch=epoch, progress=step / steps)
+        factor = lr_factor(train.lr_schedule, epochs=train.epochs, epoch=epoch, progress=data.progress(step, steps))
         set_lr(optimizer, train.optimizer.lr * factor)
         x_bf, y_b = batch["x"], batch["y"]
         # Replicas take equally many steps, so they agree on where an accumulation group ends.

@@ -27,6 +27,9 @@ from rayline.config import OptimizerConfig, ParameterServerConfig
 from rayline.train.optim import make_optimizer
 
 Arrays = dict[str, np.ndarray]
+INLINE_BYTES = 100 * 1024
+"""Ray's max_direct_call_object_size: a reply this small travels inside the call's answer, with no object-store put
+(about 1 ms each) nor a lookup at its owner when it is read."""
 
 
 def split_by_size(sizes: dict[str, int], shards: int) -> list[list[str]]:
@@ -44,21 +47,29 @@ def split_by_size(sizes: dict[str, int], shards: int) -> list[list[str]]:
 
 @dataclass
 class Stats:
-    """What a shard counted over the run: staleness of every applied gradient, and gradients refused."""
+    """What a shard counted over the run: staleness of every applied gradient, gradients refused, and gradients
+    pushed by each worker (applied or not: how much of the work each worker did)."""
 
     staleness: Counter = field(default_factory=Counter)
     refused: int = 0
     updates: int = 0
+    pushes: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         staleness = {int(k): int(v) for k, v in self.staleness.items()}
-        return {"staleness": staleness, "refused": self.refused, "updates": self.updates}
+        pushes = {int(k): int(v) for k, v in self.pushes.items()}
+        return {"staleness": staleness, "refused": self.refused, "updates": self.updates, "pushes": pushes}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Stats:
         if not d:
             return cls()
-        return cls(Counter({int(k): int(v) for k, v in d["staleness"].items()}), int(d["refused"]), int(d["updates"]))
+        return cls(
+            Counter({int(k): int(v) for k, v in d["staleness"].items()}),
+            int(d["refused"]),
+            int(d["updates"]),
+            Counter({int(k): int(v) for k, v in d.get("pushes", {}).items()}),  # absent from older checkpoints
+        )
 
 
 class ShardCore:
@@ -90,6 +101,7 @@ class ShardCore:
 
     def receive(self, worker: int, version: int, grads: Arrays, lr: float) -> str:
         """Take one worker's gradient; 'applied', 'refused', or (sync) 'waiting' for the version's other workers."""
+        self.stats.pushes[worker] += 1
         if self.server.mode == "sync":
             return self._receive_sync(worker, version, grads, lr)
         stale = self.staleness(version)
@@ -132,32 +144,47 @@ class ShardCore:
 
 
 class ServerShard:
-    """A Ray actor around a ShardCore (see `start_shard`). Each version's parameters are put into the object store
-    once, when they are made; a pull returns that reference, so no pull copies or pickles the parameters."""
+    """A Ray actor around a ShardCore (see `start_shard`). A push's reply carries the new parameters itself when they
+    are small enough for Ray to send inline anyway (INLINE_BYTES); larger ones are put into the object store once
+    per version, and every reply and pull hands out that reference, so no pull copies or pickles them."""
 
     def __init__(self, params: Arrays, optimizer: OptimizerConfig, server: ParameterServerConfig, workers: int, state):
         torch.set_num_threads(1)
         self.core = ShardCore(params, optimizer, server, workers, state)
         self.changed = threading.Condition()
         self.timeout_s = server.timeout_s
-        self.published = self._publish()
+        self.inline = sum(a.nbytes for a in params.values()) <= INLINE_BYTES
+        self.latest: tuple[int, Any] = (0, None)
+        """(version, parameters): a copy of the arrays when inline, else their one object-store copy."""
+        self.pulled: tuple[int, Any] | None = None
+        """Inline: (version, reference) of the latest version a pull asked for, put on that pull."""
+        self._snapshot()
 
-    def _publish(self) -> tuple[int, Any]:
+    def _snapshot(self) -> None:
+        """After every applied update (the lock held): what replies and pulls hand out from now on."""
         import ray
 
-        return self.core.version, ray.put(self.core.arrays())
+        arrays = self.core.arrays()
+        self.latest = self.core.version, (arrays if self.inline else ray.put(arrays))
 
     def pull(self) -> tuple[int, Any]:
         """(version, reference to its parameters); never waits for a gradient being applied."""
-        return self.published
+        import ray
+
+        version, parameters = self.latest
+        if not self.inline:
+            return self.latest
+        if self.pulled is None or self.pulled[0] != version:
+            self.pulled = version, ray.put(parameters)
+        return self.pulled
 
     def push(self, worker: int, version: int, grads: Arrays, lr: float) -> tuple[str, int, Any]:
-        """Apply (or refuse) one worker's gradient; returns the outcome and what a pull would (the latest version
-        and its reference), so a step costs one call per shard. A sync push returns once its version is applied."""
+        """Apply (or refuse) one worker's gradient; returns the outcome, the latest version and its parameters (or
+        their reference), so a step costs one call per shard. A sync push returns once its version is applied."""
         with self.changed:
             outcome = self.core.receive(worker, version, grads, lr)
             if outcome == "applied":
-                self.published = self._publish()
+                self._snapshot()
                 self.changed.notify_all()
             elif outcome == "waiting" and not self.changed.wait_for(
                 lambda: self.core.version > version, timeout=self.timeout_s
@@ -166,7 +193,7 @@ class ServerShard:
                     f"parameter server: waited {self.timeout_s:g} s for the other workers' gradients of version "
                     f"{version} (train.parameter_server.timeout_s)"
                 )
-            return ("refused" if outcome == "refused" else "applied"), *self.published
+            return ("refused" if outcome == "refused" else "applied"), *self.latest
 
     def state(self) -> tuple[Arrays, dict[str, Any]]:
         """Parameters and the rest of the state, for a checkpoint."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from rayline.config import TrainConfig
 from rayline.train.param_server import Stats, split_by_size, start_shard
+from rayline.train.shared_batches import UnitCounter
 
 NAMESPACE = "rayline-parameter-server"
 LOOKUP_INTERVAL_S = 0.1
@@ -40,6 +41,14 @@ class ServerOptimizer:
         self.restored: list[dict[str, Any]] | None = None
         self.shards: list[Any] = []
         self.versions: list[int] = []
+        self.counter: Any = None
+        """Under async and bounded with several workers: the UnitCounter their training batches are claimed from."""
+
+    @property
+    def shares_work(self) -> bool:
+        """Whether workers take the epoch's training rows as they are ready (shared_batches.py) rather than an equal
+        range each: when no worker waits for another's gradients (not sync) and there is another to share with."""
+        return self.server.mode != "sync" and self.world > 1
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Keep a checkpoint's shard states for `connect` (the parameters come from the model, loaded already)."""
@@ -57,6 +66,8 @@ class ServerOptimizer:
 
         token = [uuid.uuid4().hex if self.rank == 0 else None]
         names = [f"shard-{token[0]}-{i}" for i in range(len(self.split))]
+        if self.rank == 0 and self.shares_work:
+            self.counter = start_counter(f"units-{token[0]}")
         if self.rank == 0:
             with torch.no_grad():
                 self.shards = [
@@ -76,7 +87,13 @@ class ServerOptimizer:
         if self.rank != 0:
             names = [f"shard-{token[0]}-{i}" for i in range(len(self.split))]
             self.shards = [self._look_up(ray, name) for name in names]
+            if self.shares_work:
+                self.counter = self._look_up(ray, f"units-{token[0]}")
         self.pull()
+
+    def claim(self, key: int, units: int) -> int | None:
+        """The next unclaimed unit of the epoch keyed `key` (shared_batches.SharedReader's claim)."""
+        return self._get(self.counter.claim.remote(key, units))
 
     def _look_up(self, ray, name: str):
         deadline = time.monotonic() + self.server.timeout_s
@@ -108,11 +125,15 @@ class ServerOptimizer:
         self._load([(version, ref) for _, version, ref in self._get(pushes)])
 
     def _load(self, published: list[tuple[int, Any]]) -> None:
+        """Take each shard's (version, parameters), the parameters inline or as an object-store reference."""
+        import ray
+
         self.versions = [version for version, _ in published]
-        arrays = self._get([ref for _, ref in published])
+        stored = [i for i, (_, part) in enumerate(published) if isinstance(part, ray.ObjectRef)]
+        fetched = dict(zip(stored, self._get([published[i][1] for i in stored]), strict=True))
         with torch.no_grad():
-            for part in arrays:
-                for name, values in part.items():
+            for i, (_, part) in enumerate(published):
+                for name, values in fetched.get(i, part).items():
                     self.params[name].copy_(torch.from_numpy(values))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -136,7 +157,17 @@ class ServerOptimizer:
             "ps_staleness_mean": sum(k * v for k, v in staleness.items()) / applied if applied else 0.0,
             "ps_staleness_max": float(most),
             "ps_staleness_counts": [int(staleness.get(k, 0)) for k in range(most + 1)],
+            # Every push reaches every shard: any one shard's count is the worker's.
+            "ps_pushes_by_worker": [int(stats[0].pushes.get(rank, 0)) for rank in range(self.world)],
         }
+
+
+def start_counter(name: str) -> Any:
+    """A UnitCounter actor owned by the calling rank (it ends with the worker group, like the shards)."""
+    import ray
+
+    actor = ray.remote(num_cpus=0, max_restarts=0)(UnitCounter)
+    return actor.options(name=name, namespace=NAMESPACE).remote()
 
 
 def gradient(p: nn.Parameter) -> np.ndarray:
