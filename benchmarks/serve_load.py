@@ -79,14 +79,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, 
     return int(head[9:12]), fields
 
 
-async def closed_loop(
-    host: str, port: int, request: bytes, concurrency: int, *, total: int = 0, seconds: float = 0.0, timeout_s: float
-) -> dict:
-    """`total` requests, or as many as `seconds` allow, over `concurrency` keep-alive connections."""
-    tally = Tally()
+def request_budget(total: int, seconds: float) -> Callable[[], bool]:
+    """A closed loop's `more()`, asked before each request by all its connections: True `total` times, or, when
+    `seconds` is set, until that many seconds from now have passed."""
     left = total
-    began = time.perf_counter()
-    deadline = began + seconds
+    deadline = time.perf_counter() + seconds
 
     def more() -> bool:
         nonlocal left
@@ -94,6 +91,18 @@ async def closed_loop(
             return time.perf_counter() < deadline
         left -= 1
         return left >= 0
+
+    return more
+
+
+async def closed_loop(
+    host: str, port: int, request: bytes, concurrency: int, *, total: int = 0, seconds: float = 0.0, timeout_s: float
+) -> dict:
+    """`total` requests, or as many as `seconds` allow, over `concurrency` keep-alive connections."""
+    tally = Tally()
+    began = time.perf_counter()
+    deadline = began + seconds
+    more = request_budget(total, seconds)
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:

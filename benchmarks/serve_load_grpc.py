@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve_load import Tally, request_body
+from serve_load import Tally, request_body, request_budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
@@ -38,16 +38,8 @@ async def grpc_closed_loop(
 
     request = predict_request(features)
     tally = Tally()
-    left = total
     began = time.perf_counter()
-    deadline = began + seconds
-
-    def more() -> bool:
-        nonlocal left
-        if seconds:
-            return time.perf_counter() < deadline
-        left -= 1
-        return left >= 0
+    more = request_budget(total, seconds)
 
     async def client() -> None:
         async with grpc.aio.insecure_channel(address) as channel:

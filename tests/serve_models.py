@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from rayline.checkpoint import save_checkpoint
@@ -127,6 +128,27 @@ def make_registry(root: str | Path, task: str = "classification", versions: int 
     for seed in range(versions):
         register(root, task, seed=seed)
     return str(root)
+
+
+def deploy_apps(
+    configs: dict[str, ServeConfig], roots: dict[str, str], *, secured: str, token: str, timeout_s: float = 180
+) -> dict[str, str]:
+    """Deploy each app (configs' keys name them) from its registry root without waiting, RAYLINE_API_TOKEN set to
+    `token` for the app `secured` only and unset for the others, then wait until every one runs; their URLs."""
+    from rayline.serve import deploy
+    from rayline.serve.control import wait_until_running
+
+    urls = {}
+    with pytest.MonkeyPatch.context() as env:
+        for name, cfg in configs.items():
+            if name == secured:
+                env.setenv("RAYLINE_API_TOKEN", token)
+            else:
+                env.delenv("RAYLINE_API_TOKEN", raising=False)
+            urls[name] = deploy(roots[name], serve_cfg=cfg, wait=False)
+    for cfg in configs.values():
+        wait_until_running(cfg.app_name, timeout_s=timeout_s)
+    return urls
 
 
 def tamper(root: str | Path, version: str, name: str = "model.pt", task: str = "classification") -> None:

@@ -17,7 +17,7 @@ from rayline.registry import Registry
 from rayline.runtime import free_port
 from rayline.serve import rayline_pb2 as pb
 from rayline.serve import rayline_pb2_grpc
-from serve_models import flood, make_registry, model_name, row
+from serve_models import deploy_apps, flood, make_registry, model_name, row
 
 TOKEN = "grpc-test-token"
 NAME = model_name("classification")
@@ -44,20 +44,10 @@ APPS = {
 
 @pytest.fixture(scope="module")
 def apps(ray_cluster, tmp_path_factory):
-    from rayline.serve import deploy, shutdown
-    from rayline.serve.control import wait_until_running
+    from rayline.serve import shutdown
 
     roots = {name: make_registry(tmp_path_factory.mktemp(name), versions=2 if name == "main" else 1) for name in APPS}
-    urls = {}
-    with pytest.MonkeyPatch.context() as env:
-        for name, cfg in APPS.items():
-            if name == "main":
-                env.setenv("RAYLINE_API_TOKEN", TOKEN)
-            else:
-                env.delenv("RAYLINE_API_TOKEN", raising=False)
-            urls[name] = deploy(roots[name], serve_cfg=cfg, wait=False)
-    for name in APPS:
-        wait_until_running(name, timeout_s=180)
+    urls = deploy_apps(APPS, roots, secured="main", token=TOKEN)
     wait_for_grpc("main")
     yield {"urls": urls, "roots": roots}
     shutdown()

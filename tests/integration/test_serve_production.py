@@ -19,7 +19,7 @@ import pytest
 
 from rayline.config import ServeConfig
 from rayline.registry import ModelVersion, Registry, RegistryError
-from serve_models import flood, make_registry, model_name, row, tamper
+from serve_models import deploy_apps, flood, make_registry, model_name, row, tamper
 
 PORT = 8127
 NAME = model_name("classification")
@@ -49,21 +49,11 @@ APPS = {
 
 @pytest.fixture(scope="module")
 def apps(ray_cluster, tmp_path_factory):
-    from rayline.serve import deploy, shutdown
-    from rayline.serve.control import wait_until_running
+    from rayline.serve import shutdown
 
     roots = {name: make_registry(tmp_path_factory.mktemp(name), versions=3 if name == "swap" else 1) for name in APPS}
     Registry(roots["swap"]).model(NAME).set_serving("v1")
-    urls = {}
-    with pytest.MonkeyPatch.context() as env:
-        for name, cfg in APPS.items():
-            if name == "secure":
-                env.setenv("RAYLINE_API_TOKEN", TOKEN)
-            else:
-                env.delenv("RAYLINE_API_TOKEN", raising=False)
-            urls[name] = deploy(roots[name], serve_cfg=cfg, wait=False)
-    for name in APPS:
-        wait_until_running(name, timeout_s=180)
+    urls = deploy_apps(APPS, roots, secured="secure", token=TOKEN)
     yield {"urls": urls, "roots": roots}
     shutdown()
 

@@ -1,10 +1,12 @@
 """`storage.root: s3://...` end to end against a real S3-compatible server (moto's, on 127.0.0.1): data read
-from the bucket, Ray Train's checkpoints and the registry written to it, the version served over HTTP,
-promoted, batch-predicted from and to the bucket, a run resumed from its checkpoints there, a search whose
-trials and report live in the bucket, and a bucket that refuses writes named in the error."""
+from the bucket (a folder, and a glob that reads only the files it matches), Ray Train's checkpoints and the
+registry written to it, the version served over HTTP, promoted, batch-predicted from and to the bucket, a run
+resumed from its checkpoints there, a search whose trials and report live in the bucket, and a bucket that
+refuses writes named in the error."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import httpx
@@ -16,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from clusters import VENV_BIN
 from pipelines import PIXELS, digits_config, digits_source
 from rayline.config import ConfigError, ServeConfig
+from rayline.data import DataError, fingerprint_source, list_source_files, prepare_datasets
 from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
 from rayline.registry import ModelVersion, Registry
@@ -36,6 +39,38 @@ def s3(tmp_path_factory):
     server.create_bucket("datasets")
     yield server
     server.stop()
+
+
+def test_a_glob_in_the_bucket_prepares_exactly_the_files_it_matches(ray_cluster, s3, tmp_path):
+    """data.source as an s3:// glob: the data stage reads every part-*.parquet (part-?.parquet lists the same), not
+    a file of another name beside them nor a part file one folder down; a glob that matches nothing is named in
+    the error, as the user wrote it."""
+    digits = pd.read_parquet(digits_source(tmp_path))
+    # Each file's row count differs, so the rows prepared tell which files were read.
+    matched = {"part-0.parquet": digits.iloc[:400], "part-1.parquet": digits.iloc[400:1000]}
+    matched["part-2.parquet"] = digits.iloc[1000:1500]
+    skipped = {"other.parquet": digits.iloc[1500:1600], "old/part-3.parquet": digits.iloc[1600:]}
+    local = tmp_path / "matched"
+    local.mkdir()
+    for name, frame in {**matched, **skipped}.items():
+        body = frame.to_parquet(index=False)
+        s3.client().put_object(Bucket="datasets", Key=f"glob/{name}", Body=body)
+        if name in matched:
+            (local / name).write_bytes(body)
+    source = s3.uri("datasets", "glob/part-*.parquet")
+    assert list_source_files(source)[1] == [f"datasets/glob/{name}" for name in matched]
+    assert list_source_files(s3.uri("datasets", "glob/part-?.parquet"))[1] == list_source_files(source)[1]
+
+    cfg = digits_config(tmp_path, "glob-s3", data={"source": source})
+    data = prepare_datasets(cfg.data, storage_root=str(tmp_path / "store"), log=lambda _: None)
+    assert sum(data.num_rows.values()) + data.rows_without_label + data.rows_dropped == 1500
+    assert sum(data.label_counts) == data.num_rows["train"]
+    # The fingerprint covers the names and bytes of the files listed: those of the matched files alone.
+    assert data.fingerprint == fingerprint_source(digits_config(tmp_path, data={"source": str(local)}).data)
+
+    empty = s3.uri("datasets", "glob/nothing-*.parquet")
+    with pytest.raises(DataError, match=re.escape(f"{empty}: no data files found")):
+        prepare_datasets(digits_config(tmp_path, data={"source": empty}).data, storage_root=str(tmp_path / "store"))
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,8 @@ HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder value Hive and Spark write for a null partition value (key=__HIVE_DEFAULT_PARTITION__)."""
 _INT = re.compile(r"-?(0|[1-9][0-9]*)\Z")
 _FLOAT = re.compile(r"[-+]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\Z")
+_QUERY = re.compile(r"\?[A-Za-z_]\w*=[^?&]*(&[A-Za-z_]\w*=[^?&]*)*\Z")
+"""A URI's options: "?key=value" pairs joined by "&", at its end."""
 
 
 class SourceFiles(NamedTuple):
@@ -103,11 +105,12 @@ def glob_files(source: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
 
 
 def split_query(source: str) -> tuple[str, str]:
-    """A URI's "?key=value" options (s3://bucket/x?region=...) are not a wildcard; local paths have none."""
-    if "://" not in source or "?" not in source:
+    """A URI's "?key=value&..." options at its end (s3://bucket/x?region=...) are not a wildcard, but a "?"
+    before them is (s3://bucket/part-?.csv?region=...); local paths have no options."""
+    found = _QUERY.search(source) if "://" in source else None
+    if found is None:
         return source, ""
-    cut = source.index("?")
-    return source[:cut], source[cut:]
+    return source[: found.start()], source[found.start() :]
 
 
 def open_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
