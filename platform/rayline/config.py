@@ -352,7 +352,9 @@ class ParameterServerConfig(Section):
     """Server actors the model's parameters (and their optimizer state) are split across, by size."""
     mode: Literal["sync", "async", "bounded"] = "sync"
     """sync averages every worker's gradient of a version, then steps (like ddp); async applies each gradient as it
-    arrives; bounded applies it too, but refuses one computed more than max_staleness versions ago."""
+    arrives; bounded applies it too, but refuses one computed more than max_staleness versions ago. Under async and
+    bounded the workers share each epoch's rows, each taking the next few batches when it is ready, so a faster
+    worker trains on more of them and none waits for a straggler."""
     max_staleness: Annotated[int, Field(ge=0)] | None = None
     """For mode bounded (and required there): the most versions a shard's parameters may have moved on since the
     pull a gradient was computed from; staler gradients are refused (dropped, and counted)."""
@@ -410,9 +412,10 @@ class TrainConfig(Section):
     batch_size: PositiveInt = 64
     """Rows per step on each data-parallel replica."""
     cache_shard_mb: Annotated[float, Field(ge=0.0)] = 64.0
-    """A worker holds its share of the prepared data in memory when that is at most this many MiB, and every epoch
-    shuffles it in place; a larger share (or 0 here) is streamed from the prepared files every epoch, so a worker's
-    memory stays flat however large the data. Only speed depends on it: a share of any size trains."""
+    """A worker holds its share of the prepared data in memory when that is at most this many MiB (the whole split
+    under parameter_server async and bounded, whose workers share it), and every epoch shuffles it in place; a
+    larger share (or 0 here) is streamed from the prepared files every epoch, so a worker's memory stays flat
+    however large the data. Only speed depends on it: a share of any size trains."""
     shuffle_window_mb: Annotated[float, Field(gt=0.0)] = 64.0
     """A streamed share is shuffled in windows of this many MiB of row groups, taken in a new random order every
     epoch (rows of one window mix; a row's neighbours change with the window each epoch)."""
