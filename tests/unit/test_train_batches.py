@@ -151,7 +151,7 @@ def test_workers_sharing_a_split_train_each_row_once_and_the_faster_takes_more(s
             if not going:
                 break
         assert sorted(taken["fast"] + taken["slow"]) == list(range(103)), "every row once, by one worker"
-        assert len(taken["fast"]) > 2 * len(taken["slow"]), taken
+        assert len(taken["fast"]) > 1.5 * len(taken["slow"]), taken  # 3:1 pace, less the units claimed ahead
         assert fast.progress(0, 1) > 0.5
 
 
