@@ -184,6 +184,36 @@ def block_model_calls(app: str, deployment: str = "ModelServer") -> int:
     return replica.pid
 
 
+def disturb_federated_clients(actor, *, delay_s: float = 0.0, fail: bool = False, times: int | None = None) -> None:
+    """Make a live federated ClientGroup actor's clients straggle (sleep delay_s before each local update) and/or
+    drop out (raise instead of answering), for their next `times` local updates (None: all of them).
+
+    Only that actor process's `_local_update` is replaced; a later call replaces the fault, and
+    `disturb_federated_clients(actor)` takes it away. The actor must be idle (calls to it run in turn).
+    """
+    import ray
+
+    def install(group) -> None:
+        import time
+
+        from rayline.federated.client import ClientGroup
+
+        original = ClientGroup._local_update.__get__(group)
+        left = [times]
+
+        def local_update(global_vector, round_index, cid):
+            if left[0] is None or left[0] > 0:
+                left[0] = None if left[0] is None else left[0] - 1
+                time.sleep(delay_s)
+                if fail:
+                    raise RuntimeError(f"client {cid} dropped out (a test fault)")
+            return original(global_vector, round_index, cid)
+
+        group._local_update = local_update
+
+    ray.get(actor.__ray_call__.remote(install), timeout=60)
+
+
 # ---------------------------------------------------------------- files being written
 
 

@@ -17,17 +17,24 @@ import pandas as pd
 import pytest
 import torch
 
-from clusters import VENV_BIN
+from clusters import VENV_BIN, metric_samples, read_metrics
 from faults import wait_until
 from pipelines import PIXELS, digits_config, digits_pipeline, digits_source, write_pipeline
-from rayline.checkpoint import MODEL_FILE, checkpoint_metrics, complete_checkpoints
+from rayline.checkpoint import (
+    MODEL_FILE,
+    checkpoint_metrics,
+    complete_checkpoints,
+    last_complete_checkpoint,
+    load_training_state,
+)
 from rayline.config import ConfigError, ServeConfig
 from rayline.data import prepare_datasets
 from rayline.federated import secure
+from rayline.federated.client import rows_at
 from rayline.federated.driver import make_clients, start_groups
 from rayline.federated.privacy import epsilon_after
 from rayline.federated.rounds import aggregate, collect
-from rayline.federated.state import initial_model, to_vector
+from rayline.federated.state import initial_model, load_vector, to_vector
 from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
 from rayline.registry import Registry
@@ -75,6 +82,34 @@ def test_fedavg_of_one_client_one_full_batch_step_is_one_centralized_sgd_step(ra
     federated_model = registered_vector(cfg, report, data)
     assert np.abs(federated_model - to_vector(initial_model(cfg, data.preprocessor))).max() > 1e-3, "it trained"
     assert np.abs(federated_model - centralized).max() < 1e-6
+
+
+def test_fedavgm_steps_the_global_model_through_server_momentum_across_rounds(ray_cluster, tmp_path):
+    server_lr, beta = 1.5, 0.5
+    federated = {"clients": 1, "holdout": 0.0, "rounds": 2, "local_batch_size": 100_000}
+    federated |= {"algorithm": "fedavgm", "server_lr": server_lr, "server_momentum": beta}
+    cfg = fed_config(tmp_path, "momentum", federated)
+    report = train_and_register(cfg, log=lambda _: None)
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, log=lambda _: None)
+    x, y = (np.concatenate(parts) for parts in zip(*data.train.iter_arrays(), strict=True))
+
+    def client_average(w: np.ndarray) -> np.ndarray:
+        """One client, one full-batch step: the round's average update is that SGD step."""
+        model = initial_model(cfg, data.preprocessor)
+        load_vector(model, w)
+        return sgd_step(model, x, y, SGD["lr"]).astype(np.float64) - w
+
+    w0 = to_vector(initial_model(cfg, data.preprocessor)).astype(np.float64)
+    average_1 = client_average(w0)
+    w1 = w0 + server_lr * average_1  # momentum starts as the first average
+    average_2 = client_average(w1)
+    momentum_2 = beta * average_1 + average_2
+    w2 = w1 + server_lr * momentum_2
+    federated_model = registered_vector(cfg, report, data)
+    assert np.abs(federated_model - w2).max() < 1e-5
+    assert np.abs(federated_model - (w1 + server_lr * average_2)).max() > 1e-3, "not FedAvg's step"
+    _, server, _, _ = load_training_state(last_complete_checkpoint(tmp_path / "store" / "runs" / "momentum"))
+    assert np.abs(server["server_momentum"].numpy() - momentum_2).max() < 1e-5, "kept for a resumed run"
 
 
 def test_clients_of_unequal_size_are_averaged_by_their_sample_counts(ray_cluster, tmp_path):
@@ -251,6 +286,61 @@ def test_a_federated_model_is_served_and_batch_predicted(ray_cluster, survived_a
     batch = pd.read_parquet(tmp_path / "out.parquet")
     assert batch["prediction"].astype(str).tolist() == [str(label) for label in served]
     assert np.mean(np.array(served).astype(int) == rows["label"].to_numpy()) > 0.5
+
+
+def test_each_round_reports_the_bytes_it_moved_to_the_log_and_prometheus_and_the_record_scores_each_client(
+    ray_cluster, survived_a_kill
+):
+    cfg, report, lines, _ = survived_a_kill
+    registry = Registry(cfg.storage.uri)
+    record = registry.record(report.version)
+    history = record["history"]
+    data = prepare_datasets(cfg.data, storage_root=cfg.storage.uri, log=lambda _: None)
+    model = initial_model(cfg, data.preprocessor)
+    model.load_state_dict(torch.load(registry.checkpoint_dir(report.version) / MODEL_FILE, weights_only=True))
+    model_bytes = to_vector(model).nbytes
+
+    # Bytes moved: the global model once to each of the round's (at most 2) actors, and each answer's update.
+    progress = {int(m[1]): line for line in lines if (m := re.match(r"round (\d+)/\d+: ", line))}
+    for h in history:
+        actors_called = h["bytes_moved"] / model_bytes - h["clients_answered"]
+        assert actors_called in ((2,) if h["clients_answered"] == 8 else (1, 2)), h
+        assert f", {h['bytes_moved'] / 1e6:.2f} MB moved, " in progress[int(h["round"])]
+    assert any(h["bytes_moved"] == 10 * model_bytes for h in history)
+
+    # The round gauges, as Prometheus scrapes them from the node's metrics agent.
+    last = history[-1]
+    wanted = {
+        "ray_rayline_federated_round": ROUNDS,
+        "ray_rayline_federated_clients_answered": last["clients_answered"],
+        "ray_rayline_federated_bytes_moved": last["bytes_moved"],
+        "ray_rayline_train_epoch": ROUNDS,
+    }
+    port = ray_cluster.address_info["metrics_export_port"]
+
+    def exported() -> dict[str, float | None]:
+        text = read_metrics(port)
+        return {name: {s.get("run"): v for s, v in metric_samples(text, name)}.get("kill") for name in wanted}
+
+    wait_until(lambda: exported() == wanted, 60, f"the gauges of run kill to read {wanted}")
+    assert "kill" not in {s.get("run") for s, _ in metric_samples(read_metrics(port), "ray_rayline_federated_epsilon")}
+
+    # Each client's accuracy on its own held-out rows, their mean and the worst client.
+    clients = record["evaluation"]["federated"]["clients"]
+    assert clients["metric"] == "accuracy"
+    model.eval()
+    for client in make_clients(cfg, data):
+        x, y = rows_at(data.train, client.holdout_rows)
+        with torch.no_grad():
+            accuracy = float(np.mean(model(torch.from_numpy(x)).argmax(dim=1).numpy() == y))
+        assert clients["clients"][client.name]["accuracy"] == pytest.approx(accuracy), client.name
+        assert clients["clients"][client.name]["rows"] == len(y) > 0
+    accuracies = {name: m["accuracy"] for name, m in clients["clients"].items()}
+    assert len(accuracies) == 8
+    assert clients["mean"] == pytest.approx(np.mean(list(accuracies.values())))
+    assert clients["worst"] == min(accuracies.values()) == accuracies[clients["worst_client"]]
+    summary = f"clients: mean accuracy {clients['mean']:.4f}, worst {clients['worst']:.4f} ({clients['worst_client']})"
+    assert any(line.startswith(summary) for line in lines), summary
 
 
 def test_a_killed_driver_resumes_from_its_last_round(ray_cluster, tmp_path):
