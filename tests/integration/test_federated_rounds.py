@@ -109,8 +109,8 @@ def test_a_round_that_never_gets_min_clients_fails_the_run_naming_the_settings(s
         run_round(groups, vector, 3, fed, CLIENTS, log=lines.append)
     assert straggler(groups).busy is not None, "the run failed without waiting for the straggler"
     assert str(error.value) == (
-        "federated round 4: no try of 3 had min_clients 4 answers; raise federated.round_timeout_s or "
-        "max_round_attempts, or lower min_clients"
+        "federated round 4: no try of 3 had federated.min_clients 4 answers; raise federated.round_timeout_s or "
+        "federated.max_round_attempts, or lower federated.min_clients"
     )
     assert [line.split(":")[0] for line in lines] == [f"  round 4, try {t}" for t in (1, 2, 3)]
 

@@ -81,8 +81,9 @@ def run_round(
             continue
         return RoundResult(aggregate(answered, fed, round_index), answered, len(chosen), attempt + 1, moved, missing)
     raise FederatedError(
-        f"federated round {round_index + 1}: no try of {fed.max_round_attempts} had min_clients {fed.min_clients} "
-        f"answers; raise federated.round_timeout_s or max_round_attempts, or lower min_clients"
+        f"federated round {round_index + 1}: no try of {fed.max_round_attempts} had federated.min_clients "
+        f"{fed.min_clients} answers; raise federated.round_timeout_s or federated.max_round_attempts, or lower "
+        "federated.min_clients"
     )
 
 
