@@ -89,6 +89,7 @@ def measure(cfg) -> dict:
         result["staleness_mean"] = last["ps_staleness_mean"]
         result["refused"] = last["ps_refused"]
         result["applied"] = last["ps_applied"]
+        result["pushes_by_worker"] = last["ps_pushes_by_worker"]
     return result
 
 
@@ -145,7 +146,7 @@ def main() -> None:
                 print(
                     f"round {index + 1} {name:18s} {r['updates_per_s']:7.1f} updates/s  "
                     f"{r['samples_per_s_median']:8.0f} samples/s  test accuracy {r['test_accuracy']:.4f}  "
-                    f"staleness {r.get('staleness_histogram', '-')}",
+                    f"staleness {r.get('staleness_histogram', '-')}  pushes by worker {r.get('pushes_by_worker', '-')}",
                     flush=True,
                 )
     finally:
