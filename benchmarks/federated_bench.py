@@ -254,6 +254,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the algorithm study; default 3")
     parser.add_argument("--verbose", action="store_true", help="print rayline's round lines and Ray's logs")
     parser.add_argument("--output", type=Path, default=RESULTS / "federated.json")
+    parser.add_argument(
+        "--study-only",
+        default=None,
+        help="comma-separated algorithms of the study (e.g. fedprox_mu1): run only those, no comparison or DP, "
+        "and merge their rows into the existing --output",
+    )
     return parser.parse_args()
 
 
@@ -263,6 +269,8 @@ def main() -> None:
     os.chdir(REPO)  # the pipeline's relative data path starts here
     shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(parents=True)
+    if args.study_only:
+        return study_only(args, args.study_only.split(","), began)
     venv = flower_venv.ensure()
     cfg = rayline_side.bench_config(RUNS, "compare", {**COMPARISON, "rounds": args.rounds})
     data = rayline_side.prepare(cfg, verbose=args.verbose)
@@ -300,6 +308,31 @@ def main() -> None:
     }
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"summary": compared["summary"], "targets": result["targets"]}, indent=2))
+
+
+def study_only(args: argparse.Namespace, names: list[str], began: float) -> None:
+    """Run some of the algorithm study on its own and add its rows to the existing result, saying how."""
+    from rayline.runtime import connect, disconnect
+
+    result = json.loads(args.output.read_text())
+    cfg = rayline_side.bench_config(RUNS, "compare", {**COMPARISON, "rounds": args.rounds})
+    data = rayline_side.prepare(cfg, verbose=args.verbose)
+    connect(verbose=args.verbose)
+    try:
+        added = algorithm_study(RUNS, data, args.seeds, args.study_rounds, args.verbose, only=names)
+    finally:
+        disconnect()
+    result["algorithms"]["settings"]["algorithms"].update(added["settings"]["algorithms"])
+    result["algorithms"]["runs"].update(added["runs"])
+    result["algorithms"].setdefault("added_later", []).append(
+        {
+            "algorithms": names,
+            "command": f"benchmarks/federated_bench.py --study-only '{','.join(names)}'",
+            "wall_time_s": round(time.perf_counter() - began, 1),
+        }
+    )
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(added["runs"], indent=1)[:2000])
 
 
 if __name__ == "__main__":
