@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from faults import freeze_writer, kill_train_worker, live_actors, sigkill, train_worker_pids, wait_until
-from pipelines import digits_config, digits_source
+from pipelines import digits_config, digits_source, quiet
 from rayline.checkpoint import MODEL_FILE, load_checkpoint, verify_checkpoint
 from rayline.config import MlflowConfig, PipelineConfig, TrackingConfig
 from rayline.pipeline import TrainReport, train_and_register
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.slow
 EPOCHS = 6
 REFUSED = "not a complete rayline checkpoint|is partial|tampered or corrupt"
 """What verify_checkpoint says about a checkpoint that is missing its manifest, a file, or a file's contents."""
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

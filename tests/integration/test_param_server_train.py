@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from faults import live_actors, sigkill, wait_until
-from pipelines import PIXELS, digits_config, digits_source
+from pipelines import PIXELS, digits_config, digits_source, quiet, train_once
 from rayline.checkpoint import MODEL_FILE, OPTIMIZER_FILE
 from rayline.config import PipelineConfig
 from rayline.data.split import TEST, assign_splits
@@ -43,10 +43,6 @@ ACCURACY_GAP = 0.01
 """How far below ddp's test accuracy an async run may land (the task's bound: 1 point)."""
 
 
-def quiet(_: str) -> None:
-    pass
-
-
 def config(root: Path, name: str, epochs: int = EPOCHS, **train) -> PipelineConfig:
     settings = {
         "epochs": epochs,
@@ -70,15 +66,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(ray_cluster, store):
     """Train each run once, on first use, into one registry."""
-    reports: dict[str, tuple[PipelineConfig, TrainReport, list[dict]]] = {}
-
-    def train(name: str) -> tuple[PipelineConfig, TrainReport, list[dict]]:
-        if name not in reports:
-            cfg, epochs = config(store, name), []
-            reports[name] = cfg, train_and_register(cfg, on_epoch=epochs.append, log=quiet), epochs
-        return reports[name]
-
-    return train
+    return train_once(lambda name: config(store, name))
 
 
 def weights(cfg: PipelineConfig, report: TrainReport) -> dict[str, torch.Tensor]:
