@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from faults import live_actors, sigkill, wait_until
+from faults import KillOnEpoch, kill_actor, live_actors, wait_until
 from pipelines import PIXELS, digits_config, digits_source, quiet, train_once
 from rayline.checkpoint import MODEL_FILE, OPTIMIZER_FILE
 from rayline.config import PipelineConfig
@@ -139,24 +138,14 @@ def test_a_parameter_server_checkpoint_is_served_batch_predicted_and_resumes(tra
 def test_a_killed_worker_or_shard_restarts_from_the_last_checkpoint_and_the_run_finishes(
     ray_cluster, store, tmp_path, victim
 ):
-    seen: list[int] = []
-    fault: dict[str, object] = {}
-
-    def on_epoch(metrics: dict) -> None:
-        seen.append(int(metrics["epoch"]))
-        if len(seen) == 1:  # epoch 0 is checkpointed and epoch 1 is under way
-            targets, shards = sorted(a.pid for a in live_actors(victim)), shard_pids()
-            assert targets, f"no {victim} is running"
-            sigkill(targets[-1:])
-            fault["killed"], began = targets[-1], time.monotonic()
-            # The restarted worker group starts shards of its own from the checkpoint.
-            wait_until(lambda: shard_pids() and not shard_pids() & shards, 180, "new shards")
-            fault["replaced_in_s"] = time.monotonic() - began
-
+    # Killed once epoch 0 is checkpointed and epoch 1 is under way; the restarted worker group starts shards of
+    # its own from the checkpoint.
+    kill = KillOnEpoch(1, lambda: kill_actor(victim), shard_pids, "new shards")
     root = tmp_path / victim
     digits_source(root)
     cfg = config(root, "ps-async", epochs=3, max_failures=1)
-    report = train_and_register(cfg, on_epoch=on_epoch, log=quiet)
+    report = train_and_register(cfg, on_epoch=kill, log=quiet)
+    fault, seen = kill.fault, kill.seen
     print(f"{victim} killed: {fault}, epochs reported {seen}")
     assert "replaced_in_s" in fault, fault
     assert seen[-1] == 2 and sorted(set(seen)) == [0, 1, 2], seen
