@@ -136,12 +136,50 @@ def train_worker_pids() -> list[int]:
     return sorted(a.pid for a in live_actors("RayTrainWorker"))
 
 
-def kill_train_worker() -> int:
-    """SIGKILL one Ray Train worker of the (only) running training run; returns its PID."""
-    pids = train_worker_pids()
-    assert pids, "no Ray Train worker is running"
+def kill_actor(class_name: str) -> int:
+    """SIGKILL the live actor of `class_name` with the highest PID; returns that PID."""
+    pids = sorted(a.pid for a in live_actors(class_name))
+    assert pids, f"no {class_name} is running"
     sigkill(pids[-1:])
     return pids[-1]
+
+
+def kill_train_worker() -> int:
+    """SIGKILL one Ray Train worker of the (only) running training run; returns its PID."""
+    return kill_actor("RayTrainWorker")
+
+
+@dataclass
+class KillOnEpoch:
+    """A training run's on_epoch callback that kills once and waits for the restart: it records each epoch
+    reported and, at the `after`-th report, calls `kill` and then blocks (seen from the driver, the run only
+    pauses) until `group()` is a new set of PIDs: not empty, none of those it held before the kill, and `size`
+    of them where given."""
+
+    after: int
+    kill: Callable[[], int]
+    """SIGKILLs the victim and returns its PID."""
+    group: Callable[[], set[int]]
+    """The PIDs of the processes the restart replaces."""
+    what: str
+    """What the wait is for, named in its timeout."""
+    size: int | None = None
+    seen: list[int] = field(default_factory=list)
+    """Each epoch reported, in order."""
+    fault: dict[str, object] = field(default_factory=dict)
+    """killed: the victim's PID; replaced_in_s: seconds from the kill until the new group was there."""
+
+    def __call__(self, metrics: dict) -> None:
+        self.seen.append(int(metrics["epoch"]))
+        if len(self.seen) == self.after:
+            old = self.group()
+            self.fault["killed"], began = self.kill(), time.monotonic()
+            wait_until(lambda: self.replaced(old), 180, self.what)
+            self.fault["replaced_in_s"] = time.monotonic() - began
+
+    def replaced(self, old: set[int]) -> bool:
+        now = self.group()
+        return bool(now) and not now & old and (self.size is None or len(now) == self.size)
 
 
 def serve_replicas(app: str, deployment: str = "ModelServer") -> list[Actor]:

@@ -1,15 +1,23 @@
-"""Pipeline dicts for tests: the digits pipeline once, with the parts a test changes given as overrides."""
+"""Pipeline dicts for tests: the digits pipeline once, with the parts a test changes given as overrides; and
+runs trained once per module, however many tests read them."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rayline.config import PipelineConfig, validate_config
 from rayline.data import write_digits
+
+if TYPE_CHECKING:
+    from rayline.pipeline import TrainReport
+
+Trained = tuple[PipelineConfig, "TrainReport", list[dict[str, Any]]]
+"""A run's config, its report, and the metrics of each epoch it reported, in order."""
 
 PIXELS = [f"pixel_{i}" for i in range(64)]
 """The digits data set's 64 feature columns, in order."""
@@ -64,3 +72,23 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def quiet(_line: str) -> None:
+    """A `log` for runs whose printed progress no test reads."""
+
+
+def train_once(make_config: Callable[[str], PipelineConfig]) -> Callable[[str], Trained]:
+    """train(name): the run `make_config(name)` describes, trained and registered on the first call for that name
+    only (a module fixture returns it, so tests share runs); later calls return the same result."""
+    from rayline.pipeline import train_and_register  # imports torch, which tests that only build configs skip
+
+    runs: dict[str, Trained] = {}
+
+    def train(name: str) -> Trained:
+        if name not in runs:
+            cfg, epochs = make_config(name), []
+            runs[name] = cfg, train_and_register(cfg, on_epoch=epochs.append, log=quiet), epochs
+        return runs[name]
+
+    return train

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import digits_source
+from pipelines import digits_source, quiet
 from rayline.checkpoint import SHARDED_DIR
 from rayline.config import load_config
 from rayline.export import export_version
@@ -15,10 +15,6 @@ from rayline.pipeline import train_and_register
 from rayline.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 def test_fsdp_checkpoint_exports_and_matches_rayline(ray_cluster, tmp_path):

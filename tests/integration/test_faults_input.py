@@ -13,16 +13,12 @@ import pandas as pd
 import pytest
 
 from faults import register_tiny_model
-from pipelines import PIXELS, digits_source
+from pipelines import PIXELS, digits_source, quiet
 from rayline.checkpoint import file_sha256
 from rayline.config import PipelineConfig, validate_config
 from rayline.data import DataError
 from rayline.pipeline import train_and_register
 from rayline.registry import Registry
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

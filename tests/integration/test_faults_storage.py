@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from faults import after_checkpoint, fill, remount_read_only, tmpfs, tmpfs_unavailable, train_worker_pids
-from pipelines import digits_config, digits_source
+from pipelines import digits_config, digits_source, quiet
 from rayline.checkpoint import checkpoint_metrics, complete_checkpoints, verify_checkpoint
 from rayline.config import PipelineConfig
 from rayline.pipeline import train_and_register
@@ -26,10 +26,6 @@ EPOCHS = 5
 FAULT_AFTER = 2
 """Epochs that complete (and are checkpointed) before the storage goes bad."""
 MESSAGES = {"full": "No space left on device", "read-only": "Read-only file system"}
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 def pipeline(directory: Path, root: Path, **train) -> PipelineConfig:

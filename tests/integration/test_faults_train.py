@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from faults import freeze_writer, kill_train_worker, live_actors, sigkill, train_worker_pids, wait_until
-from pipelines import digits_config, digits_source
+from faults import KillOnEpoch, freeze_writer, kill_train_worker, live_actors, sigkill, train_worker_pids, wait_until
+from pipelines import digits_config, digits_source, quiet
 from rayline.checkpoint import MODEL_FILE, load_checkpoint, verify_checkpoint
 from rayline.config import MlflowConfig, PipelineConfig, TrackingConfig
 from rayline.pipeline import TrainReport, train_and_register
@@ -25,10 +24,6 @@ pytestmark = pytest.mark.slow
 EPOCHS = 6
 REFUSED = "not a complete rayline checkpoint|is partial|tampered or corrupt"
 """What verify_checkpoint says about a checkpoint that is missing its manifest, a file, or a file's contents."""
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -92,26 +87,13 @@ def test_losing_the_drivers_progress_queue_does_not_stop_training(undisturbed):
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_ends_as_if_undisturbed(
     undisturbed, digits, tmp_path, mlflow_server
 ):
-    seen: list[int] = []
-    fault: dict[str, object] = {}
-
-    def on_epoch(metrics: dict) -> None:
-        seen.append(int(metrics["epoch"]))
-        if len(seen) == 2:  # epoch 1 is checkpointed and epoch 2 is under way
-            old = set(train_worker_pids())
-            fault["killed"], began = kill_train_worker(), time.monotonic()
-            # Ray Train replaces the whole worker group; seen from here the run only pauses.
-            wait_until(lambda: replaced(old), 180, "a new worker group")
-            fault["replaced_in_s"] = time.monotonic() - began
-
-    def replaced(old: set[int]) -> bool:
-        now = set(train_worker_pids())
-        return len(now) == 2 and not now & old
-
+    # Killed once epoch 1 is checkpointed and epoch 2 is under way; Ray Train replaces the whole worker group.
+    kill = KillOnEpoch(2, kill_train_worker, lambda: set(train_worker_pids()), "a new worker group", size=2)
     killed = pipeline(digits, tmp_path, "killed", hidden=[64], max_failures=1)
     # Tracked in MLflow: the replaced worker group must log into the run the first one opened.
     tracking = TrackingConfig(mlflow=MlflowConfig(uri=mlflow_server.uri, experiment="worker-killed"))
-    report = train_and_register(killed.model_copy(update={"tracking": tracking}), on_epoch=on_epoch, log=quiet)
+    report = train_and_register(killed.model_copy(update={"tracking": tracking}), on_epoch=kill, log=quiet)
+    fault, seen = kill.fault, kill.seen
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("worker-killed").experiment_id])
     steps = [sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")) for r in runs]

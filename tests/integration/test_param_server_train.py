@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from faults import live_actors, sigkill, wait_until
-from pipelines import PIXELS, digits_config, digits_source
+from faults import KillOnEpoch, kill_actor, live_actors, wait_until
+from pipelines import PIXELS, digits_config, digits_source, quiet, train_once
 from rayline.checkpoint import MODEL_FILE, OPTIMIZER_FILE
 from rayline.config import PipelineConfig
 from rayline.data.split import TEST, assign_splits
@@ -43,10 +42,6 @@ ACCURACY_GAP = 0.01
 """How far below ddp's test accuracy an async run may land (the task's bound: 1 point)."""
 
 
-def quiet(_: str) -> None:
-    pass
-
-
 def config(root: Path, name: str, epochs: int = EPOCHS, **train) -> PipelineConfig:
     settings = {
         "epochs": epochs,
@@ -70,15 +65,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(ray_cluster, store):
     """Train each run once, on first use, into one registry."""
-    reports: dict[str, tuple[PipelineConfig, TrainReport, list[dict]]] = {}
-
-    def train(name: str) -> tuple[PipelineConfig, TrainReport, list[dict]]:
-        if name not in reports:
-            cfg, epochs = config(store, name), []
-            reports[name] = cfg, train_and_register(cfg, on_epoch=epochs.append, log=quiet), epochs
-        return reports[name]
-
-    return train
+    return train_once(lambda name: config(store, name))
 
 
 def weights(cfg: PipelineConfig, report: TrainReport) -> dict[str, torch.Tensor]:
@@ -151,24 +138,14 @@ def test_a_parameter_server_checkpoint_is_served_batch_predicted_and_resumes(tra
 def test_a_killed_worker_or_shard_restarts_from_the_last_checkpoint_and_the_run_finishes(
     ray_cluster, store, tmp_path, victim
 ):
-    seen: list[int] = []
-    fault: dict[str, object] = {}
-
-    def on_epoch(metrics: dict) -> None:
-        seen.append(int(metrics["epoch"]))
-        if len(seen) == 1:  # epoch 0 is checkpointed and epoch 1 is under way
-            targets, shards = sorted(a.pid for a in live_actors(victim)), shard_pids()
-            assert targets, f"no {victim} is running"
-            sigkill(targets[-1:])
-            fault["killed"], began = targets[-1], time.monotonic()
-            # The restarted worker group starts shards of its own from the checkpoint.
-            wait_until(lambda: shard_pids() and not shard_pids() & shards, 180, "new shards")
-            fault["replaced_in_s"] = time.monotonic() - began
-
+    # Killed once epoch 0 is checkpointed and epoch 1 is under way; the restarted worker group starts shards of
+    # its own from the checkpoint.
+    kill = KillOnEpoch(1, lambda: kill_actor(victim), shard_pids, "new shards")
     root = tmp_path / victim
     digits_source(root)
     cfg = config(root, "ps-async", epochs=3, max_failures=1)
-    report = train_and_register(cfg, on_epoch=on_epoch, log=quiet)
+    report = train_and_register(cfg, on_epoch=kill, log=quiet)
+    fault, seen = kill.fault, kill.seen
     print(f"{victim} killed: {fault}, epochs reported {seen}")
     assert "replaced_in_s" in fault, fault
     assert seen[-1] == 2 and sorted(set(seen)) == [0, 1, 2], seen

@@ -9,11 +9,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines import PIXELS, digits_source
+from pipelines import PIXELS, digits_source, quiet, train_once
 from rayline.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, checkpoint_config, last_complete_checkpoint
 from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
 from rayline.data.split import TEST, assign_splits
-from rayline.pipeline import TrainReport, train_and_register
+from rayline.pipeline import train_and_register
 from rayline.registry import Registry
 from rayline.registry_layout import read_json
 
@@ -30,10 +30,6 @@ SHIPPED = {
     "hybrid": "digits_transformer_hybrid.yaml",
     "hybrid-pipeline": "digits_transformer_hybrid_pipeline.yaml",
 }
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +56,7 @@ def shipped(store: Path, name: str, *overrides: str) -> PipelineConfig:
 @pytest.fixture(scope="module")
 def trained(ray_cluster, store):
     """Train each strategy's pipeline once, on first use, into one registry."""
-    reports: dict[str, tuple[PipelineConfig, TrainReport, list[dict]]] = {}
-
-    def train(name: str) -> tuple[PipelineConfig, TrainReport, list[dict]]:
-        if name not in reports:
-            cfg, epochs = shipped(store, name), []
-            reports[name] = cfg, train_and_register(cfg, on_epoch=epochs.append, log=quiet), epochs
-        return reports[name]
-
-    return train
+    return train_once(lambda name: shipped(store, name))
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -48,10 +48,6 @@ def pipeline(source: Path, root: Path, name: str, task="classification", label="
     )
 
 
-def quiet(_line: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def runs(ray_cluster, tmp_path_factory):
     """Two runs on one imbalanced table, alike but for train.class_weight; early stopping with a min_delta no
