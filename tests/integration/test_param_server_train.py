@@ -1,4 +1,4 @@
-"""Strategy parameter_server on the session cluster: sync with one worker is plain SGD step for step, async and
+"""Strategy parameter_server on a test cluster: sync with one worker is plain SGD step for step, async and
 bounded learn digits like ddp (their workers sharing each epoch's rows), bounded never applies a gradient staler
 than max_staleness, the checkpoint is registered, served and batch-predicted like any other and resumes, and a
 killed worker or shard ends in a finished run."""
@@ -23,7 +23,9 @@ from rayline.predict import predict_files
 from rayline.registry import Registry
 from rayline.serve.model import ServedModel
 
-pytestmark = pytest.mark.slow
+# On a cluster of its own in the second pytest process of make test: it balances the two (the session
+# cluster's process ran about 4 minutes longer).
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 EPOCHS = 4
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
