@@ -88,8 +88,11 @@ def trial_epochs(runs: Path) -> list[int]:
     """Epochs each trial has checkpointed so far, from its Train run (Tune's own files reach storage late)."""
     found = []
     for run in runs.glob("search-*"):
-        epochs = [int(checkpoint_metrics(c)["epoch"]) + 1 for c in complete_checkpoints(run)]
-        found.append(max(epochs, default=0))
+        epochs = [0]
+        for checkpoint in complete_checkpoints(run):
+            with contextlib.suppress(FileNotFoundError):  # pruned by the running trial since it was listed
+                epochs.append(int(checkpoint_metrics(checkpoint)["epoch"]) + 1)
+        found.append(max(epochs))
     return found
 
 
