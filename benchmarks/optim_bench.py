@@ -8,7 +8,8 @@ digits tiled --copies times (identical rows land in the same split), on one Ray 
 each with the same data, seed and epochs, --rounds times in alternating order (medians and every round reported):
 sync ddp (train.strategy ddp), and train.strategy parameter_server with 2 shards in mode sync, async and
 bounded (max_staleness 2). Rank 1 is slowed through the benchmark-only hook rayline.train.straggler
-(RAYLINE_BENCH_STRAGGLER=1:3: after each batch it sleeps twice its own forward-backward time).
+(RAYLINE_BENCH_STRAGGLER=1:SECONDS: after each batch it sleeps twice the model's forward-backward time on one
+thread, measured here once, outside any strategy, so that every run's straggler sleeps the same).
 
 Reported per run and round: updates/s (global parameter updates over the summed epoch time, validation included:
 ddp's optimizer steps, a shard's applied versions under parameter_server), samples/s, wall time of fit, final test
@@ -30,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STRAGGLER = "1:3"
+"""RANK:FACTOR: that rank's forward-backward takes FACTOR times the model's own."""
 RUNS = {
     "ddp sync": {"strategy": "ddp"},
     "ps sync": {"strategy": "parameter_server", "parameter_server": {"shards": 2, "mode": "sync"}},
@@ -113,7 +115,8 @@ def main() -> None:
         args.out or results / ("optim_bench.json" if args.part == "straggler" else "optim_bench_compression.json")
     )
     # Before Ray starts: its workers inherit it. Compression is measured with every worker at full speed.
-    os.environ["RAYLINE_BENCH_STRAGGLER"] = args.straggler if args.part == "straggler" else ""
+    straggler = straggler_sleep(args.straggler) if args.part == "straggler" and args.straggler else None
+    os.environ["RAYLINE_BENCH_STRAGGLER"] = "" if straggler is None else f"{straggler['rank']}:{straggler['sleep_s']}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
@@ -159,7 +162,7 @@ def main() -> None:
             "workers": 2,
             "shards": 2,
             "epochs": args.epochs,
-            "straggler": args.straggler,
+            "straggler": straggler or "",
             "cluster": "ray.init(num_cpus=4), cpus_per_worker 1",
             "cpus": os.cpu_count(),
         },
@@ -170,6 +173,29 @@ def main() -> None:
     for name, m in out["median"].items():
         print(f"median {name:18s} {m['updates_per_s']:7.1f} updates/s  test accuracy {m['test_accuracy']:.4f}")
     print(f"wrote {out_path}")
+
+
+def straggler_sleep(spec: str, batch: int = 32, steps: int = 300) -> dict:
+    """RANK:FACTOR as the hook's RANK:SECONDS: (FACTOR - 1) times the median forward-backward time of the
+    benchmark's model (digits_mlp.yaml's MLP, a batch of 32, one thread, no strategy)."""
+    import torch
+
+    from rayline.config import load_config
+    from rayline.models import build_model
+
+    rank, factor = spec.split(":")
+    torch.set_num_threads(1)
+    model = build_model(load_config(REPO / "pipelines" / "digits_mlp.yaml").model, num_inputs=64, num_outputs=10)
+    x, y = torch.randn(batch, 64), torch.randint(0, 10, (batch,))
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        times.append(time.perf_counter() - began)
+    fb_s = statistics.median(times[steps // 5 :])
+    sleep_s = (float(factor) - 1) * fb_s
+    return {"rank": int(rank), "factor": float(factor), "forward_backward_s": fb_s, "sleep_s": sleep_s}
 
 
 def medians(runs: list[dict]) -> dict[str, float]:

@@ -48,6 +48,15 @@ class ShardReader:
         self.files = split.open()
         self.cached: Batch | None = None
 
+    def hold_in_memory(self) -> Batch:
+        """This range read whole into memory now (each row group written into place), and kept for later epochs."""
+        if self.cached is None:
+            keep = Keep(self.rows)
+            for window in self.windows(self.pieces(order_seed=None)):
+                keep.add(*self.read_window(window))
+            self.cached = self.tensors(keep.x, keep.y)
+        return self.cached
+
     def progress(self, step: int, steps: int) -> float:
         """How far through the epoch this replica is (for the learning-rate schedule)."""
         return step / steps

@@ -169,10 +169,9 @@ def train_epoch(
         x_bf, y_b = batch["x"], batch["y"]
         # Replicas take equally many steps, so they agree on where an accumulation group ends.
         sync = (step + 1) % accumulation == 0 or last_batch
-        began = time.perf_counter()
         loss = forward_backward(pm, x_bf, y_b, loss_fn, accumulation=accumulation, sync=sync, bf16=bf16)
         if delay is not None:
-            delay(time.perf_counter() - began)
+            delay()
         if sync:
             optimizer_step(pm, optimizer, train.grad_clip_norm)
             optimizer_steps += 1

@@ -171,11 +171,11 @@ class ServerShard:
         """(version, reference to its parameters); never waits for a gradient being applied."""
         import ray
 
-        version, parameters = self.latest
         if not self.inline:
             return self.latest
+        version, arrays = self.latest
         if self.pulled is None or self.pulled[0] != version:
-            self.pulled = version, ray.put(parameters)
+            self.pulled = version, ray.put(arrays)
         return self.pulled
 
     def push(self, worker: int, version: int, grads: Arrays, lr: float) -> tuple[str, int, Any]:

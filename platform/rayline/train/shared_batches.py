@@ -59,18 +59,11 @@ class SharedReader:
 
     def batches(self, batch_size: int, *, seed: int | None, drop_last: bool = False) -> Iterator[Batch]:
         assert seed is not None, "a shared split is a training split: its epochs are shuffled"
-        if self.whole.in_memory and self.whole.cached is None:
-            self.whole.cached = self.whole.tensors(*self._read_all())
-        if self.whole.cached is not None:
-            return self._from_memory(batch_size, seed)
+        if self.whole.in_memory:
+            return self._from_memory(self.whole.hold_in_memory(), batch_size, seed)
         return self._stream(batch_size, seed)
 
-    def _read_all(self) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self.whole.read_window(window) for window in self.whole.windows(self.whole.pieces(order_seed=None))]
-        return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
-
-    def _from_memory(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        cached = self.whole.cached
+    def _from_memory(self, cached: Batch, batch_size: int, seed: int) -> Iterator[Batch]:
         rows = len(cached["y"])
         order = torch.randperm(rows, generator=generator(seed)).to(self.device)
         unit_rows = batch_size * UNIT_BATCHES
