@@ -30,6 +30,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+MODELS = {
+    "mlp": "pipelines/digits_mlp.yaml (MLP [128, 64], 17,226 parameters)",
+    "cnn": "pipelines/digits.yaml's model (CNN, channels [32, 64], hidden [128], 53,002 parameters: about 7x the MLP's "
+    "forward-backward time), with digits_mlp.yaml's training settings",
+}
+"""--model: whose forward-backward the workers compute (the straggler's sleep is measured on the same model)."""
 STRAGGLER = "1:3"
 """RANK:FACTOR: that rank's forward-backward takes FACTOR times the model's own."""
 RUNS = {
@@ -41,6 +47,15 @@ RUNS = {
         "parameter_server": {"shards": 2, "mode": "bounded", "max_staleness": 2},
     },
 }
+
+
+def model_settings(model: str) -> dict:
+    """--model's settings over digits_mlp.yaml's model section."""
+    from rayline.config import load_config
+
+    if model == "mlp":
+        return {}
+    return load_config(REPO / "pipelines" / "digits.yaml").model.model_dump(exclude_defaults=True)
 
 
 def config(root: Path, name: str, train: dict, epochs: int, model: dict | None = None):
@@ -108,14 +123,17 @@ def main() -> None:
     parser.add_argument("--straggler", default=STRAGGLER, help="RANK:FACTOR, or '' for none")
     parser.add_argument("--part", choices=("straggler", "compression"), default="straggler")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
-    parser.add_argument("--out", default=None, help="default: benchmarks/results/optim_bench[_compression].json")
+    parser.add_argument("--model", choices=MODELS, default="mlp", help="straggler part: the model the workers train")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/optim_bench[_cnn|_compression].json")
     args = parser.parse_args()
     results = REPO / "benchmarks" / "results"
+    default_name = "optim_bench.json" if args.model == "mlp" else f"optim_bench_{args.model}.json"
     out_path = Path(
-        args.out or results / ("optim_bench.json" if args.part == "straggler" else "optim_bench_compression.json")
+        args.out or results / (default_name if args.part == "straggler" else "optim_bench_compression.json")
     )
+    model = model_settings(args.model)
     # Before Ray starts: its workers inherit it. Compression is measured with every worker at full speed.
-    straggler = straggler_sleep(args.straggler) if args.part == "straggler" and args.straggler else None
+    straggler = straggler_sleep(args.straggler, model) if args.part == "straggler" and args.straggler else None
     os.environ["RAYLINE_BENCH_STRAGGLER"] = "" if straggler is None else f"{straggler['rank']}:{straggler['sleep_s']}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -144,7 +162,7 @@ def main() -> None:
             rounds.append({})
             for name in names:
                 load_before = os.getloadavg()[0]
-                cfg = config(root, f"{name} r{index}", RUNS[name], args.epochs)
+                cfg = config(root, f"{name} r{index}", RUNS[name], args.epochs, model)
                 r = rounds[-1][name] = {**measure(cfg), "load_1m_before": load_before}
                 print(
                     f"round {index + 1} {name:18s} {r['updates_per_s']:7.1f} updates/s  "
@@ -157,7 +175,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     out = {
         "setup": {
-            "pipeline": "pipelines/digits_mlp.yaml (MLP [128, 64], AdamW lr 0.003, batch 32)",
+            "pipeline": "pipelines/digits_mlp.yaml (AdamW lr 0.003, batch 32)",
+            "model": MODELS[args.model],
             "rows": rows,
             "workers": 2,
             "shards": 2,
@@ -175,9 +194,9 @@ def main() -> None:
     print(f"wrote {out_path}")
 
 
-def straggler_sleep(spec: str, batch: int = 32, steps: int = 300) -> dict:
+def straggler_sleep(spec: str, model: dict, batch: int = 32, steps: int = 300) -> dict:
     """RANK:FACTOR as the hook's RANK:SECONDS: (FACTOR - 1) times the median forward-backward time of the
-    benchmark's model (digits_mlp.yaml's MLP, a batch of 32, one thread, no strategy)."""
+    benchmark's model (digits_mlp.yaml's with `model` over it, a batch of 32, one thread, no strategy)."""
     import torch
 
     from rayline.config import load_config
@@ -185,13 +204,16 @@ def straggler_sleep(spec: str, batch: int = 32, steps: int = 300) -> dict:
 
     rank, factor = spec.split(":")
     torch.set_num_threads(1)
-    model = build_model(load_config(REPO / "pipelines" / "digits_mlp.yaml").model, num_inputs=64, num_outputs=10)
+    overrides = [f"model.{key}={json.dumps(value)}" for key, value in model.items()]
+    network = build_model(
+        load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides).model, num_inputs=64, num_outputs=10
+    )
     x, y = torch.randn(batch, 64), torch.randint(0, 10, (batch,))
     times = []
     for _ in range(steps):
         began = time.perf_counter()
-        model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        network.zero_grad()
+        torch.nn.functional.cross_entropy(network(x), y).backward()
         times.append(time.perf_counter() - began)
     fb_s = statistics.median(times[steps // 5 :])
     sleep_s = (float(factor) - 1) * fb_s
