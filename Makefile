@@ -39,6 +39,7 @@ bench-federated: $(STAMP)
 
 bench-optim: $(STAMP)
 	$(BIN)/python benchmarks/optim_bench.py
+	$(BIN)/python benchmarks/optim_bench.py --model cnn --runs 'ddp sync,ps async,ps bounded (K=2)'
 	$(BIN)/python benchmarks/optim_bench.py --part compression
 
 test: $(STAMP)

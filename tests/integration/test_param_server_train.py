@@ -22,6 +22,7 @@ from rayline.pipeline import TrainReport, format_epoch, train_and_register
 from rayline.predict import predict_files
 from rayline.registry import Registry
 from rayline.serve.model import ServedModel
+from rayline.train.param_server import Layout, split_by_size
 
 # On a cluster of its own in the second pytest process of make test: it balances the two (the session
 # cluster's process ran about 4 minutes longer).
@@ -40,6 +41,8 @@ RUNS = {
         "parameter_server": {"shards": 2, "mode": "bounded", "max_staleness": 1},
     },
 }
+WIDER = {"ps-bounded": {"model": {"kind": "mlp", "hidden_sizes": [512], "dropout": 0.0}}}
+"""Runs of a wider model: one shard of 131 KB, which a step sends as two inline pieces each way."""
 ACCURACY_GAP = 0.01
 """How far below ddp's test accuracy an async run may land (the task's bound: 1 point)."""
 
@@ -54,7 +57,7 @@ def config(root: Path, name: str, epochs: int = EPOCHS, **train) -> PipelineConf
         **RUNS[name],
         **train,
     }
-    return digits_config(root, f"digits-{name}", train=settings, **EXACT)
+    return digits_config(root, f"digits-{name}", train=settings, **WIDER.get(name, EXACT))
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,9 @@ def test_bounded_never_applies_a_gradient_staler_than_max_staleness(trained):
     assert (noted["mode"], noted["max_staleness"], noted["shards"]) == ("bounded", 1, 2)
     assert sum(histogram.values()) == noted["applied"] > 0
     assert report.test_metrics["test_accuracy"] >= 0.8, "chance is 0.1"
+    trained = weights(cfg, report)
+    split = split_by_size({n: w.numel() for n, w in trained.items()}, cfg.train.server.shards)
+    assert max(Layout.of({n: trained[n] for n in part}).parts for part in split) > 1, "steps sent several pieces"
 
 
 def test_a_parameter_server_checkpoint_is_served_batch_predicted_and_resumes(trained, store, tmp_path):

@@ -3,6 +3,7 @@ sync, async and bounded mode; and the settings refused before anything starts.""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from pipelines import digits_config
 from rayline.config import OptimizerConfig, ParameterServerConfig, TrainConfig
 from rayline.pipeline import format_epoch, parameter_server_note
 from rayline.train import TrainOutcome
-from rayline.train.param_server import ShardCore, split_by_size
+from rayline.train.param_server import INLINE_BYTES, INLINE_SHARD_BYTES, Layout, ShardCore, split_by_size
 
 SGD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
 
@@ -158,3 +159,27 @@ def test_the_progress_line_and_the_run_record_show_staleness():
     assert note["staleness_histogram"] == {"0": 4, "1": 3, "2": 2}
     assert (note["applied"], note["refused"], note["staleness_max"], note["mode"]) == (9, 2, 2, "bounded")
     assert note["pushes_by_worker"] == [8, 3]
+
+
+@pytest.mark.parametrize("elements", [3, 25_000, 32_768 + 5_000, 400_000])
+def test_a_small_shards_gradient_and_parameters_travel_in_pieces_ray_sends_inline(elements):
+    """A shard's vector is cut into pieces each under Ray's inline limit (with its serialization header), and the
+    pieces put back together give every array, shape and value again: e.g. the digits CNN's 131 KB layer."""
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.normal(size=(elements // 4, 4)).astype(np.float32), "b": rng.normal(size=elements % 4 + 1)}
+    layout = Layout.of(arrays)
+    parts = layout.split(layout.pack(arrays))
+    assert len(parts) == layout.parts == max(1, -(-layout.size * 4 // (96 * 1024)))
+    assert all(len(pickle.dumps(part, protocol=5)) <= INLINE_BYTES for part in parts)
+    back = layout.unpack(Layout.join(parts))
+    assert back.keys() == arrays.keys()
+    for name, array in arrays.items():
+        assert back[name].shape == array.shape and back[name].dtype == np.float32
+        np.testing.assert_array_equal(back[name], array.astype(np.float32))
+
+
+def test_a_large_shard_travels_as_one_vector_through_the_object_store():
+    arrays = {"w": np.ones(INLINE_SHARD_BYTES // 4 + 1, np.float32)}
+    layout = Layout.of(arrays)
+    assert not layout.inline and layout.parts == 1
+    assert len(layout.split(layout.pack(arrays))) == 1

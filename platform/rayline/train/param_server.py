@@ -28,8 +28,13 @@ from rayline.train.optim import make_optimizer
 
 Arrays = dict[str, np.ndarray]
 INLINE_BYTES = 100 * 1024
-"""Ray's max_direct_call_object_size: a reply this small travels inside the call's answer, with no object-store put
-(about 1 ms each) nor a lookup at its owner when it is read."""
+"""Ray's max_direct_call_object_size: an argument or return value this small travels inside the call itself, with
+no object-store put (about 1 ms each) nor a lookup at its owner when it is read."""
+CHUNK_BYTES = 96 * 1024
+"""A piece of a shard's flat parameters or gradient: under INLINE_BYTES with room for its serialization header."""
+INLINE_SHARD_BYTES = 4 * 2**20
+"""Up to this size a shard's gradients and parameters travel as inline pieces (Ray inlines at most 10 MiB of one
+call's arguments); a larger shard's travel through the object store, each version put there once."""
 
 
 def split_by_size(sizes: dict[str, int], shards: int) -> list[list[str]]:
@@ -43,6 +48,52 @@ def split_by_size(sizes: dict[str, int], shards: int) -> list[list[str]]:
         loads[target] += sizes[name]
         names[target].append(name)
     return [sorted(part, key=order.__getitem__) for part in names]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one shard's parameters (or their gradients) are laid end to end in one float32 vector, and cut into the
+    parts a call carries: CHUNK_BYTES pieces each sent inline when the shard is small enough (INLINE_SHARD_BYTES),
+    else the whole vector as one part. The worker and its shard build it alike, from the same names and shapes."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, arrays: dict[str, Any]) -> Layout:
+        return cls(tuple(arrays), tuple(tuple(a.shape) for a in arrays.values()))
+
+    @property
+    def size(self) -> int:
+        return sum(int(np.prod(shape)) for shape in self.shapes)
+
+    @property
+    def inline(self) -> bool:
+        return self.size * 4 <= INLINE_SHARD_BYTES
+
+    @property
+    def parts(self) -> int:
+        """How many parts `split` cuts a vector into."""
+        return max(1, -(-self.size * 4 // CHUNK_BYTES)) if self.inline else 1
+
+    def pack(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(arrays[n], dtype=np.float32).reshape(-1) for n in self.names])
+
+    def unpack(self, flat: np.ndarray) -> Arrays:
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = int(np.prod(shape))
+            out[name] = flat[offset : offset + size].reshape(shape)
+            offset += size
+        return out
+
+    def split(self, flat: np.ndarray) -> list[np.ndarray]:
+        step = CHUNK_BYTES // 4
+        return [flat[i : i + step] for i in range(0, len(flat), step)] if self.parts > 1 else [flat]
+
+    @staticmethod
+    def join(parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @dataclass
@@ -144,43 +195,38 @@ class ShardCore:
 
 
 class ServerShard:
-    """A Ray actor around a ShardCore (see `start_shard`). A push's reply carries the new parameters itself when they
-    are small enough for Ray to send inline anyway (INLINE_BYTES); larger ones are put into the object store once
-    per version, and every reply and pull hands out that reference, so no pull copies or pickles them."""
+    """A Ray actor around a ShardCore (see `start_shard`). Gradients arrive, and parameters leave, as the parts of
+    the shard's Layout: inline pieces of at most CHUNK_BYTES when the shard is small enough (so a step touches no
+    object store), else one object-store copy per version, whose reference every reply and pull hands out, so no
+    pull copies or pickles them."""
 
     def __init__(self, params: Arrays, optimizer: OptimizerConfig, server: ParameterServerConfig, workers: int, state):
         torch.set_num_threads(1)
         self.core = ShardCore(params, optimizer, server, workers, state)
+        self.layout = Layout.of(params)
         self.changed = threading.Condition()
         self.timeout_s = server.timeout_s
-        self.inline = sum(a.nbytes for a in params.values()) <= INLINE_BYTES
-        self.latest: tuple[int, Any] = (0, None)
-        """(version, parameters): a copy of the arrays when inline, else their one object-store copy."""
-        self.pulled: tuple[int, Any] | None = None
-        """Inline: (version, reference) of the latest version a pull asked for, put on that pull."""
+        self.latest: tuple[Any, ...] = ()
+        """(version, *parts): the latest parameters as inline pieces, or the reference to their one stored copy."""
         self._snapshot()
 
     def _snapshot(self) -> None:
         """After every applied update (the lock held): what replies and pulls hand out from now on."""
         import ray
 
-        arrays = self.core.arrays()
-        self.latest = self.core.version, (arrays if self.inline else ray.put(arrays))
+        flat = self.layout.pack(self.core.arrays())
+        parts = self.layout.split(flat) if self.layout.inline else [ray.put(flat)]
+        self.latest = (self.core.version, *parts)
 
-    def pull(self) -> tuple[int, Any]:
-        """(version, reference to its parameters); never waits for a gradient being applied."""
-        import ray
+    def pull(self) -> tuple[Any, ...]:
+        """(version, *parts) of the latest parameters; never waits for a gradient being applied."""
+        return self.latest
 
-        if not self.inline:
-            return self.latest
-        version, arrays = self.latest
-        if self.pulled is None or self.pulled[0] != version:
-            self.pulled = version, ray.put(arrays)
-        return self.pulled
-
-    def push(self, worker: int, version: int, grads: Arrays, lr: float) -> tuple[str, int, Any]:
-        """Apply (or refuse) one worker's gradient; returns the outcome, the latest version and its parameters (or
-        their reference), so a step costs one call per shard. A sync push returns once its version is applied."""
+    def push(self, worker: int, version: int, lr: float, *gradient: np.ndarray) -> tuple[Any, ...]:
+        """Apply (or refuse) one worker's gradient, given as the Layout's parts; returns the outcome, the latest
+        version and its parameters' parts, so a step costs one call per shard. A sync push returns once its version
+        is applied."""
+        grads = self.layout.unpack(self.layout.join(list(gradient)))
         with self.changed:
             outcome = self.core.receive(worker, version, grads, lr)
             if outcome == "applied":

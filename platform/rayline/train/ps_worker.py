@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rayline.config import TrainConfig
-from rayline.train.param_server import Stats, split_by_size, start_shard
+from rayline.train.param_server import Layout, Stats, split_by_size, start_shard
 from rayline.train.shared_batches import UnitCounter
 
 NAMESPACE = "rayline-parameter-server"
@@ -36,6 +36,7 @@ class ServerOptimizer:
         self.server, self.optimizer_cfg = train.server, train.optimizer
         self.params = dict(model.named_parameters())
         self.split = split_by_size({n: p.numel() for n, p in self.params.items()}, self.server.shards)
+        self.layouts = [Layout.of({n: self.params[n] for n in part}) for part in self.split]
         self.param_groups = [{"lr": train.optimizer.lr}]
         self.state: dict = {}  # the optimizer state lives on the shards
         self.restored: list[dict[str, Any]] | None = None
@@ -111,29 +112,45 @@ class ServerOptimizer:
         return ray.get(refs, timeout=self.server.timeout_s)
 
     def pull(self) -> None:
-        """Copy every shard's latest parameters into the model (each from its one object-store copy)."""
-        self._load(self._get([shard.pull.remote() for shard in self.shards]))
+        """Copy every shard's latest parameters into the model."""
+        self._load(self._answers([self._call(shard.pull, layout, 1) for shard, layout in self.zipped()]))
 
     def step(self) -> None:
         """Push this worker's gradients, tagged with the versions they were computed at; each shard answers with
         its latest parameters, which the model takes (a refused gradient's worker too: it goes on from them)."""
         lr = float(self.param_groups[0]["lr"])
-        pushes = [
-            shard.push.remote(self.rank, version, {n: gradient(self.params[n]) for n in part}, lr)
-            for shard, version, part in zip(self.shards, self.versions, self.split, strict=True)
-        ]
-        self._load([(version, ref) for _, version, ref in self._get(pushes)])
+        pushes = []
+        for (shard, layout), version in zip(self.zipped(), self.versions, strict=True):
+            flat = layout.pack({n: gradient(self.params[n]) for n in layout.names})
+            pushes.append(self._call(shard.push, layout, 2, self.rank, version, lr, *layout.split(flat)))
+        self._load([answer[1:] for answer in self._answers(pushes)])
 
-    def _load(self, published: list[tuple[int, Any]]) -> None:
-        """Take each shard's (version, parameters), the parameters inline or as an object-store reference."""
+    def zipped(self) -> list[tuple[Any, Layout]]:
+        return list(zip(self.shards, self.layouts, strict=True))
+
+    def _answers(self, calls: list[list]) -> list[list[Any]]:
+        """Every call's return values, waited on together."""
+        values = iter(self._get([ref for refs in calls for ref in refs]))
+        return [[next(values) for _ in refs] for refs in calls]
+
+    @staticmethod
+    def _call(method, layout: Layout, leading: int, *args) -> list:
+        """Call a shard method that returns `leading` values and then the layout's parts, each a return value of its
+        own, so that each small one comes back inline."""
+        refs = method.options(num_returns=leading + layout.parts).remote(*args)
+        return refs if isinstance(refs, list) else [refs]
+
+    def _load(self, published: list[list[Any]]) -> None:
+        """Take each shard's (version, *parts): inline pieces of its parameters, or a reference to their stored copy."""
         import ray
 
-        self.versions = [version for version, _ in published]
-        stored = [i for i, (_, part) in enumerate(published) if isinstance(part, ray.ObjectRef)]
+        self.versions = [int(version) for version, *_ in published]
+        stored = [i for i, (_, *parts) in enumerate(published) if isinstance(parts[0], ray.ObjectRef)]
         fetched = dict(zip(stored, self._get([published[i][1] for i in stored]), strict=True))
         with torch.no_grad():
-            for i, (_, part) in enumerate(published):
-                for name, values in fetched.get(i, part).items():
+            for i, ((_, *parts), layout) in enumerate(zip(published, self.layouts, strict=True)):
+                flat = fetched[i] if i in fetched else Layout.join(parts)
+                for name, values in layout.unpack(flat).items():
                     self.params[name].copy_(torch.from_numpy(values))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
