@@ -93,7 +93,9 @@ class Layout:
 
     @staticmethod
     def join(parts: list[np.ndarray]) -> np.ndarray:
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        """The parts as one vector of its own: a part read from a call or the object store is read-only, and torch
+        warns on every such array it wraps."""
+        return np.concatenate(parts)
 
 
 @dataclass

@@ -149,7 +149,7 @@ class ServerOptimizer:
         fetched = dict(zip(stored, self._get([published[i][1] for i in stored]), strict=True))
         with torch.no_grad():
             for i, ((_, *parts), layout) in enumerate(zip(published, self.layouts, strict=True)):
-                flat = fetched[i] if i in fetched else Layout.join(parts)
+                flat = Layout.join([fetched[i]] if i in fetched else parts)
                 for name, values in layout.unpack(flat).items():
                     self.params[name].copy_(torch.from_numpy(values))
 
