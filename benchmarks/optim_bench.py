@@ -72,8 +72,12 @@ def config(root: Path, name: str, train: dict, epochs: int, model: dict | None =
         "train.cpus_per_worker=1",
     ]
     overrides += [f"train.{key}={json.dumps(value)}" for key, value in train.items()]
-    overrides += [f"model.{key}={json.dumps(value)}" for key, value in (model or {}).items()]
-    return load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides)
+    return load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides + model_overrides(model or {}))
+
+
+def model_overrides(model: dict) -> list[str]:
+    """--set style overrides of digits_mlp.yaml's model section."""
+    return [f"model.{key}={json.dumps(value)}" for key, value in model.items()]
 
 
 def measure(cfg) -> dict:
@@ -204,10 +208,8 @@ def straggler_sleep(spec: str, model: dict, batch: int = 32, steps: int = 300) -
 
     rank, factor = spec.split(":")
     torch.set_num_threads(1)
-    overrides = [f"model.{key}={json.dumps(value)}" for key, value in model.items()]
-    network = build_model(
-        load_config(REPO / "pipelines" / "digits_mlp.yaml", overrides).model, num_inputs=64, num_outputs=10
-    )
+    model_cfg = load_config(REPO / "pipelines" / "digits_mlp.yaml", model_overrides(model)).model
+    network = build_model(model_cfg, num_inputs=64, num_outputs=10)
     x, y = torch.randn(batch, 64), torch.randint(0, 10, (batch,))
     times = []
     for _ in range(steps):

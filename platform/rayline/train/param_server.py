@@ -30,7 +30,7 @@ Arrays = dict[str, np.ndarray]
 INLINE_BYTES = 100 * 1024
 """Ray's max_direct_call_object_size: an argument or return value this small travels inside the call itself, with
 no object-store put (about 1 ms each) nor a lookup at its owner when it is read."""
-CHUNK_BYTES = 96 * 1024
+CHUNK_BYTES = INLINE_BYTES - 4 * 1024
 """A piece of a shard's flat parameters or gradient: under INLINE_BYTES with room for its serialization header."""
 INLINE_SHARD_BYTES = 4 * 2**20
 """Up to this size a shard's gradients and parameters travel as inline pieces (Ray inlines at most 10 MiB of one
@@ -93,9 +93,7 @@ class Layout:
 
     @staticmethod
     def join(parts: list[np.ndarray]) -> np.ndarray:
-        """The parts as one vector of its own: a part read from a call or the object store is read-only, and torch
-        warns on every such array it wraps."""
-        return np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @dataclass
@@ -216,7 +214,7 @@ class ServerShard:
         """After every applied update (the lock held): what replies and pulls hand out from now on."""
         import ray
 
-        flat = self.layout.pack(self.core.arrays())
+        flat = self.layout.pack({n: p.detach().numpy() for n, p in self.core.params.items()})  # pack copies
         parts = self.layout.split(flat) if self.layout.inline else [ray.put(flat)]
         self.latest = (self.core.version, *parts)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -137,19 +138,18 @@ class ServerOptimizer:
     def _call(method, layout: Layout, leading: int, *args) -> list:
         """Call a shard method that returns `leading` values and then the layout's parts, each a return value of its
         own, so that each small one comes back inline."""
-        refs = method.options(num_returns=leading + layout.parts).remote(*args)
-        return refs if isinstance(refs, list) else [refs]
+        return method.options(num_returns=leading + layout.parts).remote(*args)
 
     def _load(self, published: list[list[Any]]) -> None:
         """Take each shard's (version, *parts): inline pieces of its parameters, or a reference to their stored copy."""
-        import ray
-
-        self.versions = [int(version) for version, *_ in published]
-        stored = [i for i, (_, *parts) in enumerate(published) if isinstance(parts[0], ray.ObjectRef)]
+        self.versions = [version for version, *_ in published]
+        stored = [i for i, layout in enumerate(self.layouts) if not layout.inline]
         fetched = dict(zip(stored, self._get([published[i][1] for i in stored]), strict=True))
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # What a call or the object store hands back is read-only; it is only copied from here.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
             for i, ((_, *parts), layout) in enumerate(zip(published, self.layouts, strict=True)):
-                flat = Layout.join([fetched[i]] if i in fetched else parts)
+                flat = fetched[i] if i in fetched else Layout.join(parts)
                 for name, values in layout.unpack(flat).items():
                     self.params[name].copy_(torch.from_numpy(values))
 
