@@ -351,13 +351,15 @@ def after_checkpoint(
 
     The driver hears of an epoch only after the workers have gone on to the next, so a fault injected from
     progress reports can land one checkpoint late; watching the storage and pausing the writers cannot.
-    `settled`: with the writers paused, wait (up to 30 s) until it holds before the fault, e.g. until the Train
-    controller, which keeps running, has passed the epochs already written on to the driver.
+    `settled`: what must hold before the fault, e.g. that the Train controller, which polls the workers for their
+    reports, has passed an epoch on to the driver. From the first complete checkpoint until it holds, the writers
+    run in short slices between pauses: the controller needs them to answer its polls (it cannot while they are
+    paused), and a loaded machine can starve it for longer than an epoch takes.
     """
     from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 
-    def written() -> bool:
-        return any(int(checkpoint_metrics(d)["epoch"]) == epoch for d in complete_checkpoints(run_dir))
+    def epochs() -> set[int]:
+        return {int(checkpoint_metrics(d)["epoch"]) for d in complete_checkpoints(run_dir)}
 
     def watch() -> None:
         workers: list[int] = []
@@ -365,13 +367,13 @@ def after_checkpoint(
         while time.monotonic() < deadline:
             if not workers:
                 workers = pids()
-            elif written():
+            elif epoch in (written := epochs()):
                 with paused(workers):
-                    if settled is not None:
-                        with contextlib.suppress(TimeoutError):
-                            wait_until(settled, 30, "the state before the fault to settle", 0.05)
                     fault()
                 return
+            elif written and settled is not None and not settled():
+                with paused(workers):
+                    time.sleep(0.05)
             time.sleep(0.005)
 
     thread = threading.Thread(target=watch, name="after-checkpoint", daemon=True)

@@ -75,14 +75,14 @@ def storage_fault(request, ray_cluster, digits, tmp_path_factory) -> Iterator[St
     require_tmpfs()
     tmp = tmp_path_factory.mktemp(f"storage-{request.param}")
     with tmpfs(tmp / "mount", 16 << 20) as mount:
-        # The controller polls the workers often, so it holds epoch 0's report by the time the fault's pause
-        # stops the workers answering its polls.
+        # The controller polls the workers often, so it passes reports on soon after each epoch.
         cfg = pipeline(digits, mount / "store", poll_interval_s=0.05)
         seen: list[int] = []
         fault = (lambda: fill(mount)) if request.param == "full" else (lambda: remount_read_only(mount))
         both_workers = lambda: p if len(p := train_worker_pids()) == 2 else []  # noqa: E731
-        # Epochs here take a fraction of a second, faster than the controller passes reports on; with the workers
-        # paused it catches up, so the driver has seen training before the storage goes bad.
+        # Epochs here take a fraction of a second, faster than a loaded controller may pass reports on; the
+        # workers are held back until the driver has seen an epoch, so it has seen training before the storage
+        # goes bad (the controller records a checkpoint before it passes the report on, and dies on bad storage).
         injector = after_checkpoint(
             mount / "store" / "runs" / "run", FAULT_AFTER - 1, both_workers, fault, settled=lambda: bool(seen)
         )
