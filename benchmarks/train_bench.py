@@ -85,7 +85,7 @@ def steady(epochs: list[dict], key: str = "samples_per_s") -> float:
 
 def run_strategy(name: str, source: Path, root: Path, epochs: int) -> dict:
     from rayline.data import prepare_datasets
-    from rayline.train import fit
+    from rayline.train.driver import fit
 
     cfg = load(name, source, root, epochs)
     load_before = os.getloadavg()[0]

@@ -18,9 +18,8 @@ from rayline.evaluation import confusion_matrix_png, learning_curves_png
 from rayline.registry import ModelVersion, Registry
 from rayline.storage import display, open_root
 from rayline.tracking.runs import log_registration, run_tracker, search_tracker
-from rayline.train import TrainOutcome, fit
 from rayline.train.auto import resolve_strategy
-from rayline.train.driver import batch_for_small_data
+from rayline.train.driver import TrainOutcome, batch_for_small_data, fit
 from rayline.train.evaluate import SplitResult, evaluate
 from rayline.train.resources import check_cluster_fits
 from rayline.train.weights import check_class_weight, class_weights_for

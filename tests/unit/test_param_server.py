@@ -13,7 +13,7 @@ import torch
 from pipelines import digits_config
 from rayline.config import OptimizerConfig, ParameterServerConfig, TrainConfig
 from rayline.pipeline import format_epoch, parameter_server_note
-from rayline.train import TrainOutcome
+from rayline.train.driver import TrainOutcome
 from rayline.train.param_server import INLINE_BYTES, INLINE_SHARD_BYTES, Layout, ShardCore, split_by_size
 
 SGD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)

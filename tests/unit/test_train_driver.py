@@ -38,7 +38,7 @@ def test_the_poll_interval_and_the_preemption_watcher_setting_reach_the_run_cont
 def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
     from ray.exceptions import RayActorError
 
-    from rayline.train.driver import ProgressCallback, remaining
+    from rayline.train.progress import ProgressCallback, remaining
 
     class LostQueue:
         puts = 0
@@ -74,3 +74,18 @@ def test_the_trainer_starts_no_dataset_manager_but_keeps_ray_trains_other_callba
     kinds = {type(c) for c in trainer._create_default_callbacks()}
     assert DatasetsCallback not in kinds
     assert {BackendSetupCallback, PlacementGroupCleanerCallback} <= kinds
+
+
+def test_what_the_train_controller_unpickles_loads_no_torch():
+    """Every run's (and every Tune trial's) controller unpickles the backend config and the progress callback;
+    torch there would cost each one over a second of CPU for nothing."""
+    import pickle
+    import subprocess
+    import sys
+
+    from rayline.train.progress import ProgressCallback
+
+    payload = pickle.dumps([torch_config(TrainConfig()), ProgressCallback(None)])
+    check = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", check], input=payload, capture_output=True, check=True)
+    assert loaded.stdout.strip() == b"False"

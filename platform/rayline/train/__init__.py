@@ -1,5 +1,4 @@
-"""Ray Train: the per-worker loop and the driver that builds the TorchTrainer."""
+"""Ray Train: the per-worker loop and the driver that builds the TorchTrainer (rayline.train.driver).
 
-from rayline.train.driver import TrainOutcome, fit
-
-__all__ = ["TrainOutcome", "fit"]
+Imports nothing: the Train controller loads modules of this package (progress, process_group) and must not pay
+for torch."""

@@ -13,9 +13,8 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.exceptions import RayActorError
 from ray.train import ControllerError
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.v2.api.callback import UserCallback
@@ -29,6 +28,8 @@ from rayline.evaluation import validation_metric_names
 from rayline.storage import ObjectPath, cached_copy, is_remote, join, open_root
 from rayline.train.checkpointing import require_same_strategy
 from rayline.train.loop import train_loop_per_worker
+from rayline.train.process_group import ProcessGroupConfig
+from rayline.train.progress import ProgressCallback, drain, remaining
 from rayline.train.resources import cluster_state, start_timed_out
 from rayline.train.weights import class_weights_for
 
@@ -59,24 +60,6 @@ class TrainOutcome:
             f"{int(last['epochs_without_improvement'])} epochs; best epoch {int(last['best_epoch']) + 1}, "
             f"stopped after epoch {int(last['epoch']) + 1} of {cfg.train.epochs}"
         )
-
-
-class ProgressCallback(UserCallback):
-    """Runs on the Train controller; forwards rank-0 metrics to the driver through a Ray queue.
-
-    Progress is a convenience: if the queue is lost (its node died), reports are dropped and training goes on.
-    """
-
-    def __init__(self, queue):
-        self.queue = queue
-
-    def after_report(self, run_context, metrics, checkpoint):
-        if self.queue is None:
-            return
-        try:
-            self.queue.put(dict(metrics[0]))
-        except RayActorError:
-            self.queue = None
 
 
 def fit(
@@ -154,13 +137,6 @@ def start_timeout(train: TrainConfig | None):
 def on_this_node() -> NodeAffinitySchedulingStrategy:
     """A zero-CPU actor could land on any node and die with it; the driver's own node lives as long as we do."""
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-
-
-def remaining(queue) -> list[dict[str, Any]]:
-    try:
-        return queue.get_nowait_batch(queue.qsize())
-    except RayActorError:
-        return []
 
 
 def build_trainer(
@@ -313,9 +289,9 @@ def check_metric_names(cfg: PipelineConfig, preprocessor: Preprocessor) -> None:
             )
 
 
-def torch_config(train: TrainConfig) -> TorchConfig:
+def torch_config(train: TrainConfig) -> ProcessGroupConfig:
     """nccl between GPUs (the loop then builds CUDA device meshes), gloo between CPU workers."""
-    return TorchConfig(backend="nccl" if train.use_gpu else "gloo")
+    return ProcessGroupConfig(backend="nccl" if train.use_gpu else "gloo")
 
 
 def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
@@ -349,15 +325,3 @@ def local_copy(checkpoint: ray.train.Checkpoint, storage_root: str) -> Path:
     filesystem, _ = open_root(storage_root)
     remote = ObjectPath(filesystem, checkpoint.path, storage_root)
     return cached_copy(remote, (remote / MANIFEST_FILE).read_text())
-
-
-def drain(queue, on_epoch: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
-    from ray.util.queue import Empty
-
-    while not stop.is_set():
-        try:
-            on_epoch(queue.get(timeout=0.5))
-        except Empty:
-            continue
-        except RayActorError:
-            return  # the queue is gone: no more progress, training itself goes on
