@@ -39,6 +39,11 @@ def store(tmp_path_factory) -> Path:
     return root
 
 
+FEWER_STEPS = {"hybrid": ["train.batch_size=64"], "hybrid-pipeline": ["train.batch_size=64"]}
+"""The 2x2 meshes: four workers on two cores, whose every step waits on collectives among descheduled processes,
+take half the steps (test accuracy 0.90 and 0.88 here against 0.88 at the shipped batch of 32)."""
+
+
 def shipped(store: Path, name: str, *overrides: str) -> PipelineConfig:
     """A shipped pipeline pointed at the test's data and storage, shortened, and sized to share the cluster."""
     return load_config(
@@ -48,6 +53,7 @@ def shipped(store: Path, name: str, *overrides: str) -> PipelineConfig:
             f"storage.root={store / 'store'}",
             f"train.epochs={EPOCHS}",
             "train.cpus_per_worker=0.5",
+            *FEWER_STEPS.get(name, []),
             *overrides,
         ],
     )
