@@ -41,7 +41,7 @@ def store(tmp_path_factory) -> Path:
 
 FEWER_STEPS = {"hybrid": ["train.batch_size=64"], "hybrid-pipeline": ["train.batch_size=64"]}
 """The 2x2 meshes: four workers on two cores, whose every step waits on collectives among descheduled processes,
-take half the steps (test accuracy 0.90 and 0.88 here against 0.88 at the shipped batch of 32)."""
+take half the steps (test accuracy 0.90 and 0.88 here against 0.88 at the shipped batch of 32, one run each)."""
 
 
 def shipped(store: Path, name: str, *overrides: str) -> PipelineConfig:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,8 @@ def split_by_size(sizes: dict[str, int], shards: int) -> list[list[str]]:
 class Layout:
     """How one shard's parameters (or their gradients) are laid end to end in one float32 vector, and cut into the
     parts a call carries: CHUNK_BYTES pieces each sent inline when the shard is small enough (INLINE_SHARD_BYTES),
-    else the whole vector as one part. The worker and its shard build it alike, from the same names and shapes."""
+    else the whole vector as one part. The worker and its shard build it alike, from the same names and shapes.
+    Its sizes are computed once (read on every step); frozen, so they cannot go stale."""
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
@@ -63,15 +65,15 @@ class Layout:
     def of(cls, arrays: dict[str, Any]) -> Layout:
         return cls(tuple(arrays), tuple(tuple(a.shape) for a in arrays.values()))
 
-    @property
+    @cached_property
     def size(self) -> int:
         return sum(int(np.prod(shape)) for shape in self.shapes)
 
-    @property
+    @cached_property
     def inline(self) -> bool:
         return self.size * 4 <= INLINE_SHARD_BYTES
 
-    @property
+    @cached_property
     def parts(self) -> int:
         """How many parts `split` cuts a vector into."""
         return max(1, -(-self.size * 4 // CHUNK_BYTES)) if self.inline else 1

@@ -38,10 +38,14 @@ class ServerOptimizer:
         self.params = dict(model.named_parameters())
         self.split = split_by_size({n: p.numel() for n, p in self.params.items()}, self.server.shards)
         self.layouts = [Layout.of({n: self.params[n] for n in part}) for part in self.split]
+        self.stored = [i for i, layout in enumerate(self.layouts) if not layout.inline]
+        """The shards too large for inline pieces: their parameters come back as one object-store reference."""
         self.param_groups = [{"lr": train.optimizer.lr}]
         self.state: dict = {}  # the optimizer state lives on the shards
         self.restored: list[dict[str, Any]] | None = None
         self.shards: list[Any] = []
+        self.pushes: list[Any] = []
+        self.pulls: list[Any] = []
         self.versions: list[int] = []
         self.counter: Any = None
         """Under async and bounded with several workers: the UnitCounter their training batches are claimed from."""
@@ -91,6 +95,7 @@ class ServerOptimizer:
             self.shards = [self._look_up(ray, name) for name in names]
             if self.shares_work:
                 self.counter = self._look_up(ray, f"units-{token[0]}")
+        self._bind_calls()
         self.pull()
 
     def claim(self, key: int, units: int) -> int | None:
@@ -114,37 +119,37 @@ class ServerOptimizer:
 
     def pull(self) -> None:
         """Copy every shard's latest parameters into the model."""
-        self._load(self._answers([self._call(shard.pull, layout, 1) for shard, layout in self.zipped()]))
+        self._load(self._answers([pull.remote() for pull in self.pulls]))
 
     def step(self) -> None:
         """Push this worker's gradients, tagged with the versions they were computed at; each shard answers with
         its latest parameters, which the model takes (a refused gradient's worker too: it goes on from them)."""
         lr = float(self.param_groups[0]["lr"])
         pushes = []
-        for (shard, layout), version in zip(self.zipped(), self.versions, strict=True):
+        for push, layout, version in zip(self.pushes, self.layouts, self.versions, strict=True):
             flat = layout.pack({n: gradient(self.params[n]) for n in layout.names})
-            pushes.append(self._call(shard.push, layout, 2, self.rank, version, lr, *layout.split(flat)))
+            pushes.append(push.remote(self.rank, version, lr, *layout.split(flat)))
         self._load([answer[1:] for answer in self._answers(pushes)])
 
-    def zipped(self) -> list[tuple[Any, Layout]]:
-        return list(zip(self.shards, self.layouts, strict=True))
+    def _bind_calls(self) -> None:
+        """Each shard's push and pull, bound once to return their leading values and then the layout's parts, each
+        a return value of its own, so that each small one comes back inline."""
+        self.pushes = [
+            s.push.options(num_returns=2 + lay.parts) for s, lay in zip(self.shards, self.layouts, strict=True)
+        ]
+        self.pulls = [
+            s.pull.options(num_returns=1 + lay.parts) for s, lay in zip(self.shards, self.layouts, strict=True)
+        ]
 
     def _answers(self, calls: list[list]) -> list[list[Any]]:
         """Every call's return values, waited on together."""
         values = iter(self._get([ref for refs in calls for ref in refs]))
         return [[next(values) for _ in refs] for refs in calls]
 
-    @staticmethod
-    def _call(method, layout: Layout, leading: int, *args) -> list:
-        """Call a shard method that returns `leading` values and then the layout's parts, each a return value of its
-        own, so that each small one comes back inline."""
-        return method.options(num_returns=leading + layout.parts).remote(*args)
-
     def _load(self, published: list[list[Any]]) -> None:
         """Take each shard's (version, *parts): inline pieces of its parameters, or a reference to their stored copy."""
         self.versions = [version for version, *_ in published]
-        stored = [i for i, layout in enumerate(self.layouts) if not layout.inline]
-        fetched = dict(zip(stored, self._get([published[i][1] for i in stored]), strict=True))
+        fetched = dict(zip(self.stored, self._get([published[i][1] for i in self.stored]), strict=True))
         with torch.no_grad(), warnings.catch_warnings():
             # What a call or the object store hands back is read-only; it is only copied from here.
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
