@@ -161,9 +161,18 @@ def start_cluster(
     return cluster
 
 
+def worker_port_block(*taken: int) -> int:
+    """The first of 100 ports for a node's workers (--min-worker-port, --max-worker-port), clear of `taken`, the
+    node's other ports: free_port picks those from the same range, and Ray refuses to start when one falls inside."""
+    while True:
+        first = random.randrange(20000, 30000, 100)
+        if not any(first <= port < first + 100 for port in taken):
+            return first
+
+
 def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dict[str, float]) -> RayNode:
-    metrics_port = free_port()
-    worker_ports = random.randrange(20000, 30000, 100)
+    metrics_port, agent_port, client_port = free_port(), free_port(), free_port()
+    worker_ports = worker_port_block(metrics_port, agent_port, client_port, cluster.gcs_port, cluster.dashboard_port)
     command = [
         str(VENV_BIN / "ray"),
         "start",
@@ -175,7 +184,7 @@ def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dic
         f"--resources={json.dumps(resources)}",
         "--object-store-memory=268435456",
         f"--metrics-export-port={metrics_port}",
-        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-listen-port={agent_port}",
         f"--min-worker-port={worker_ports}",
         f"--max-worker-port={worker_ports + 99}",
     ]
@@ -185,7 +194,7 @@ def start_node(cluster: RayCluster, *, head: bool, num_cpus: int, resources: dic
             f"--port={cluster.gcs_port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={cluster.dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
+            f"--ray-client-server-port={client_port}",
         ]
     else:
         command.append(f"--address={cluster.address}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 import secrets
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from clusters import REPO, VENV_BIN, kill_marked_processes, sshd_unavailable, start_sshd
+from clusters import REPO, VENV_BIN, kill_marked_processes, sshd_unavailable, start_sshd, worker_port_block
 from rayline.registry import Registry
 from rayline.runtime import free_port
 
@@ -77,14 +76,15 @@ def local_test_config(shipped: dict, *, name: str, key: Path, token: Path, temp_
     head_setup = shipped["head_setup_commands"]
     config["head_setup_commands"] = [c.replace("127.0.0.1:6379", f"127.0.0.1:{gcs}") for c in head_setup]
     assert config["head_setup_commands"] != head_setup, "the shipped head setup points drivers at the cluster"
-    workers = random.randrange(20000, 30000, 100)
+    client, metrics, agent = free_port(), free_port(), free_port()
+    workers = worker_port_block(gcs, dash, client, metrics, agent)
     # Later flags win over the shipped ones: ports nobody else on this machine uses, and a private temp dir.
     overrides = [
         f"--port={gcs}",
         f"--dashboard-port={dash}",
-        f"--ray-client-server-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--metrics-export-port={metrics}",
+        f"--dashboard-agent-listen-port={agent}",
         f"--min-worker-port={workers}",
         f"--max-worker-port={workers + 99}",
         f"--temp-dir={temp_dir}",
