@@ -12,6 +12,9 @@ A checkpoint directory holds everything those need:
     manifest.json      sha256 of every file above (each shard included), written last
 
 The registry (registry.py) keeps copies of such directories as named, numbered model versions.
+
+torch is imported only by the functions that read or write weights: the registry, the CLI's registry commands
+and Serve's app builder read JSON and hashes only, and a torch import costs each of them about a CPU-second.
 """
 
 from __future__ import annotations
@@ -20,14 +23,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from rayline.config import PipelineConfig
 from rayline.data.preprocess import Preprocessor
-from rayline.models import build_model
 from rayline.registry_layout import ModelVersion, RegistryError, read_json, write_json
 
 MODEL_FILE = "model.pt"
@@ -38,6 +37,10 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 SHARDED_DIR = "sharded"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, PREPROCESSOR_FILE, CONFIG_FILE)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def save_checkpoint(
@@ -57,6 +60,8 @@ def save_checkpoint(
     `sharded_sha256` lists the sharded copy's files (from `save_sharded_state` on every rank), which the
     manifest covers although other ranks write them.
     """
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model_state, directory / MODEL_FILE)
@@ -167,6 +172,8 @@ def saved_epoch(directory: Path) -> int:
 
 def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:
     """(model state, optimizer state, epoch, history) of a checkpoint, for resuming training."""
+    import torch
+
     directory = Path(directory)
     verify_checkpoint(directory)
     model_state = torch.load(directory / MODEL_FILE, weights_only=True, map_location="cpu")
@@ -192,6 +199,10 @@ class LoadedModel:
 
 
 def load_checkpoint(directory: str | Path, version: ModelVersion | None = None) -> LoadedModel:
+    import torch
+
+    from rayline.models import build_model
+
     directory = Path(directory)
     verify_checkpoint(directory)
     config = checkpoint_config(directory)

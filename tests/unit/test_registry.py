@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -164,3 +166,11 @@ def test_a_sound_run_record_is_left_to_ray_train(tmp_path):
     (tmp_path / RUN_SNAPSHOT).write_text("{}")
     assert recover_run_state(tmp_path, last_complete_checkpoint(tmp_path)) is None
     assert (tmp_path / RUN_SNAPSHOT).read_text() == "{}"
+
+
+def test_the_registry_and_serves_app_builder_import_no_torch():
+    """`rayline models`, promote and rollback, and the task in which Serve builds every deployment, read JSON and
+    hashes only: a torch import would cost each about a CPU-second."""
+    code = "import sys, rayline.registry, rayline.serve.app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "False"

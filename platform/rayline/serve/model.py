@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from rayline.data.errors import DataError
 from rayline.data.preprocess import Preprocessor
 from rayline.registry import ModelVersion, Registry, RegistryError
-from rayline.serve.runtime import Runtime, build_runtime
 from rayline.serve.schema import MAX_ROWS, RequestError, RequestSchema, invalid, parse_json, problem
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rayline.serve.runtime import Runtime
 
 
 @dataclass(eq=False)
@@ -47,6 +50,9 @@ class ServedModel:
         """Load and check a registry version: of `name` (None: the registry's only name), `version` (None: its
         serving version), to run on `runtime` (serve.runtime) with `threads` intra-op threads. RegistryError if
         it is unusable."""
+        # Imported here: it imports torch, and Serve's app builder imports this module without loading a model.
+        from rayline.serve.runtime import build_runtime
+
         registry = Registry(storage_root)
         # Checks the manifest hashes; the weights load with weights_only=True.
         loaded = registry.load(registry.resolve(name, version))

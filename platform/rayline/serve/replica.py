@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import torch
 from ray import serve
 
 from rayline.registry import ModelVersion, Registry, RegistryError
@@ -64,6 +63,8 @@ class ModelServer(GrpcMethods):
     def __init__(self, storage_root: str, fixed: dict[str, Any] | None = None, token_sha256: str | None = None):
         """fixed: settings.FIXED_FIELDS of a ServeConfig; token_sha256: the bearer token's digest, else that of
         RAYLINE_API_TOKEN in the replica's environment (no token: no check)."""
+        import torch  # here, not at the top: Serve's app builder imports this module and loads no model
+
         self.fixed = fixed_settings(fixed)
         # Replicas share the node's cores with the HTTP path and each other: scale out with replicas,
         # not with intra-op threads that would fight over the same cores (ONNX Runtime's are set alike).
