@@ -45,7 +45,7 @@ def pytest_itemcollected(item):
 def ray_cluster():
     import ray
 
-    from rayline.runtime import point_state_api_at_own_dashboard
+    from rayline.runtime import point_state_api_at_own_dashboard, stop_autoscaler_monitor
 
     ctx = ray.init(
         address="local",
@@ -58,6 +58,7 @@ def ray_cluster():
         object_store_memory=512 * 2**20,
     )
     yield ctx
+    stop_autoscaler_monitor()  # as rayline's commands do: a second off the session's end
     ray.shutdown()
 
 

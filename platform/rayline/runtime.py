@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -63,6 +64,8 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
                     log_to_driver=verbose,
                     **embedded,
                 )
+                # After Ray's own exit handler, so it runs before it (atexit runs last in, first out).
+                atexit.register(stop_autoscaler_monitor)
         except ConnectionError as err:  # `auto` with no cluster on this machine, a GCS that went away
             raise ClusterError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
     wait_for_resources()
@@ -246,4 +249,21 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         shutdown_serve()
+        stop_autoscaler_monitor()
         ray.shutdown()
+
+
+def stop_autoscaler_monitor() -> None:
+    """SIGKILL the autoscaler monitor of the cluster this process started (nothing when it joined one).
+
+    ray.shutdown() stops the cluster's processes one by one, each with a SIGTERM and up to a second to exit. The
+    monitor's SIGTERM handler reports to the GCS, which is stopped before it, so it always uses the whole second
+    and is then SIGKILLed anyway: a second added to every command's exit. Killed first, it is skipped as already
+    gone. It holds no state (an embedded cluster has no nodes to scale)."""
+    from ray._private import worker
+
+    node = worker._global_node
+    for info in node.all_processes.get("monitor", []) if node is not None else []:
+        if info.process.poll() is None:
+            info.process.kill()
+            info.process.wait(timeout=10)
