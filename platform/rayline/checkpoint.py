@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rayline.config import PipelineConfig
+from rayline.config import ConfigError, PipelineConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.registry_layout import ModelVersion, RegistryError, read_json, write_json
 
@@ -168,6 +168,21 @@ def saved_epoch(directory: Path) -> int:
         return int(checkpoint_metrics(directory)["epoch"])
     except (OSError, ValueError, KeyError):
         return -1
+
+
+def require_same_strategy(directory: Path, cfg: PipelineConfig) -> None:
+    """Refuse to resume a run under another strategy than the one its checkpoint was written with."""
+    saved = checkpoint_config(directory).train
+    if strategy_label(saved) != strategy_label(cfg.train):
+        raise ConfigError(
+            f"run {cfg.run_name!r} was trained with train.strategy {strategy_label(saved)!r}; resuming it needs "
+            f"the same strategy, not {strategy_label(cfg.train)!r}. Keep the strategy, or start a new run with "
+            "another storage.run_name"
+        )
+
+
+def strategy_label(train) -> str:
+    return f"hybrid {train.hybrid}" if train.strategy == "hybrid" else train.strategy
 
 
 def load_training_state(directory: str | Path) -> tuple[dict, dict, int, list[dict]]:

@@ -89,3 +89,14 @@ def test_what_the_train_controller_unpickles_loads_no_torch():
     check = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", check], input=payload, capture_output=True, check=True)
     assert loaded.stdout.strip() == b"False"
+
+
+def test_a_runs_and_a_trials_driver_import_no_torch():
+    """The driver of every run and of every Tune trial builds its trainer from these modules and only waits on it;
+    torch (imported on the workers, through rayline.train.entry) would cost each about a CPU-second."""
+    import subprocess
+    import sys
+
+    check = "import sys, rayline.train.driver, rayline.tune.driver; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"

@@ -11,6 +11,8 @@ activations each layer keeps for the backward pass. Per worker, each strategy ne
   the token embedding and the head replicated; one replica takes the rows all the workers' ddp steps would;
 - pipeline (transformers): everything split over the stages, and the activations of the micro-batches in flight.
 
+torch is imported only when a plan is made: every run's and every Tune trial's driver imports this module.
+
 The first that fits wins, in that order (the simplest and fastest that fits). The same model, data, settings and
 memory always give the same choice.
 """
@@ -20,12 +22,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from rayline.config import ConfigError, PipelineConfig, TrainConfig, check_parallel_plan
-from rayline.models import build_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 GB = 2**30
 FLOAT_BYTES = 4
@@ -60,6 +62,10 @@ class StrategyChoice:
 
 
 def footprint(cfg: PipelineConfig, model_shape: dict) -> ModelFootprint:
+    import torch
+
+    from rayline.models import build_model
+
     with torch.device("meta"):
         model = build_model(cfg.model, **model_shape)
         activations, in_blocks = count_activations(model, model_shape["num_inputs"])
@@ -76,6 +82,8 @@ def footprint(cfg: PipelineConfig, model_shape: dict) -> ModelFootprint:
 
 def count_activations(model: nn.Module, num_inputs: int) -> tuple[int, int]:
     """Output elements of every leaf module for one row: all of them, and those inside transformer blocks."""
+    import torch
+
     counts = {"all": 0, "blocks": 0}
 
     def counter(inside: bool):
@@ -130,6 +138,8 @@ def memory_per_worker_gb(cfg: PipelineConfig) -> float:
     if train.memory_per_worker_gb is not None:
         return train.memory_per_worker_gb
     if train.use_gpu:
+        import torch
+
         if not torch.cuda.is_available():
             raise ConfigError(
                 "train.strategy auto with use_gpu: this process sees no GPU to size the workers by; set "

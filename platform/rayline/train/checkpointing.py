@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 
 from rayline.checkpoint import (
-    checkpoint_config,
     load_sharded_state,
     load_training_state,
+    require_same_strategy,
     save_checkpoint,
     save_sharded_state,
 )
-from rayline.config import ConfigError, PipelineConfig
+from rayline.config import PipelineConfig
 from rayline.data.preprocess import Preprocessor
 from rayline.train.strategies import Parallelized
 
@@ -129,17 +129,3 @@ def restore_latest(
             options=sharded_options(),
         )
         return epoch + 1, history
-
-
-def require_same_strategy(directory: Path, cfg: PipelineConfig) -> None:
-    saved = checkpoint_config(directory).train
-    if strategy_label(saved) != strategy_label(cfg.train):
-        raise ConfigError(
-            f"run {cfg.run_name!r} was trained with train.strategy {strategy_label(saved)!r}; resuming it needs "
-            f"the same strategy, not {strategy_label(cfg.train)!r}. Keep the strategy, or start a new run with "
-            "another storage.run_name"
-        )
-
-
-def strategy_label(train) -> str:
-    return f"hybrid {train.hybrid}" if train.strategy == "hybrid" else train.strategy

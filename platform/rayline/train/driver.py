@@ -1,4 +1,7 @@
-"""Builds and fits the TorchTrainer for one pipeline config; reports progress on the driver."""
+"""Builds and fits the Ray Train trainer for one pipeline config; reports progress on the driver.
+
+No torch here: the driver of every run and every Tune trial imports this module, and only the workers train.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +17,19 @@ from typing import Any
 import ray
 import ray.train
 from ray.train import ControllerError
-from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.v2.api.callback import UserCallback
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayline.checkpoint import MANIFEST_FILE, checkpoint_metrics, last_complete_checkpoint
+from rayline.checkpoint import MANIFEST_FILE, checkpoint_metrics, last_complete_checkpoint, require_same_strategy
 from rayline.config import ConfigError, PipelineConfig, TrainConfig
 from rayline.data import PreparedData
 from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import validation_metric_names
 from rayline.storage import ObjectPath, cached_copy, is_remote, join, open_root
-from rayline.train.checkpointing import require_same_strategy
-from rayline.train.loop import train_loop_per_worker
+from rayline.train.entry import train_loop_per_worker
 from rayline.train.process_group import ProcessGroupConfig
 from rayline.train.progress import ProgressCallback, drain, remaining
 from rayline.train.resources import cluster_state, start_timed_out
@@ -149,8 +151,8 @@ def build_trainer(
     controller_failure_limit: int = -1,
     class_weights: list[float] | None = None,
     parent_key: str | None = None,
-) -> TorchTrainer:
-    """The TorchTrainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
+) -> DataParallelTrainer:
+    """The trainer for cfg; controller_failure_limit >= 0 makes a worker group that cannot
     start fail the run instead of being retried forever. `class_weights` as in fit; `parent_key`: the
     tracking key of the search a trial belongs to."""
     if cfg.train.strategy == "auto":
@@ -182,7 +184,7 @@ def build_trainer(
             "splits": {"train": data.train.to_dict(), "validation": data.validation.to_dict()},
             "tracking": {"run_name": run_name, "parent_key": parent_key} if cfg.tracking.enabled else None,
         },
-        torch_config=torch_config(cfg.train),
+        backend_config=torch_config(cfg.train),
         scaling_config=scaling_config(cfg.train),
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -202,9 +204,10 @@ def build_trainer(
     )
 
 
-class Trainer(TorchTrainer):
-    """A TorchTrainer that starts no dataset manager: the workers read the prepared splits' files named in the loop
-    config, and Ray Train 2.60 starts that actor for every run even with no datasets given.
+class Trainer(DataParallelTrainer):
+    """Ray Train's data-parallel trainer with rayline's process group (TorchTrainer adds only its own backend
+    config, and a torch import), and no dataset manager: the workers read the prepared splits' files named in the
+    loop config, and Ray Train 2.60 starts that actor for every run even with no datasets given.
     (A private hook, so ray is pinned to one version; a unit test fails if the hook changes.)"""
 
     def _create_default_callbacks(self) -> list:

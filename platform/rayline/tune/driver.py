@@ -1,4 +1,4 @@
-"""Ray Tune over distributed trials: every trial builds and fits its own TorchTrainer (Train V2)."""
+"""Ray Tune over distributed trials: every trial builds and fits its own Ray Train V2 trainer."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def run_trial(
     verbose: bool,
     class_weights: list[float] | None = None,
 ) -> None:
-    """One trial: the pipeline with these parameters, trained by its own distributed TorchTrainer. Early
+    """One trial: the pipeline with these parameters, trained by its own distributed Ray Train run. Early
     stopping inside it just ends the trial sooner, as if ASHA had stopped it."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -188,7 +188,7 @@ def build_tuner(
             search_alg=make_searcher(t, plan.max_concurrent_trials),
             scheduler=make_scheduler(t),
             # Not reuse_actors: Tune resets a reused function trainable only if the last trial's thread ends within
-            # 2 s, and an ASHA-stopped trial is still inside TorchTrainer.fit() then: the next trial is failed
+            # 2 s, and an ASHA-stopped trial is still inside its trainer's fit() then: the next trial is failed
             # with "Trainable runner reuse requires reset_config()" (seen in benchmarks/tune_asha.py).
         ),
         run_config=tune.RunConfig(
