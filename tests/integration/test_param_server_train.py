@@ -1,7 +1,7 @@
 """Strategy parameter_server on a test cluster: sync with one worker is plain SGD step for step, async and
 bounded learn digits like ddp (their workers sharing each epoch's rows), bounded never applies a gradient staler
 than max_staleness, the checkpoint is registered, served and batch-predicted like any other and resumes, and a
-killed worker or shard ends in a finished run."""
+killed worker and then a killed shard in one run end in a finished run."""
 
 from __future__ import annotations
 
@@ -162,21 +162,22 @@ def test_a_parameter_server_checkpoint_is_served_batch_predicted_and_resumes(tra
     assert seen[0]["ps_version"] > first_epochs[-1]["ps_version"], "and their versions"
 
 
-@pytest.mark.parametrize("victim", ["RayTrainWorker", "ServerShard"])
-def test_a_killed_worker_or_shard_restarts_from_the_last_checkpoint_and_the_run_finishes(
-    ray_cluster, store, tmp_path, victim
+def test_a_killed_worker_then_a_killed_shard_each_restart_from_the_last_checkpoint_and_the_run_finishes(
+    ray_cluster, store, tmp_path
 ):
-    # Killed once epoch 0 is checkpointed and epoch 1 is under way; the restarted worker group starts shards of
-    # its own from the checkpoint.
-    kill = KillOnEpoch(1, lambda: kill_actor(victim), shard_pids, "new shards")
-    root = tmp_path / victim
-    digits_source(root)
-    cfg = config(root, "ps-async", epochs=3, max_failures=1)
-    report = train_and_register(cfg, on_epoch=kill, log=quiet)
-    fault, seen = kill.fault, kill.seen
-    print(f"{victim} killed: {fault}, epochs reported {seen}")
-    assert "replaced_in_s" in fault, fault
-    assert seen[-1] == 2 and sorted(set(seen)) == [0, 1, 2], seen
+    """One run, two faults: a training worker is killed once epoch 0 is reported (so checkpointed), then one of the
+    shards the restarted worker group started, at the next epoch reported; each time the worker group restarts
+    with shards of its own from the last checkpoint, and the run ends with every epoch trained. Four epochs leave
+    the second kill two epochs to land in."""
+    worker = KillOnEpoch(1, lambda: kill_actor("RayTrainWorker"), shard_pids, "new shards after the worker's death")
+    shard = KillOnEpoch(2, lambda: kill_actor("ServerShard"), shard_pids, "new shards after the shard's death")
+    digits_source(tmp_path)
+    cfg = config(tmp_path, "ps-async", epochs=4, max_failures=2)
+    report = train_and_register(cfg, on_epoch=lambda m: (worker(m), shard(m)), log=quiet)
+    seen = shard.seen
+    print(f"worker killed: {worker.fault}; shard killed: {shard.fault}; epochs reported {seen}")
+    assert "replaced_in_s" in worker.fault and "replaced_in_s" in shard.fault, (worker.fault, shard.fault)
+    assert seen[-1] == 3 and sorted(set(seen)) == [0, 1, 2, 3], seen
     assert report.test_metrics["test_accuracy"] >= 0.8
     wait_until(lambda: not shard_pids(), 60, "the run's shards to end with it")
 
