@@ -57,9 +57,10 @@ def import_in_background(modules: list[str]) -> None:
     locks); one that fails is raised again where the module is used."""
 
     def load() -> None:
-        import matplotlib
+        with contextlib.suppress(ImportError):  # a missing package is reported where it is used, not from here
+            import matplotlib
 
-        matplotlib.use("Agg")  # before pyplot, as evaluation.py sets it: this thread must not pick a GUI
+            matplotlib.use("Agg")  # before pyplot, as evaluation.py sets it: this thread must not pick a GUI
         for name in modules:
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
