@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from http_client import http
 from rayline.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ class RayCluster:
 
     def get(self, path: str):
         """GET a dashboard endpoint with this cluster's token; the parsed JSON."""
-        response = httpx.get(f"{self.dashboard_url}{path}", headers=self.auth_headers(), timeout=10)
+        response = http.get(f"{self.dashboard_url}{path}", headers=self.auth_headers(), timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -264,7 +265,7 @@ def kill_marked_processes(marker: str) -> None:
 def read_metrics(port: int) -> str:
     """The Prometheus text a node's metrics agent exports (no auth: Ray does not cover this port)."""
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return http.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return ""
 

@@ -45,7 +45,7 @@ def pytest_itemcollected(item):
 def ray_cluster():
     import ray
 
-    from rayline.runtime import point_state_api_at_own_dashboard, stop_autoscaler_monitor
+    from rayline.runtime import point_state_api_at_own_dashboard, stop_autoscaler_monitor, stop_log_monitor
 
     ctx = ray.init(
         address="local",
@@ -57,6 +57,7 @@ def ray_cluster():
         log_to_driver=False,
         object_store_memory=512 * 2**20,
     )
+    stop_log_monitor()  # as rayline's commands do without --verbose: nothing here prints the workers' output
     yield ctx
     stop_autoscaler_monitor()  # as rayline's commands do: a second off the session's end
     ray.shutdown()

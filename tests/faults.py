@@ -587,20 +587,11 @@ def replica_states(app: str, deployment: str = "ModelServer") -> dict[str, int]:
 def wait_until_serving(app: str, url: str, timeout_s: float = 180) -> None:
     """Until Serve reports `app` RUNNING and `url`/healthz answers (the proxy learns routes a moment later);
     fails at once with Serve's message if the deploy failed."""
-    from ray import serve
+    from rayline.serve.control import wait_until_reachable, wait_until_running
 
-    def serving() -> bool:
-        status = serve.status().applications.get(app)
-        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise AssertionError(f"Serve app {app!r} is {status.status}: {status.message}")
-        if status is None or status.status != "RUNNING":
-            return False
-        try:
-            return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(serving, timeout_s, f"Serve app {app!r} to answer at {url}", 0.2)
+    deadline = time.monotonic() + timeout_s
+    wait_until_running(app, timeout_s)
+    wait_until_reachable(url, max(deadline - time.monotonic(), 1.0))
 
 
 # ---------------------------------------------------------------- a model to serve

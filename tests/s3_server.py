@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from children import end_with_parent
+from http_client import http
 from rayline.runtime import free_port
 
 MOTO = Path(sys.executable).with_name("moto_server")
@@ -86,7 +87,7 @@ def start_s3_server(log: Path, *, free_actions: int | None = None) -> S3Server:
         if process.poll() is not None:
             raise RuntimeError(f"moto_server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
         try:
-            httpx.get(f"{server.endpoint}/moto-api/", timeout=2)
+            http.get(f"{server.endpoint}/moto-api/", timeout=2)
             return server
         except httpx.TransportError:
             if time.monotonic() > deadline:

@@ -20,6 +20,7 @@ import pytest
 
 from clusters import VENV_BIN
 from faults import alive, command_line, kill_processes_with_env, process_tree, wait_until
+from http_client import http
 from rayline.config import ServeConfig
 from rayline.runtime import free_port
 from serve_models import register
@@ -89,7 +90,7 @@ class Server:
         code = self.process.wait(timeout=180)
         wait_until(lambda: not [p for p in started if alive(p)], 60, "every process `rayline serve` started to exit")
         try:
-            httpx.get(f"http://127.0.0.1:{self.port}/-/healthz", timeout=5)
+            http.get(f"http://127.0.0.1:{self.port}/-/healthz", timeout=5)
             answered = True
         except httpx.TransportError:
             answered = False
@@ -112,7 +113,7 @@ def stopped(tmp_path_factory) -> dict[tuple[str, str], Stopped]:
         wait_until(lambda: all(s.serving() for s in servers.values()), 300, "every `rayline serve` to serve")
         started = {}
         for variant, server in servers.items():
-            assert httpx.get(f"http://127.0.0.1:{server.port}/-/healthz", timeout=10).status_code == 200
+            assert http.get(f"http://127.0.0.1:{server.port}/-/healthz", timeout=10).status_code == 200
             started[variant] = {pid: command_line(pid) for pid in process_tree(server.process.pid)}
         with ThreadPoolExecutor(len(servers)) as pool:
             futures = {v: pool.submit(s.stop_and_wait, started[v]) for v, s in servers.items()}

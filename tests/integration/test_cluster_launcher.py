@@ -18,11 +18,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from clusters import REPO, VENV_BIN, kill_marked_processes, sshd_unavailable, start_sshd, worker_port_block
+from http_client import http
 from rayline.registry import Registry
 from rayline.runtime import free_port
 
@@ -113,9 +113,9 @@ def test_ray_up_then_ray_submit_runs_a_pipeline(sshd, launcher):
         [ray, "up", "-y", "--no-config-cache", str(path)], env=launcher_env(), cwd=REPO, capture_output=True, text=True
     )
     assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
-    assert httpx.get(f"{dashboard}/api/version", timeout=10).status_code == 401, "token auth is on"
+    assert http.get(f"{dashboard}/api/version", timeout=10).status_code == 401, "token auth is on"
     bearer = {"Authorization": f"Bearer {token.read_text()}"}
-    assert httpx.get(f"{dashboard}/api/version", headers=bearer, timeout=10).status_code == 200
+    assert http.get(f"{dashboard}/api/version", headers=bearer, timeout=10).status_code == 200
 
     args = ["pipelines/digits_mlp.yaml", "--no-serve", "--set", "train.epochs=2"]
     submit = subprocess.run(

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from faults import (
@@ -19,6 +18,7 @@ from faults import (
     sigkill,
     wait_until,
 )
+from http_client import http
 from rayline.checkpoint import file_sha256
 from rayline.config import ServeConfig
 from rayline.registry import Registry
@@ -92,13 +92,13 @@ def test_a_hostile_request_gets_a_clear_error_and_the_replicas_survive(served, c
     before, registry_before = replica_pids(APP), registry_digests(root)
 
     began = time.monotonic()
-    r = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"}, timeout=60)
+    r = http.post(f"{url}/predict", content=body, headers={"content-type": "application/json"}, timeout=60)
     took = time.monotonic() - began
 
     assert r.status_code in statuses, r.text[:500]
     assert words in r.json()["error"], r.json()
     assert took < REQUEST_TIMEOUT_S, f"answered in {took:.1f} s"
-    good = httpx.post(f"{url}/predict", json=ROW, timeout=30)
+    good = http.post(f"{url}/predict", json=ROW, timeout=30)
     assert good.status_code == 200, good.text
     assert replica_pids(APP) == before, "no replica died or was restarted"
     assert registry_digests(root) == registry_before, "the registry is untouched"
@@ -167,5 +167,5 @@ def test_requests_to_a_blocked_replica_get_a_timely_error_not_a_hang(blocked):
 def test_a_blocked_replica_is_detected_and_replaced(blocked):
     url, pid = blocked
     wait_until(lambda: pid not in (p := replica_pids(BLOCKED_APP)) and len(p) == 1, 45, "a replacement replica")
-    r = httpx.post(f"{url}/predict", json=ROW, timeout=30)
+    r = http.post(f"{url}/predict", json=ROW, timeout=30)
     assert r.status_code == 200, r.text

@@ -11,7 +11,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +18,7 @@ import torch
 
 from clusters import VENV_BIN, metric_samples, read_metrics
 from faults import wait_until
+from http_client import http
 from pipelines import PIXELS, digits_config, digits_pipeline, digits_source, write_pipeline
 from rayline.checkpoint import (
     MODEL_FILE,
@@ -273,7 +273,7 @@ def test_a_federated_model_is_served_and_batch_predicted(ray_cluster, survived_a
     serve_cfg = ServeConfig(port=free_port(), app_name="federated", route_prefix="/fed", cpus_per_replica=0.25)
     url = deploy(cfg.storage.uri, report.version, serve_cfg)
     try:
-        answer = httpx.post(f"{url}/predict", json={"rows": rows[PIXELS].to_dict("records")}, timeout=60)
+        answer = http.post(f"{url}/predict", json={"rows": rows[PIXELS].to_dict("records")}, timeout=60)
         assert answer.status_code == 200, answer.text
         served = [p["label"] for p in answer.json()["predictions"]]
     finally:

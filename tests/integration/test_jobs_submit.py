@@ -8,10 +8,10 @@ from __future__ import annotations
 import subprocess
 import time
 
-import httpx
 import pytest
 
 from clusters import REPO, VENV_BIN, Lines, metric_samples, read_metrics, start_cluster, wait_for_samples
+from http_client import http
 from pipelines import PIXELS, digits_source
 from rayline.registry import Registry
 from rayline.runtime import free_port
@@ -78,7 +78,7 @@ def test_rayline_submit_searches_serves_exports_tune_metrics_and_stops(cluster, 
     assert running_seen, "the endpoint showed trials running during the search"
     epochs = wait_for_samples(cluster.nodes[0].metrics_port, "ray_rayline_train_epoch", lambda samples: samples)
     assert {labels["run"].split("/")[0] for labels, _ in epochs} == {"digits-tune"}, "per-trial training gauges"
-    answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": [[0.0] * len(PIXELS)]}, timeout=30)
+    answer = http.post(f"http://127.0.0.1:{port}/predict", json={"rows": [[0.0] * len(PIXELS)]}, timeout=30)
     assert answer.status_code == 200, answer.text
 
     listed = run([str(VENV_BIN / "rayline"), "jobs", "list", "--dashboard", cluster.dashboard_url], env)

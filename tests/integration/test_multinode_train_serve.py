@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import subprocess
 
-import httpx
 import pytest
 
 from clusters import REPO, VENV_BIN, Lines, start_cluster, wait_for_samples
+from http_client import http
 from pipelines import PIXELS, digits_source
 from rayline.registry import Registry
 from rayline.runtime import free_port
@@ -61,7 +61,7 @@ def test_two_workers_on_two_nodes_train_then_serve(cluster, tmp_path):
         assert (shared / "runs" / "digits").is_dir(), "checkpoints went to the shared path"
 
         row = dict.fromkeys(PIXELS, 0.0)
-        answer = httpx.post(url, json={"rows": [row]}, timeout=30)
+        answer = http.post(url, json={"rows": [row]}, timeout=30)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"][0]["label"] in [str(d) for d in range(10)]
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from faults import wait_until_serving
+from http_client import http
 from rayline.config import ServeConfig
 from serve_models import CLASSES, COLORS, FEATURES, flood, make_registry, row
 
@@ -238,7 +239,7 @@ def test_fuzzed_requests_never_get_a_server_error(endpoints, tmp_path):
 
 def test_regression_round_trip(endpoints):
     rows = [row(i) for i in range(3)]
-    r = httpx.post(f"{endpoints['regression']}/predict", json={"rows": rows}, timeout=30)
+    r = http.post(f"{endpoints['regression']}/predict", json={"rows": rows}, timeout=30)
     assert r.status_code == 200, r.text
     predictions = r.json()["predictions"]
     assert len(predictions) == 3
@@ -255,4 +256,4 @@ def test_overload_is_refused_with_retry_after_and_nothing_hangs(endpoints):
     assert codes.count(200) >= 2
     assert all(r.headers["retry-after"] == "2" for r in responses if r.status_code == 503)
     # Once the burst is over, the app answers again.
-    assert httpx.post(f"{endpoints['tiny']}/predict", json={"rows": [row()]}, timeout=20).status_code == 200
+    assert http.post(f"{endpoints['tiny']}/predict", json={"rows": [row()]}, timeout=20).status_code == 200

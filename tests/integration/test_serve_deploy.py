@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from clusters import REPO, VENV_BIN, start_cluster
+from http_client import http
 from rayline.registry import Registry
 from serve_models import make_registry, model_name, row
 
@@ -33,7 +34,7 @@ def served_version(url: str, timeout: float = 180) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            r = httpx.get(f"{url}/v1/model", timeout=10)
+            r = http.get(f"{url}/v1/model", timeout=10)
             if r.status_code == 200:
                 return r.json()["model_version"]
         except httpx.HTTPError:
@@ -56,7 +57,7 @@ def test_serve_deploy_serves_the_registrys_model_and_cli_switches_it(tmp_path):
         env = cluster.client_env()
         run([str(VENV_BIN / "serve"), "deploy", str(config_path), "-a", cluster.dashboard_url], env)
         assert served_version(url) == "v2"
-        r = httpx.post(f"{url}/predict", json={"rows": [row()]}, timeout=30)
+        r = http.post(f"{url}/predict", json={"rows": [row()]}, timeout=30)
         assert r.status_code == 200 and r.json()["model_version"] == "v2"
 
         rayline = [str(VENV_BIN / "rayline")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from http_client import http
 from rayline.config import ServeConfig
 from rayline.registry import ModelVersion, Registry
 from serve_models import make_unnamed_registry, model_name, register, row
@@ -43,7 +44,7 @@ def served(ray_cluster, tmp_path_factory):
 
 
 def post(url: str, path: str = "/predict") -> httpx.Response:
-    return httpx.post(f"{url}{path}", json={"rows": [row(0), row(1)]}, timeout=30)
+    return http.post(f"{url}{path}", json={"rows": [row(0), row(1)]}, timeout=30)
 
 
 def test_each_pipeline_gets_its_own_model(served):
@@ -86,12 +87,12 @@ def test_unknown_names_and_versions_are_404s_that_list_what_exists(served):
 
 def test_model_info_carries_the_name_and_every_metric(served):
     _, urls = served
-    info = httpx.get(f"{urls['clf']}/v1/model", timeout=30).json()
+    info = http.get(f"{urls['clf']}/v1/model", timeout=30).json()
     assert (info["model_name"], info["model_version"], info["pipeline"]) == (CLF, "v2", CLF)
     assert info["metrics"] == {"val_loss": 0.4, "val_accuracy": 0.9}
     assert info["test_metrics"] == {"loss": 1.5}
     assert info["evaluation"] == EVALUATION
-    listed = httpx.get(f"{urls['reg']}/v1/models", timeout=30).json()
+    listed = http.get(f"{urls['reg']}/v1/models", timeout=30).json()
     assert (listed["default_model"], listed["default_version"]) == (REG, "v1")
     rows = {(m["model_name"], m["model_version"]): m for m in listed["models"]}
     assert list(rows) == [(CLF, "v1"), (CLF, "v2"), (REG, "v1")]

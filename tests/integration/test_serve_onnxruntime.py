@@ -4,11 +4,11 @@ so across a version swap. Models are trained briefly without Ray (tests/export_m
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from export_models import register_trained, source_frame
 from faults import wait_until_serving
+from http_client import http
 from pipelines import PIXELS, digits_pipeline
 from rayline.config import ServeConfig
 from rayline.registry import Registry
@@ -41,7 +41,7 @@ def digits(ray_cluster, tmp_path_factory):
 
 
 def predict(url: str, rows: list[dict], path: str = "/predict") -> dict:
-    r = httpx.post(f"{url}{path}", json={"rows": rows}, timeout=60)
+    r = http.post(f"{url}{path}", json={"rows": rows}, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -55,7 +55,7 @@ def assert_same_answers(by_torch: dict, by_onnx: dict) -> None:
 
 def test_onnxruntime_deployment_answers_as_torch(digits):
     urls, rows = digits["urls"], digits["rows"]
-    info = httpx.get(f"{urls['onnxruntime']}/v1/model", timeout=30).json()
+    info = http.get(f"{urls['onnxruntime']}/v1/model", timeout=30).json()
     assert info["runtime"] == "onnxruntime" and info["model_version"] == "v2"
     assert_same_answers(predict(urls["torch"], rows), predict(urls["onnxruntime"], rows))
     # Rows one at a time share batches the way torch's do; the answers stay the same.
@@ -69,7 +69,7 @@ def test_onnxruntime_deployment_answers_as_torch(digits):
 def test_onnxruntime_refuses_bad_rows_as_torch(digits):
     urls = digits["urls"]
     bad = {"rows": [{**digits["rows"][0], "pixel_3": "x"}]}
-    answers = [httpx.post(f"{urls[r]}/predict", json=bad, timeout=30) for r in ("torch", "onnxruntime")]
+    answers = [http.post(f"{urls[r]}/predict", json=bad, timeout=30) for r in ("torch", "onnxruntime")]
     assert [a.status_code for a in answers] == [422, 422]
     assert answers[0].json() == answers[1].json()
     assert "rows.0.pixel_3" in answers[1].json()["error"]

@@ -17,6 +17,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from http_client import http
 from rayline.config import ServeConfig
 from rayline.registry import ModelVersion, Registry, RegistryError
 from serve_models import deploy_apps, flood, make_registry, model_name, row, tamper
@@ -59,7 +60,7 @@ def apps(ray_cluster, tmp_path_factory):
 
 
 def predict(url: str, path: str = "/predict", **kwargs) -> httpx.Response:
-    return httpx.post(f"{url}{path}", json={"rows": [row(1)]}, timeout=30, **kwargs)
+    return http.post(f"{url}{path}", json={"rows": [row(1)]}, timeout=30, **kwargs)
 
 
 def deployment_details(app: str) -> dict:
@@ -105,7 +106,7 @@ def test_promote_and_rollback_drop_no_request(apps):
     from rayline.serve import promote, rollback
 
     url, root = apps["urls"]["swap"], apps["roots"]["swap"]
-    assert httpx.get(f"{url}/v1/model").json()["model_version"] == "v1"
+    assert http.get(f"{url}/v1/model").json()["model_version"] == "v1"
     pids = replica_pids("swap")
     with Stream(url) as stream:
         time.sleep(1)
@@ -118,7 +119,7 @@ def test_promote_and_rollback_drop_no_request(apps):
     seen = Counter(stream.results)
     assert {status for status, _ in seen} == {200}, seen
     assert {version for _, version in seen} == {"v1", "v2", "v3"}, seen
-    assert httpx.get(f"{url}/v1/model").json()["model_version"] == "v3"
+    assert http.get(f"{url}/v1/model").json()["model_version"] == "v3"
     assert Registry(root).model(NAME).serving_version() == "v3"
     assert replica_pids("swap") == pids, "the replica was reconfigured in place, not replaced"
 
@@ -138,7 +139,7 @@ def test_versions_side_by_side(apps):
         r = predict(url, f"/v1/models/{bad}/predict")
         assert r.status_code == 404, r.text
         assert r.json()["detail"][0]["loc"] == "path.version"
-    listed = httpx.get(f"{url}/v1/models").json()
+    listed = http.get(f"{url}/v1/models").json()
     assert [m["model_version"] for m in listed["models"]] == ["v1", "v2", "v3"]
     assert {m["model_name"] for m in listed["models"]} == {NAME}
 
@@ -147,9 +148,9 @@ def test_bearer_token(apps):
     url = apps["urls"]["secure"]
     assert predict(url).status_code == 401
     assert predict(url, headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert httpx.get(f"{url}/v1/model").status_code == 401
+    assert http.get(f"{url}/v1/model").status_code == 401
     assert predict(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert http.get(f"{url}/healthz").status_code == 200
     assert predict(apps["urls"]["tiny"]).status_code == 200  # apps deployed without a token stay open
 
 
@@ -157,7 +158,7 @@ def test_body_cap(apps):
     url, auth = apps["urls"]["secure"], {"Authorization": f"Bearer {TOKEN}"}
     big = b'{"rows": [' + b",".join([b'{"x1": 1, "x2": 2, "pixel_7": 3, "color": "red"}'] * 200) + b"]}"
     assert len(big) > 4096
-    r = httpx.post(f"{url}/predict", content=big, headers={**auth, "content-type": "application/json"}, timeout=30)
+    r = http.post(f"{url}/predict", content=big, headers={**auth, "content-type": "application/json"}, timeout=30)
     assert r.status_code == 413
     assert "limit of 4096 bytes" in r.json()["error"]
 
@@ -165,7 +166,7 @@ def test_body_cap(apps):
         for i in range(0, len(big), 1000):
             yield big[i : i + 1000]
 
-    r = httpx.post(f"{url}/predict", content=chunks(), headers={**auth, "content-type": "application/json"})
+    r = http.post(f"{url}/predict", content=chunks(), headers={**auth, "content-type": "application/json"})
     assert r.status_code == 413
     assert predict(url, headers=auth).status_code == 200
 
@@ -185,7 +186,7 @@ def test_request_over_the_time_limit_gets_504(apps):
     r = predict(apps["urls"]["slow"])
     assert r.status_code == 504
     assert "0.0001 s limit" in r.json()["error"]
-    assert httpx.get(f"{apps['urls']['slow']}/healthz").status_code == 200  # only predict has the limit
+    assert http.get(f"{apps['urls']['slow']}/healthz").status_code == 200  # only predict has the limit
 
 
 def test_overload_is_refused_with_retry_after(apps):
@@ -236,7 +237,7 @@ def test_metrics_reach_the_export_endpoint(apps):
     }
     deadline = time.monotonic() + 60  # Ray exports custom metrics every few seconds
     while True:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        text = http.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         missing = [name for name, pattern in wanted.items() if not re.search(pattern, text)]
         if not missing:
             break
@@ -295,7 +296,7 @@ def test_every_serving_listener_is_on_loopback(apps):
     each replica's inter-deployment gRPC) bind every interface in every Ray process, and are the cluster's
     (rayline.serve.ingress says why); they are told apart by not speaking HTTP/1."""
     for app, url in apps["urls"].items():
-        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200, app
+        assert http.get(f"{url}/healthz", timeout=30).status_code == 200, app
     haproxy, actors = serving_processes()
 
     haproxy_listens = set().union(*map(listening, haproxy))

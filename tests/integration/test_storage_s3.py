@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 import subprocess
 
-import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
 from clusters import VENV_BIN
+from http_client import http
 from pipelines import PIXELS, digits_config, digits_source
 from rayline.config import ConfigError, ServeConfig
 from rayline.data import DataError, fingerprint_source, list_source_files, prepare_datasets
@@ -153,7 +153,7 @@ def test_a_version_in_the_bucket_is_served_promoted_rolled_back_and_batch_predic
     rows = pd.read_parquet(digits_source(tmp_path)).head(5)
     url = deploy(cfg.storage.uri, resumed.version, serve_cfg)
     try:
-        answer = httpx.post(f"{url}/predict", json={"rows": rows[PIXELS].to_dict("records")}, timeout=60)
+        answer = http.post(f"{url}/predict", json={"rows": rows[PIXELS].to_dict("records")}, timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == "v2"
         listed = rayline("models", "--root", cfg.storage.uri)
@@ -161,11 +161,11 @@ def test_a_version_in_the_bucket_is_served_promoted_rolled_back_and_batch_predic
         address = ray_cluster.address_info["address"]
         switched = rayline("promote", "digits-s3", "v1", "--root", cfg.storage.uri, "--ray-address", address)
         assert "switched running app(s) digits-s3 to digits-s3/v1 in place" in switched
-        assert httpx.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v1"
+        assert http.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v1"
         assert Registry(cfg.storage.uri).model("digits-s3").serving_version() == "v1"
         rolled_back = rayline("rollback", "digits-s3", "--root", cfg.storage.uri, "--ray-address", address)
         assert "digits-s3/v2" in rolled_back, rolled_back
-        assert httpx.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v2"
+        assert http.get(f"{url}/v1/model", timeout=30).json()["model_version"] == "v2"
         assert Registry(cfg.storage.uri).model("digits-s3").serving_version() == "v2"
     finally:
         shutdown()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 
+from http_client import http
 from pipelines import PIXELS, digits_source, quiet, train_once
 from rayline.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, checkpoint_config, last_complete_checkpoint
 from rayline.config import ConfigError, PipelineConfig, ServeConfig, load_config
@@ -112,7 +112,7 @@ def test_every_strategys_checkpoint_is_served_over_http(trained, store):
         url = deploy(cfg.storage.root, ddp.version, serve_cfg)
         for name, report in reports.items():
             version = report.version
-            response = httpx.post(
+            response = http.post(
                 f"{url}/v1/models/{version.name}/{version.version}/predict", json={"rows": rows}, timeout=60
             )
             assert response.status_code == 200, (name, response.text)

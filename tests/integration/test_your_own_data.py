@@ -4,11 +4,11 @@ serving (null and absent keys) and batch prediction."""
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
+from http_client import http
 from rayline.config import ServeConfig, validate_config
 from rayline.pipeline import train_and_register
 from rayline.predict import predict_files
@@ -87,7 +87,7 @@ def served(trained):
 
 
 def predict(url: str, rows: list) -> list[float]:
-    response = httpx.post(f"{url}/predict", json={"rows": rows}, timeout=60)
+    response = http.post(f"{url}/predict", json={"rows": rows}, timeout=60)
     assert response.status_code == 200, response.text
     return [p["value"] for p in response.json()["predictions"]]
 
@@ -126,6 +126,6 @@ def test_unseen_categories_share_one_slot_and_a_missing_one_has_its_own(served):
 
 def test_infinity_and_text_stay_errors(served):
     for bad in ("abc", "Infinity"):
-        response = httpx.post(f"{served}/predict", json={"rows": [{"size": bad, "city": "city1"}]}, timeout=30)
+        response = http.post(f"{served}/predict", json={"rows": [{"size": bad, "city": "city1"}]}, timeout=30)
         assert response.status_code == 422, response.text
         assert "rows.0.size" in response.text

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from rayline.evaluation import validation_metric_names
 from rayline.storage import ObjectPath, cached_copy, is_remote, join, open_root
 from rayline.train.entry import train_loop_per_worker
 from rayline.train.process_group import ProcessGroupConfig
-from rayline.train.progress import ProgressCallback, drain, remaining
+from rayline.train.progress import EpochProgress
 from rayline.train.resources import cluster_state, start_timed_out
 from rayline.train.weights import class_weights_for
 
@@ -81,15 +80,10 @@ def fit(
     `wait_for_nodes`: the cluster cannot hold the workers yet (check_cluster_fits): they get
     train.start_timeout_s to be placed, then the run fails with a PlanError."""
     callbacks = list(extra_callbacks)
-    queue = printer = None
+    progress = None
     if on_epoch is not None:
-        from ray.util.queue import Queue
-
-        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
-        callbacks.append(ProgressCallback(queue))
-        stop = threading.Event()
-        printer = threading.Thread(target=drain, args=(queue, on_epoch, stop), daemon=True)
-        printer.start()
+        progress = EpochProgress(on_epoch, {"num_cpus": 0, "scheduling_strategy": on_this_node()})
+        callbacks.append(progress.callback())
     trainer = build_trainer(
         cfg,
         data,
@@ -99,18 +93,14 @@ def fit(
         class_weights=class_weights,
         controller_failure_limit=0 if wait_for_nodes else -1,
     )
+    ended_normally = False
     try:
         with start_timeout(cfg.train if wait_for_nodes else None):
             result = trainer.fit()
+        ended_normally = True
     finally:
-        if queue is not None:
-            # fit() returns after the controller's last put, so whatever the printer has not taken yet
-            # is still in the queue: hand it over here, in order, before the queue goes away.
-            stop.set()
-            printer.join()
-            for metrics in remaining(queue):
-                on_epoch(metrics)
-            queue.shutdown()
+        if progress is not None:
+            progress.finish(ended_normally)
     return outcome_of(result, cfg)
 
 
