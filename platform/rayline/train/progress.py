@@ -79,13 +79,25 @@ def connection_key() -> tuple[str, str]:
 
 
 def borrow_queue(actor_options: dict[str, Any]):
+    """A spare queue of this driver that is still alive and empty (its node may have died, or someone killed
+    it since), else a new one."""
     from ray.util.queue import Queue
 
-    with _spares_lock:
-        spares = _spares.get(connection_key(), [])
-        if spares:
-            return spares.pop()
-    return Queue(actor_options=actor_options)
+    while True:
+        with _spares_lock:
+            spares = _spares.get(connection_key(), [])
+            queue = spares.pop() if spares else None
+        if queue is None:
+            return Queue(actor_options=actor_options)
+        if alive_and_empty(queue):
+            return queue
+
+
+def alive_and_empty(queue) -> bool:
+    try:
+        return queue.qsize() == 0
+    except RayActorError:
+        return False
 
 
 def drain(queue, on_epoch: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
