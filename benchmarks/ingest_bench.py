@@ -24,8 +24,10 @@ the object store spilled, end to end, validation accuracy, and the 1-minute load
 
 Targets: rayline's rows/s >= 0.9x the hand-written job's at every size; rayline's preparation + epoch time grows
 no worse than linearly (largest / smallest <= 9/8 of the size ratio: 8x <= 9x); rayline's peak worker memory at
-the largest size <= 1.5x its value at the smallest; the largest size completes. One run per size, no rounds: on a
-shared 2-core machine the absolute figures move with the load recorded beside them.
+the largest size <= 1.5x its value at the smallest; the largest size completes. One run per size gives every
+figure; --rounds N runs N - 1 more pairs per size (fresh stores, order swapped) and takes the median of the N
+rows/s ratios, all listed: on a shared 2-core machine a 1-2 s epoch's rate moves by 5-10% from one run to the
+next.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -145,11 +148,30 @@ def rayline_extras(found: dict) -> dict:
 
 
 def run_size(args: argparse.Namespace, size: int, number: int, work: Path) -> dict:
+    """Both sides on one size: the first pair gives every figure; with --rounds N, N - 1 more pairs (each side in
+    a fresh store, the order swapped each time) give the rows/s ratio its median over N pairs."""
     rows = size * args.base_rows
     data_dir = Path(args.data_dir) / f"rows-{rows}-seed-{args.seed}"
     began = time.perf_counter()
     data = ingest_data.generate(data_dir, rows, args.seed)
     data["generate_s"] = round(time.perf_counter() - began, 2)
+    pairs = [run_pair(args, size, data_dir, number + r, work if r == 0 else work / f"round-{r + 1}")
+             for r in range(args.rounds)]  # fmt: skip
+    runs, order = pairs[0]
+    rounds = [
+        {
+            "order": list(pair_order),
+            **{f"{side}_samples_per_s": pair[side].get("samples_per_s") for side in ("rayline", "torchrun")},
+            "ratio": pair_ratio(pair),
+        }
+        for pair, pair_order in pairs
+    ]
+    ratios = [r["ratio"] for r in rounds]
+    ratio = None if None in ratios else round(statistics.median(ratios), 3)
+    return {"size": size, "data": data, "order": list(order), **runs, "rows_per_s_ratio": ratio, "rounds": rounds}
+
+
+def run_pair(args: argparse.Namespace, size: int, data_dir: Path, number: int, work: Path) -> tuple[dict, tuple]:
     work.mkdir(parents=True)
     pipeline = work / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump(pipeline_yaml(data_dir, work / "rayline-store", args.batch_size)))
@@ -162,11 +184,14 @@ def run_size(args: argparse.Namespace, size: int, number: int, work: Path) -> di
     runs = {}
     for side in order:
         runs[side] = run_side(side, commands[side], env, work / f"{side}.json", args.timeout)
-        print(f"[{size}x, {rows:,} rows] {side}: {brief(runs[side])}", flush=True)
+        print(f"[{size}x, {size * args.base_rows:,} rows] {side}: {brief(runs[side])}", flush=True)
+    return runs, order
+
+
+def pair_ratio(runs: dict) -> float | None:
     a, b = runs["rayline"], runs["torchrun"]
     both = a["completed"] and b["completed"] and b["samples_per_s"] > 0
-    ratio = round(a["samples_per_s"] / b["samples_per_s"], 3) if both else None
-    return {"size": size, "data": data, "order": list(order), **runs, "rows_per_s_ratio": ratio}
+    return round(a["samples_per_s"] / b["samples_per_s"], 3) if both else None
 
 
 def brief(run: dict) -> str:
@@ -271,6 +296,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--sizes", default="1,2,4,8", help="multiples of --base-rows, comma-separated, smallest first")
+    add("--rounds", type=int, default=1, help="pairs per size; the rows/s ratio is their median")
     add("--base-rows", type=int, default=262_144, help="rows of the 1x data set")
     add("--object-store-mb", type=int, default=256, help="object store of rayline's embedded cluster, MiB")
     add("--batch-size", type=int, default=256, help="rows per step per worker, both sides")
@@ -325,6 +351,7 @@ def main() -> None:
         "wall_s": round(time.time() - began, 1),
         "object_store_mb": args.object_store_mb,
         "base_rows": args.base_rows,
+        "rounds": args.rounds,
         "configuration": configuration(args),
         "targets": targets(runs, args.object_store_mb),
         "sizes": runs,
