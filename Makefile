@@ -32,7 +32,7 @@ bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 
 bench-ingest: $(STAMP)
-	$(BIN)/python benchmarks/ingest_bench.py
+	$(BIN)/python benchmarks/ingest_bench.py --rounds 3
 
 bench-federated: $(STAMP)
 	$(BIN)/python benchmarks/federated_bench.py
