@@ -374,7 +374,9 @@ def after_checkpoint(
             elif written and settled is not None and not settled():
                 with paused(workers):
                     time.sleep(0.05)
-            time.sleep(0.005)
+            # Finding the workers scans /proc, and they start seconds before their first checkpoint: only the
+            # checkpoint needs the short interval.
+            time.sleep(0.005 if workers else 0.1)
 
     thread = threading.Thread(target=watch, name="after-checkpoint", daemon=True)
     thread.start()
