@@ -338,6 +338,31 @@ def paused(pids: list[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
+class CheckpointEpochs:
+    """The epochs of a Train run's complete checkpoints, for watchers that look every few milliseconds: a folder
+    is hashed (verify_checkpoint) until it passes once, then only checked to be still there (pruning removes
+    folders; Ray Train never rewrites one under the same name)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.verified: dict[Path, int] = {}
+
+    def complete(self) -> set[int]:
+        from rayline.checkpoint import checkpoint_dirs, checkpoint_metrics, is_complete
+
+        found = set()
+        for directory in checkpoint_dirs(self.run_dir):
+            if directory not in self.verified:
+                if not is_complete(directory):
+                    continue
+                try:
+                    self.verified[directory] = int(checkpoint_metrics(directory)["epoch"])
+                except (OSError, ValueError, KeyError):  # pruned since it was hashed
+                    continue
+            found.add(self.verified[directory])
+        return found
+
+
 def after_checkpoint(
     run_dir: Path,
     epoch: int,
@@ -356,10 +381,7 @@ def after_checkpoint(
     run in short slices between pauses: the controller needs them to answer its polls (it cannot while they are
     paused), and a loaded machine can starve it for longer than an epoch takes.
     """
-    from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
-
-    def epochs() -> set[int]:
-        return {int(checkpoint_metrics(d)["epoch"]) for d in complete_checkpoints(run_dir)}
+    epochs = CheckpointEpochs(run_dir)
 
     def watch() -> None:
         workers: list[int] = []
@@ -367,7 +389,7 @@ def after_checkpoint(
         while time.monotonic() < deadline:
             if not workers:
                 workers = pids()
-            elif epoch in (written := epochs()):
+            elif epoch in (written := epochs.complete()):
                 with paused(workers):
                     fault()
                 return

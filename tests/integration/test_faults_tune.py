@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from faults import crash_process_group, kill_processes_with_env, wait_until
+from faults import CheckpointEpochs, crash_process_group, kill_processes_with_env, wait_until
 from pipelines import digits_pipeline, write_pipeline
 from rayline.checkpoint import checkpoint_metrics, complete_checkpoints
 from rayline.config import load_config
@@ -84,16 +84,12 @@ def trial_results(experiment: Path) -> list[list[dict]]:
     return trials
 
 
-def trial_epochs(runs: Path) -> list[int]:
-    """Epochs each trial has checkpointed so far, from its Train run (Tune's own files reach storage late)."""
-    found = []
-    for run in runs.glob("search-*"):
-        epochs = [0]
-        for checkpoint in complete_checkpoints(run):
-            with contextlib.suppress(FileNotFoundError):  # pruned by the running trial since it was listed
-                epochs.append(int(checkpoint_metrics(checkpoint)["epoch"]) + 1)
-        found.append(max(epochs))
-    return found
+def trial_epochs(runs: Path, watched: dict[Path, CheckpointEpochs]) -> list[int]:
+    """Epochs each trial has checkpointed so far, from its Train run (Tune's own files reach storage late).
+    `watched` keeps each run's verified checkpoints between calls: a test polls this every 20 ms."""
+    return [
+        max(watched.setdefault(run, CheckpointEpochs(run)).complete(), default=-1) + 1 for run in runs.glob("search-*")
+    ]
 
 
 def table_rows(experiment: Path) -> list[str]:
@@ -133,6 +129,7 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
     env["RAY_TMPDIR"] = str(ray_tmp)
     command = [sys.executable, "-m", "rayline.cli", "tune", str(pipeline)]
     experiment, runs = tmp_path / "store" / "tune" / "search", tmp_path / "store" / "runs"
+    watched: dict[Path, CheckpointEpochs] = {}
     registry = Registry(tmp_path / "store")
 
     def start(log_name: str, *flags: str) -> subprocess.Popen:
@@ -149,14 +146,14 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
 
         def a_trial_finished() -> bool:
             running(first, "first.log")
-            return 3 in trial_epochs(runs)
+            return 3 in trial_epochs(runs, watched)
 
         wait_until(a_trial_finished, 600, "a finished trial")
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
         printed = (tmp_path / "first.log").read_text()
         assert first.returncode == 130 and "--resume" in printed, printed[-3000:]
-        at_interrupt = trial_epochs(runs)
+        at_interrupt = trial_epochs(runs, watched)
         assert sum(at_interrupt) < 6, "the search was stopped before its end"
         assert not registry.versions(), "an interrupted search registers nothing"
 
@@ -164,11 +161,11 @@ def test_a_search_stopped_then_crashed_resumes_to_every_trial_and_one_best_model
 
         def progress_then_one_in_flight() -> bool:
             running(second, "second.log")
-            epochs = trial_epochs(runs)
+            epochs = trial_epochs(runs, watched)
             return sum(epochs) > sum(at_interrupt) and any(0 < e < 3 for e in epochs)
 
         wait_until(progress_then_one_in_flight, 600, "progress after the resume and a trial in flight", 0.02)
-        at_crash = trial_epochs(runs)
+        at_crash = trial_epochs(runs, watched)
         crashed = crash_process_group(second)
         print(f"stopped at epochs {sorted(at_interrupt)}; crashed with {len(crashed)} processes at {sorted(at_crash)}")
         assert len(crashed) > 5, "the driver and its embedded cluster went down together"
