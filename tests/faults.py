@@ -608,16 +608,6 @@ def replica_states(app: str, deployment: str = "ModelServer") -> dict[str, int]:
     return {str(state): n for state, n in status.deployments[deployment].replica_states.items() if n}
 
 
-def wait_until_serving(app: str, url: str, timeout_s: float = 180) -> None:
-    """Until Serve reports `app` RUNNING and `url`/healthz answers (the proxy learns routes a moment later);
-    fails at once with Serve's message if the deploy failed."""
-    from rayline.serve.control import wait_until_reachable, wait_until_running
-
-    deadline = time.monotonic() + timeout_s
-    wait_until_running(app, timeout_s)
-    wait_until_reachable(url, max(deadline - time.monotonic(), 1.0))
-
-
 # ---------------------------------------------------------------- a model to serve
 
 

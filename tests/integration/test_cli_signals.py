@@ -128,6 +128,7 @@ def test_a_stop_signal_ends_rayline_serve_cleanly_and_leaves_no_ray_process(stop
     result = stopped[ingress, stop]
     commands = result.started.values()
     assert any("raylet" in c for c in commands) and any("gcs_server" in c for c in commands)
+    assert not any("log_monitor.py" in c for c in commands), "no log monitor without --verbose: nothing prints it"
     if ingress == "haproxy":
         assert any("haproxy -" in c for c in commands), "HAProxy runs in front of the replicas"
     assert result.code == 0, f"exit status {result.code}\n{result.printed}"

@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from faults import wait_until_serving
 from http_client import http
 from rayline.config import ServeConfig
+from rayline.serve.control import wait_until_serving
 from serve_models import CLASSES, COLORS, FEATURES, flood, make_registry, row
 
 PORT = 8126
@@ -56,7 +56,7 @@ def endpoints(ray_cluster, tmp_path_factory):
         urls[task] = deploy(root, serve_cfg=cfg, wait=False)
     urls["tiny"] = deploy(make_registry(tmp_path_factory.mktemp("tiny")), serve_cfg=TINY, wait=False)
     for app in ("classification", "regression", "tiny"):  # their replicas start side by side
-        wait_until_serving(app, urls[app])
+        wait_until_serving(app, urls[app], 180)
     yield urls
     shutdown()
 

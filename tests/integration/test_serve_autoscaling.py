@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from faults import BackgroundLoad, register_tiny_model, replica_states, wait_until, wait_until_serving
+from faults import BackgroundLoad, register_tiny_model, replica_states, wait_until
 from rayline.config import ServeConfig
+from rayline.serve.control import wait_until_serving
 
 PORT = 8133
 APP = "autoscale"
@@ -51,7 +52,7 @@ def autoscaled(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-autoscaling")
     register_tiny_model(root)
     url = deploy(str(root), serve_cfg=SERVE, wait=False)
-    wait_until_serving(APP, url)
+    wait_until_serving(APP, url, 180)
     yield url
     shutdown()
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 
 from export_models import register_trained, source_frame
-from faults import wait_until_serving
 from http_client import http
 from pipelines import PIXELS, digits_pipeline
 from rayline.config import ServeConfig
 from rayline.registry import Registry
 from rayline.runtime import free_port
+from rayline.serve.control import wait_until_serving
 
 PORT = free_port()
 NAME = "digits-onnx"
@@ -34,7 +34,7 @@ def digits(ray_cluster, tmp_path_factory):
         )
         urls[runtime] = deploy(str(root), serve_cfg=cfg, wait=False)
     for runtime, url in urls.items():
-        wait_until_serving(runtime, url)
+        wait_until_serving(runtime, url, 180)
     rows = source_frame(pipeline["data"]["source"])[PIXELS].head(60).to_dict(orient="records")
     yield {"urls": urls, "root": str(root), "rows": rows}
     shutdown()

@@ -1,7 +1,8 @@
 """`tracking:` on the session cluster: TensorBoard event files per run under the storage root (read back with
 TensorBoard's reader), and a tracking server that is down never stops a run. MLflow itself is checked against a
 real server in test_storage_s3.py (a run resumed from a bucket), test_faults_train.py (a worker killed) and
-test_faults_tune.py (a search stopped, crashed and resumed)."""
+test_faults_tune.py (a search stopped, crashed and resumed). And workers' output is still written to the session's
+log files on a cluster whose log monitor rayline stopped (as it does without --verbose)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,25 @@ def test_a_tracking_server_that_is_down_never_stops_a_run(tracked):
     record = Registry(cfg.storage.root).record(report.version)
     assert record["tracking"] == {}, "no run id: the server never answered"
     assert [int(h["epoch"]) for h in record["history"]] == [0, 1], "and the run trained and registered in full"
+
+
+def test_worker_output_is_still_written_to_the_session_logs_without_the_log_monitor(ray_cluster):
+    import os
+    import time
+
+    import ray
+    from ray._private import worker
+
+    node = worker._global_node
+    monitors = node.all_processes.get("log_monitor", [])
+    assert monitors and all(m.process.poll() is not None for m in monitors), "the session's log monitor is stopped"
+
+    @ray.remote(num_cpus=0)
+    def say(marker: str) -> int:
+        print(marker, flush=True)
+        return os.getpid()
+
+    marker = f"worker output {time.time_ns()}"
+    pid = ray.get(say.remote(marker))
+    logs = list(Path(node.get_logs_dir_path()).glob(f"worker-*-{pid}.out"))
+    assert len(logs) == 1 and marker in logs[0].read_text(), logs

@@ -62,7 +62,7 @@ def deploy(
     port and ingress only apply when this starts Serve; a Serve instance already running keeps its
     own. The checkpoint and the ingress (an HAProxy binary for `haproxy`) are checked here first, so
     either fails before anything starts.
-    With wait=False this returns once Serve has the app; `wait_until_running` waits for it.
+    With wait=False this returns once Serve has the app; `wait_until_serving` waits for it.
     """
     root = absolute(storage_root)
     model, directory = checked_version(root, model)
@@ -81,8 +81,7 @@ def deploy(
     apply_apps({cfg.app_name: app_config(root, model, cfg, env_token_digest())})
     url = endpoint_url(cfg)
     if wait:
-        wait_until_running(cfg.app_name, timeout_s)
-        wait_until_reachable(url, timeout_s)
+        wait_until_serving(cfg.app_name, url, timeout_s)
     return url
 
 
@@ -264,6 +263,14 @@ def apply_apps(apps: dict[str, dict[str, Any]]) -> None:
     configs = {name: app["deployed_app_config"] for name, app in details.items() if app.get("deployed_app_config")}
     configs.update(apps)
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": list(configs.values())}))
+
+
+def wait_until_serving(app_name: str, url: str, timeout_s: float) -> None:
+    """Until Serve reports the app RUNNING and it answers at `url`, both within one `timeout_s`; ServeDeployError
+    with Serve's message at once if the deploy fails."""
+    deadline = time.monotonic() + timeout_s
+    wait_until_running(app_name, timeout_s)
+    wait_until_reachable(url, max(deadline - time.monotonic(), 1.0))
 
 
 def wait_until_running(app_name: str, timeout_s: float) -> Any:

@@ -59,16 +59,20 @@ class EpochProgress:
         leftovers = remaining(self.queue)
         for metrics in leftovers or []:
             self.on_epoch(metrics)
-        if run_ended_normally and leftovers is not None:
-            with _spares_lock:
-                _spares.setdefault(connection_key(), []).append(self.queue)
-        else:
+        if not (run_ended_normally and leftovers is not None and keep_spare(self.queue)):
             self.queue.shutdown()
 
 
-_spares: dict[tuple[str, str], list] = {}
-"""Empty progress queues of runs that ended, by the cluster connection they belong to."""
+_spares: dict[tuple[str, str], Any] = {}
+"""The empty progress queue a run that ended left, by the cluster connection it belongs to: one at most, so runs
+that ran at the same time do not leave idle actors behind."""
 _spares_lock = threading.Lock()
+
+
+def keep_spare(queue) -> bool:
+    """Keep `queue` for the next run unless a spare is kept already; whether it was kept."""
+    with _spares_lock:
+        return _spares.setdefault(connection_key(), queue) is queue
 
 
 def connection_key() -> tuple[str, str]:
@@ -83,21 +87,16 @@ def borrow_queue(actor_options: dict[str, Any]):
     it since), else a new one."""
     from ray.util.queue import Queue
 
-    while True:
-        with _spares_lock:
-            spares = _spares.get(connection_key(), [])
-            queue = spares.pop() if spares else None
-        if queue is None:
-            return Queue(actor_options=actor_options)
-        if alive_and_empty(queue):
-            return queue
-
-
-def alive_and_empty(queue) -> bool:
-    try:
-        return queue.qsize() == 0
-    except RayActorError:
-        return False
+    with _spares_lock:
+        spare = _spares.pop(connection_key(), None)
+    if spare is not None:
+        try:
+            if spare.qsize() == 0:
+                return spare
+            spare.shutdown()  # alive but not empty: never handed to a run that would read another's epochs
+        except RayActorError:
+            pass
+    return Queue(actor_options=actor_options)
 
 
 def drain(queue, on_epoch: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
