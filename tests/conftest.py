@@ -1,4 +1,4 @@
-"""One Ray cluster per test session (dashboard on: Train's placement-group cleaner needs it)."""
+"""One Ray cluster per test session (dashboard on: the fault tests find actors through its State API)."""
 
 from __future__ import annotations
 

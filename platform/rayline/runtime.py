@@ -31,9 +31,8 @@ def quiet_environment(verbose: bool) -> None:
 def connect(*, verbose: bool = False, address: str | None = None) -> str:
     """Join the cluster named by `address`/RAY_ADDRESS, else start an embedded one with the dashboard on.
 
-    The dashboard is not optional: Ray Train frees a stopped run's placement group through the
-    State API it serves, and without it stopped Tune trials keep their CPUs forever.
-    Returns the dashboard URL.
+    The embedded cluster's dashboard is where users watch runs, trials and replicas (the placement groups of
+    stopped runs no longer depend on it: rayline.train.placement_groups). Returns the dashboard URL.
     """
     import ray
 
@@ -133,11 +132,11 @@ def wait_for_resources(timeout_s: float = 15.0) -> None:
 def point_state_api_at_own_dashboard(preferred: int = 8265) -> int:
     """Choose the embedded cluster's dashboard port and tell every Ray process started from here about it.
 
-    Ray Train's PlacementGroupCleaner finds the State API by RAY_API_SERVER_ADDRESS, else RAY_ADDRESS,
-    else by looking for Ray on this machine. With a second Ray instance on the machine (another
-    user's session, a test cluster) that look-up fails, the cleaner never frees a stopped trial's
-    workers, and the next trial waits for CPUs that never come. Raylet-started workers inherit this
-    process's environment, so setting it before ray.init fixes the look-up for all of them.
+    Ray's State API (ray.util.state, `ray list`, used by Ray Train's own placement-group cleaner where it runs)
+    finds the dashboard by RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else by looking for Ray on this machine.
+    With a second Ray instance on the machine (another user's session, a test cluster) that look-up fails.
+    Raylet-started workers inherit this process's environment, so setting it before ray.init fixes the look-up
+    for all of them.
     """
     port = preferred if port_is_free(preferred) else free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"

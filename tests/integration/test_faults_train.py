@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from faults import KillOnEpoch, freeze_writer, kill_train_worker, live_actors, sigkill, train_worker_pids, wait_until
+from faults import (
+    KillOnEpoch,
+    freeze_writer,
+    kill_actor,
+    kill_train_worker,
+    live_actors,
+    sigkill,
+    train_worker_pids,
+    wait_until,
+)
 from pipelines import digits_config, digits_source, quiet
 from rayline.checkpoint import MODEL_FILE, load_checkpoint, verify_checkpoint
 from rayline.config import MlflowConfig, PipelineConfig, TrackingConfig
@@ -220,3 +229,37 @@ def test_a_checkpoint_cut_short_on_disk_stops_a_resume_with_a_clear_error(write_
     with pytest.raises(Exception, match="contents do not match the checkpoint manifest") as err:
         train_and_register(more, log=quiet)
     assert str(latest / MODEL_FILE) in str(err.value)
+
+
+# ---------------------------------------------------------------- 3. the Train controller killed
+
+
+def reserved_placement_groups() -> set[str]:
+    import ray
+
+    return {pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"}
+
+
+def test_a_killed_train_controller_gives_its_workers_cpus_back(ray_cluster, digits, tmp_path):
+    """What an ASHA-stopped trial or a killed driver does to a run: its controller dies without removing the
+    workers' placement group. The cluster's janitor (rayline.train.placement_groups) removes it, and the
+    CPUs return, instead of staying reserved until the cluster stops."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    from rayline.train.placement_groups import JANITOR_NAME, NAMESPACE
+
+    held: set[str] = set()
+
+    def kill_the_controller(metrics: dict) -> None:
+        if not held:
+            held.update(reserved_placement_groups())
+            kill_actor("TrainController")
+
+    with pytest.raises(RayActorError):
+        train_and_register(pipeline(digits, tmp_path, "orphaned", hidden=[64]), on_epoch=kill_the_controller, log=quiet)
+    assert held, "the run held a placement group while it trained"
+    wait_until(lambda: not held & reserved_placement_groups(), 30, "the dead controller's placement group removed")
+    wait_until(lambda: ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"], 30, "every CPU free")
+    janitor = ray.get_actor(JANITOR_NAME, namespace=NAMESPACE)
+    assert ray.get(janitor.watched.remote()) == [], "runs that ended, either way, are no longer watched"

@@ -61,11 +61,12 @@ def test_progress_is_dropped_not_fatal_once_its_queue_is_gone():
     assert remaining(queue) is None, "nothing to hand over, and the lost queue is not kept for the next run"
 
 
-def test_the_trainer_starts_no_dataset_manager_but_keeps_ray_trains_other_callbacks(tmp_path):
+def test_the_trainer_starts_no_dataset_manager_nor_cleaner_per_run_but_keeps_ray_trains_other_callbacks(tmp_path):
     from ray.train.v2._internal.callbacks import BackendSetupCallback, DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     from rayline.train.driver import Trainer
+    from rayline.train.placement_groups import PlacementGroupJanitorCallback
 
     def loop(_config):
         pass
@@ -73,7 +74,8 @@ def test_the_trainer_starts_no_dataset_manager_but_keeps_ray_trains_other_callba
     trainer = Trainer(loop, run_config=ray.train.RunConfig(name="x", storage_path=str(tmp_path)))
     kinds = {type(c) for c in trainer._create_default_callbacks()}
     assert DatasetsCallback not in kinds
-    assert {BackendSetupCallback, PlacementGroupCleanerCallback} <= kinds
+    assert PlacementGroupCleanerCallback not in kinds, "the cluster's janitor frees a dead controller's group"
+    assert {BackendSetupCallback, PlacementGroupJanitorCallback} <= kinds
 
 
 def test_what_the_train_controller_unpickles_loads_no_torch():
@@ -83,9 +85,10 @@ def test_what_the_train_controller_unpickles_loads_no_torch():
     import subprocess
     import sys
 
+    from rayline.train.placement_groups import PlacementGroupJanitorCallback
     from rayline.train.progress import ProgressCallback
 
-    payload = pickle.dumps([torch_config(TrainConfig()), ProgressCallback(None)])
+    payload = pickle.dumps([torch_config(TrainConfig()), ProgressCallback(None), PlacementGroupJanitorCallback()])
     check = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", check], input=payload, capture_output=True, check=True)
     assert loaded.stdout.strip() == b"False"

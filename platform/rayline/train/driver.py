@@ -17,6 +17,7 @@ import ray
 import ray.train
 from ray.train import ControllerError
 from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.train.v2.api.callback import UserCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -29,6 +30,7 @@ from rayline.data.preprocess import Preprocessor
 from rayline.evaluation import validation_metric_names
 from rayline.storage import ObjectPath, cached_copy, is_remote, join, open_root
 from rayline.train.entry import train_loop_per_worker
+from rayline.train.placement_groups import PlacementGroupJanitorCallback
 from rayline.train.process_group import ProcessGroupConfig
 from rayline.train.progress import EpochProgress
 from rayline.train.resources import cluster_state, start_timed_out
@@ -196,12 +198,15 @@ def build_trainer(
 
 class Trainer(DataParallelTrainer):
     """Ray Train's data-parallel trainer with rayline's process group (TorchTrainer adds only its own backend
-    config, and a torch import), and no dataset manager: the workers read the prepared splits' files named in the
-    loop config, and Ray Train 2.60 starts that actor for every run even with no datasets given.
+    config, and a torch import); no dataset manager: the workers read the prepared splits' files named in the
+    loop config, and Ray Train 2.60 starts that actor for every run even with no datasets given; and the
+    cluster's placement-group janitor instead of a cleaner actor per run (rayline.train.placement_groups).
     (A private hook, so ray is pinned to one version; a unit test fails if the hook changes.)"""
 
     def _create_default_callbacks(self) -> list:
-        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
+        replaced = (DatasetsCallback, PlacementGroupCleanerCallback)
+        kept = [c for c in super()._create_default_callbacks() if not isinstance(c, replaced)]
+        return [PlacementGroupJanitorCallback(), *kept]
 
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
