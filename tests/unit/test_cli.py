@@ -296,3 +296,23 @@ def test_rayline_serve_names_the_grpc_endpoint_the_version_was_trained_with(tmp_
     assert grpc_endpoint(trained_serve_config(str(tmp_path / "a"), with_grpc)) == "grpc://127.0.0.1:9123"
     assert grpc_endpoint(trained_serve_config(str(tmp_path / "a"), None)) == "grpc://127.0.0.1:9123"
     assert grpc_endpoint(trained_serve_config(str(tmp_path / "b"), None)) is None
+
+
+def test_the_modules_imported_while_the_cluster_starts_exist_and_a_failed_import_is_left_to_its_user(
+    tmp_path, monkeypatch
+):
+    """A misspelt name would only make start-up slower, silently; a module that fails to import must not stop
+    the command here (it is imported again where it is used, and fails there with its own error)."""
+    import importlib.util
+    import sys
+
+    from rayline.cli import MODULES_AFTER_START, import_in_background
+
+    for command, modules in MODULES_AFTER_START.items():
+        for name in modules:
+            assert importlib.util.find_spec(name) is not None, (command, name)
+    (tmp_path / "warmed_up.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thread = import_in_background(("rayline.no_such_module", "warmed_up"))
+    thread.join(timeout=30)
+    assert not thread.is_alive() and sys.modules["warmed_up"].LOADED, "the names after a failed one are imported"
