@@ -1,6 +1,7 @@
 """The placement-group janitor (rayline.train.placement_groups) on the session cluster, apart from any run: it
 removes the group of a controller the GCS does not report alive, leaves a live one's alone, and leaves by itself
-once it has watched nothing for its idle time. A real run whose controller is killed: test_faults_train.py."""
+once it has watched nothing for its idle time, all without the State API. A real run whose controller is killed:
+test_faults_train.py."""
 
 from __future__ import annotations
 
@@ -29,7 +30,13 @@ def test_the_janitor_frees_only_a_dead_controllers_group_and_then_leaves(ray_clu
         def actor_id(self) -> str:
             return ray.get_runtime_context().get_actor_id()
 
-    janitor = ray.remote(PlacementGroupJanitor).options(num_cpus=0, max_concurrency=4).remote(0.2, 3.0)
+    # The State API's address points at a closed port: the janitor must not need it (nor the dashboard).
+    no_state_api = {"env_vars": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}}
+    janitor = (
+        ray.remote(PlacementGroupJanitor)
+        .options(num_cpus=0, max_concurrency=4, runtime_env=no_state_api)
+        .remote(0.2, 3.0)
+    )
     alive, doomed = Controller.remote(), Controller.remote()
     kept, orphaned = placement_group([{"CPU": 0.01}]), placement_group([{"CPU": 0.01}])
     ray.get([kept.ready(), orphaned.ready()])

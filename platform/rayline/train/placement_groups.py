@@ -19,7 +19,7 @@ import time
 
 import ray
 from ray._common.constants import HEAD_NODE_RESOURCE_NAME
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
@@ -30,6 +30,7 @@ NAMESPACE = "rayline"
 CHECK_INTERVAL_S = 1.0
 IDLE_EXIT_S = 300.0
 REGISTER_ATTEMPTS = 20
+REGISTER_TIMEOUT_S = 30.0
 
 
 class PlacementGroupJanitor:
@@ -137,12 +138,19 @@ class PlacementGroupJanitorCallback(ControllerCallback, WorkerGroupCallback):
         placement_group = worker_group.get_worker_group_state().placement_group_handle.placement_group
         for _ in range(REGISTER_ATTEMPTS):
             try:
-                if ray.get(janitor().watch.remote(self._controller_id, placement_group)):
+                watching = janitor().watch.remote(self._controller_id, placement_group)
+                if ray.get(watching, timeout=REGISTER_TIMEOUT_S):
                     return
             except RayActorError:
                 pass  # the janitor left between the lookup and the call: the next lookup starts another
+            except GetTimeoutError:
+                break  # a janitor the cluster cannot place must not hold up the run's start
             time.sleep(0.1)
-        logger.warning("no placement-group janitor took placement group %s", placement_group.id)
+        logger.warning(
+            "no placement-group janitor took placement group %s: if this run's controller dies, its workers' "
+            "CPUs stay reserved until the cluster stops",
+            placement_group.id,
+        )
 
     async def before_controller_shutdown(self):
         self._forget()
