@@ -75,21 +75,27 @@ class WorkerRss(threading.Thread):
 
 def start_cluster(object_store_mb: int) -> None:
     from rayline.cli import stop_on_sigterm
-    from rayline.runtime import connect, point_state_api_at_own_dashboard, quiet_environment
+    from rayline.runtime import (
+        agent_port_chosen_by_the_os,
+        connect,
+        point_state_api_at_own_dashboard,
+        quiet_environment,
+    )
 
     quiet_environment(verbose=False)
     port = point_state_api_at_own_dashboard()
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-    ray.init(
-        address="local",
-        object_store_memory=object_store_mb * 2**20,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    with agent_port_chosen_by_the_os():  # as rayline's own embedded cluster
+        ray.init(
+            address="local",
+            object_store_memory=object_store_mb * 2**20,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
     connect()  # joins the cluster just started: waits for its CPUs, quiets Ray Data
     stop_on_sigterm()  # a launcher's timeout (SIGTERM) still shuts the cluster down
 

@@ -45,18 +45,24 @@ def pytest_itemcollected(item):
 def ray_cluster():
     import ray
 
-    from rayline.runtime import point_state_api_at_own_dashboard, stop_autoscaler_monitor, stop_log_monitor
-
-    ctx = ray.init(
-        address="local",
-        num_cpus=4,
-        num_gpus=0,  # the CPU-only scenarios (a use_gpu run refused) hold on a GPU machine too
-        include_dashboard=True,
-        dashboard_port=point_state_api_at_own_dashboard(preferred=8266),
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        object_store_memory=512 * 2**20,
+    from rayline.runtime import (
+        agent_port_chosen_by_the_os,
+        point_state_api_at_own_dashboard,
+        stop_autoscaler_monitor,
+        stop_log_monitor,
     )
+
+    with agent_port_chosen_by_the_os():  # as rayline's embedded clusters: Ray's fixed default would clash
+        ctx = ray.init(
+            address="local",
+            num_cpus=4,
+            num_gpus=0,  # the CPU-only scenarios (a use_gpu run refused) hold on a GPU machine too
+            include_dashboard=True,
+            dashboard_port=point_state_api_at_own_dashboard(preferred=8266),
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            object_store_memory=512 * 2**20,
+        )
     stop_log_monitor()  # as rayline's commands do without --verbose: nothing here prints the workers' output
     yield ctx
     stop_autoscaler_monitor()  # as rayline's commands do: a second off the session's end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import logging
 import os
 import random
@@ -49,7 +50,7 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             # (Setting RAY_AUTH_MODE now would be too late: Ray reads it when it is imported.)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         try:
-            with nullcontext() if address else one_start_at_a_time():
+            with nullcontext() if address else one_start_at_a_time(), agent_port_chosen_by_the_os():
                 if not address:
                     embedded["dashboard_port"] = point_state_api_at_own_dashboard()
                     # Distributed trials start many small-CPU actors at once; the raylet's default cap (one
@@ -88,6 +89,23 @@ def one_start_at_a_time() -> Iterator[None]:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+@contextmanager
+def agent_port_chosen_by_the_os() -> Iterator[None]:
+    """ray.init starts the node's dashboard agent on port 52365 and has no parameter to change it. With another
+    Ray node on the machine already holding that port (a second `rayline` command, a test session's cluster), the
+    agent retried the port for about 3.5 s, holding up ray.init, and then ran without its HTTP service: job
+    submission and per-node logs on that cluster failed. Port 0 lets the OS choose; the agent publishes the port
+    it got, which is where Ray's dashboard and job manager look it up."""
+    import ray._private.parameter as parameter
+
+    ray_params = parameter.RayParams
+    parameter.RayParams = functools.partial(ray_params, dashboard_agent_listen_port=0)
+    try:
+        yield
+    finally:
+        parameter.RayParams = ray_params
 
 
 def alive_nodes() -> list[dict[str, float]]:

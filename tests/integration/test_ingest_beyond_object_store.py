@@ -26,10 +26,11 @@ import ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 from rayline.config import load_config
 from rayline.pipeline import train_and_register
-from rayline.runtime import connect
+from rayline.runtime import agent_port_chosen_by_the_os, connect
 
-ray.init(address="local", object_store_memory=int(sys.argv[2]), include_dashboard=True, dashboard_host="127.0.0.1",
-         log_to_driver=False)
+with agent_port_chosen_by_the_os():
+    ray.init(address="local", object_store_memory=int(sys.argv[2]), include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=False)
 connect()
 lines = []
 report = train_and_register(load_config(sys.argv[1]), log=lines.append)
