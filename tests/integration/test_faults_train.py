@@ -247,7 +247,7 @@ def test_a_killed_train_controller_gives_its_workers_cpus_back(ray_cluster, digi
     import ray
     from ray.exceptions import RayActorError
 
-    from rayline.train.placement_groups import JANITOR_NAME, NAMESPACE
+    from rayline.train.janitor import JANITOR_NAME, NAMESPACE
 
     held: set[str] = set()
 

@@ -1,4 +1,4 @@
-"""The placement-group janitor (rayline.train.placement_groups) on the session cluster, apart from any run: it
+"""The placement-group janitor (rayline.train.janitor) on the session cluster, apart from any run: it
 removes the group of a controller the GCS does not report alive, leaves a live one's alone, and leaves by itself
 once it has watched nothing for its idle time, all without the State API. A real run whose controller is killed:
 test_faults_train.py."""
@@ -23,7 +23,7 @@ def test_the_janitor_frees_only_a_dead_controllers_group_and_then_leaves(ray_clu
     from ray.exceptions import RayActorError
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from rayline.train.placement_groups import PlacementGroupJanitor
+    from rayline.train.janitor import PlacementGroupJanitor
 
     @ray.remote(num_cpus=0)
     class Controller:

@@ -94,6 +94,22 @@ def test_what_the_train_controller_unpickles_loads_no_torch():
     assert loaded.stdout.strip() == b"False"
 
 
+def test_the_janitors_process_loads_no_ray_train():
+    """A cluster's first run registers its worker group with the janitor before its first step, so the janitor's
+    process starting (unpickling its class) is on that path; Ray Train's imports would add over a second to it."""
+    import pickle
+    import subprocess
+    import sys
+
+    from rayline.train.janitor import PlacementGroupJanitor
+
+    check = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('ray.train' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", check], input=pickle.dumps(PlacementGroupJanitor), capture_output=True, check=True
+    )
+    assert loaded.stdout.strip() == b"False"
+
+
 def test_a_runs_and_a_trials_driver_import_no_torch():
     """The driver of every run and of every Tune trial builds its trainer from these modules and only waits on it;
     torch (imported on the workers, through rayline.train.entry) would cost each about a CPU-second."""
