@@ -50,7 +50,7 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
             # (Setting RAY_AUTH_MODE now would be too late: Ray reads it when it is imported.)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         try:
-            with nullcontext() if address else one_start_at_a_time(), agent_port_chosen_by_the_os():
+            with nullcontext() if address else starting_an_embedded_cluster():
                 if not address:
                     embedded["dashboard_port"] = point_state_api_at_own_dashboard()
                     # Distributed trials start many small-CPU actors at once; the raylet's default cap (one
@@ -73,6 +73,12 @@ def connect(*, verbose: bool = False, address: str | None = None) -> str:
     wait_for_resources()
     quiet_data(verbose)
     return dashboard_url()
+
+
+@contextmanager
+def starting_an_embedded_cluster() -> Iterator[None]:
+    with one_start_at_a_time(), agent_port_chosen_by_the_os():
+        yield
 
 
 @contextmanager

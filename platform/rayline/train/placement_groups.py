@@ -38,8 +38,11 @@ class PlacementGroupJanitorCallback(ControllerCallback, WorkerGroupCallback):
     def after_controller_start(self, train_run_context) -> None:
         self._controller_id = ray.get_runtime_context().get_actor_id()
         # Started now (if none runs), its process starts beside the workers' instead of after them: the worker
-        # group registers with it before the run's first step.
-        janitor()
+        # group registers with it before the run's first step. Only a head start: registering tries again.
+        try:
+            janitor()
+        except Exception as err:
+            logger.debug("placement-group janitor not started early: %s", err)
 
     def after_worker_group_start(self, worker_group) -> None:
         placement_group = worker_group.get_worker_group_state().placement_group_handle.placement_group
