@@ -242,7 +242,7 @@ def reserved_placement_groups() -> set[str]:
 
 def test_a_killed_train_controller_gives_its_workers_cpus_back(ray_cluster, digits, tmp_path):
     """What an ASHA-stopped trial or a killed driver does to a run: its controller dies without removing the
-    workers' placement group. The cluster's janitor (rayline.train.placement_groups) removes it, and the
+    workers' placement group. The cluster's janitor (rayline.train.janitor) removes it, and the
     CPUs return, instead of staying reserved until the cluster stops."""
     import ray
     from ray.exceptions import RayActorError

@@ -76,7 +76,8 @@ class PlacementGroupJanitor:
 
 
 def controller_state(actor_id: str) -> str:
-    """The actor's state as the GCS holds it ("ALIVE", "RESTARTING", "DEAD", ...); DEAD when it is unknown."""
+    """The actor's state as the GCS holds it ("ALIVE", "RESTARTING", "DEAD", ...): DEAD when the GCS does not know
+    the actor, UNKNOWN when the GCS could not be asked (the janitor then leaves its group alone until next time)."""
     from ray._private.state import actors
 
     try:

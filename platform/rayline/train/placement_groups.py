@@ -7,8 +7,9 @@ started with every run and every Tune trial (about 1.4 CPU-seconds on this machi
 before its first step, and which asks the dashboard's State API every second whether its controller lives.
 
 The janitor does the same for every run on the cluster from one long-lived actor, and reads the controllers'
-states from the GCS directly, so a run neither waits for it nor depends on the dashboard. It leaves by itself
-after IDLE_EXIT_S without a run to watch, and the next run starts it again (rayline.train.janitor).
+states from the GCS directly, so no run depends on the dashboard, and only a cluster's first run waits for its
+process to start (begun with that run's controller). It leaves by itself after IDLE_EXIT_S without a run to
+watch, and the next run starts it again (rayline.train.janitor).
 """
 
 from __future__ import annotations
