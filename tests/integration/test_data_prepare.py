@@ -6,8 +6,9 @@ import pytest
 
 from pipelines import PIXELS, digits_source
 from rayline.config import DataConfig, MissingConfig, SplitConfig
-from rayline.data import DataError, PreparedData, SplitFiles, fingerprint_source, prepare_datasets, read_source
+from rayline.data import DataError, PreparedData, SplitFiles, blocks, fingerprint_source, prepare_datasets, read_source
 from rayline.data.prepare import leave_out
+from rayline.data.read import SOURCE_PATH_COLUMN
 from rayline.data.split import TEST, TRAIN, VALIDATION, split_codes
 
 
@@ -246,14 +247,25 @@ def test_missing_with_rule_error_is_named_by_file_and_line(ray_cluster, tmp_path
     assert not list(tmp_path.glob("prepared/*/parts-*")), "the failed write pass left no files behind"
 
 
-def test_a_malformed_file_after_the_first_fails_with_its_name(ray_cluster, tmp_path, houses):
+@pytest.mark.parametrize("where", ["in process", "on the cluster"])
+def test_a_malformed_file_after_the_first_fails_with_its_name(ray_cluster, tmp_path, houses, where, monkeypatch):
+    """Read in the driver (a small source) the message also says what is wrong; Ray Data's CSV reader says only
+    that the file could not be read."""
+    if where == "on the cluster":
+        monkeypatch.setattr(blocks, "IN_PROCESS_MAX_BYTES", 0)
     _, df = houses
     source = tmp_path / "source"
     source.mkdir()
     df.to_csv(source / "a.csv", index=False)
     (source / "b.csv").write_text("id,size,zone,price,kind\n1,2.0,north,3.0,flat,extra\n")
-    with pytest.raises(DataError, match=f"{source}: could not read it: Failed to read CSV file: {source / 'b.csv'}"):
+    reason = {
+        "in process": "CSV parse error: Row #2: Expected 5 columns, got 6",
+        "on the cluster": "Failed to read CSV file",
+    }[where]
+    with pytest.raises(DataError) as err:
         prepare(houses_config(source), tmp_path / "store")
+    assert str(err.value).startswith(f"{source}: could not read it: "), err.value
+    assert f"{source / 'b.csv'}" in str(err.value) and reason in str(err.value), err.value
 
 
 def parts_folders(root) -> list[str]:
@@ -302,3 +314,69 @@ def test_another_data_section_gets_its_own_entry(ray_cluster, tmp_path, houses):
     other = prepare(houses_config(root, seed=2), tmp_path)
     assert not other.reused and one.train.root != other.train.root
     assert prepare(houses_config(root, seed=1), tmp_path).reused
+
+
+def spark_source(root) -> DataConfig:
+    """A Spark-written CSV table: part files in year= and region= folders (one of them Hive's null)."""
+    from spark_layout import write_spark_table
+
+    rng = np.random.default_rng(1)
+    rows = 240
+    df = pd.DataFrame(
+        {
+            "x": rng.normal(0.0, 2.0, rows).round(3),
+            "color": rng.choice(["red", "green", "blue"], rows),
+            "year": rng.choice([2021, 2022], rows),
+            "region": rng.choice(["north", "south", None], rows),
+            "label": rng.choice(["cat", "dog"], rows),
+        }
+    )
+    write_spark_table(df, root, fmt="csv", partition_by=("year", "region"), tasks=3)
+    features = ["x", "year", {"name": "color", "kind": "categorical"}, {"name": "region", "kind": "categorical"}]
+    return DataConfig(source=str(root), task="classification", label="label", features=features)
+
+
+@pytest.mark.parametrize("source", ["digits parquet", "spark csv", "client files"])
+def test_a_small_source_prepared_in_process_matches_ray_datas_preparation(ray_cluster, tmp_path, source, monkeypatch):
+    """A source of a few MiB is prepared in the driver's process (rayline.data.blocks), a larger one in Ray Data
+    tasks: both give the same splits, statistics and prepared rows in the same files' order."""
+    client_column = None
+    if source == "digits parquet":
+        cfg = DataConfig(source=str(digits_source(tmp_path)), task="classification", label="label", features=PIXELS)
+    elif source == "spark csv":
+        cfg = spark_source(tmp_path / "table")
+    else:
+        frame = pd.read_parquet(digits_source(tmp_path))
+        clients = tmp_path / "clients"
+        clients.mkdir()
+        for name, rows in (("north", frame[:500]), ("south", frame[500:1100]), ("east", frame[1100:])):
+            rows.to_parquet(clients / f"{name}.parquet")
+        cfg = DataConfig(source=str(clients), task="classification", label="label", features=PIXELS)
+        client_column = SOURCE_PATH_COLUMN
+
+    def prepared(where: str) -> PreparedData:
+        return prepare_datasets(
+            cfg, storage_root=str(tmp_path / where), log=lambda line: None, client_column=client_column
+        )
+
+    here = prepared("here")
+    monkeypatch.setattr(blocks, "IN_PROCESS_MAX_BYTES", 0)
+    on_cluster = prepared("cluster")
+
+    assert here.num_rows == on_cluster.num_rows and here.num_rows["train"] > 0
+    assert (here.label_counts, here.rows_dropped) == (on_cluster.label_counts, on_cluster.rows_dropped)
+    ours, theirs = here.preprocessor.to_dict(), on_cluster.preprocessor.to_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        if key != "features":
+            assert ours[key] == theirs[key], key
+    for mine, other in zip(ours["features"], theirs["features"], strict=True):  # sums merged in another order
+        numbers = {k for k, v in mine.items() if isinstance(v, float)}
+        assert {k: mine[k] for k in numbers} == pytest.approx({k: other[k] for k in numbers}, rel=1e-12)
+        assert {k: v for k, v in mine.items() if k not in numbers} == {k: other[k] for k in mine if k not in numbers}
+    for name in ("train", "validation", "test"):
+        a, b = getattr(here, name), getattr(on_cluster, name)
+        assert [p.split("/")[-1][:16] for p in a.paths] == [p.split("/")[-1][:16] for p in b.paths], name
+        (xa, ya), (xb, yb) = arrays(a), arrays(b)
+        np.testing.assert_allclose(xa, xb, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(ya, yb)

@@ -1,4 +1,5 @@
-"""The whole data stage, streamed through Ray Data in two passes over the source, and stored for reuse.
+"""The whole data stage, streamed through Ray Data in two passes over the source, and stored for reuse. (A source of
+a few MiB runs both passes in the driver's process instead, on the same blocks: rayline.data.blocks.)
 
 1. Fit pass: every block's rows are assigned to splits by their hash (rayline.data.split) and the training
    rows' statistics are computed in the block; the driver merges them as blocks come back. Nothing is
@@ -13,18 +14,18 @@ trial of a search with the same data section and unchanged source read the entry
 
 from __future__ import annotations
 
-import pickle
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rayline.config import DataConfig
+from rayline.data.blocks import ClusterBlocks, LocalBlocks, prepared_here
 from rayline.data.errors import DataError, reading, remote_data_error
 from rayline.data.files import resolve_source
 from rayline.data.fingerprint import fingerprint_source
@@ -46,7 +47,7 @@ from rayline.data.prepared import (
 )
 from rayline.data.preprocess import Preprocessor
 from rayline.data.progress import Progress, estimate_rows
-from rayline.data.read import SOURCE_PATH_COLUMN, read_source
+from rayline.data.read import SOURCE_PATH_COLUMN, check_schema, read_source
 from rayline.data.split import (
     INCOMPLETE,
     NO_LABEL,
@@ -61,8 +62,7 @@ from rayline.data.split import (
 )
 from rayline.data.stats import ColumnStats
 
-if TYPE_CHECKING:
-    import ray.data
+Blocks = ClusterBlocks | LocalBlocks
 
 
 # Messages that may come from one cell: a refused value, a text cell that made Arrow type a number column as
@@ -139,10 +139,10 @@ def prepare_entry(
     """Both passes over the source, the prepared files under `location`, and their manifest (written last)."""
     started = time.perf_counter()
     # A corrupt or truncated file is named here, before its footer is read again.
-    ds = read_checked(data_cfg, include_paths=client_column == SOURCE_PATH_COLUMN)
+    blocks = read_checked(data_cfg, include_paths=client_column == SOURCE_PATH_COLUMN)
     with reading(data_cfg.source):
         total_rows, exact = estimate_rows(resolve_source(data_cfg.source, data_cfg.format))
-    stats, codes = fit_pass(ds, data_cfg, Progress("fitting", total_rows, exact, log))
+    stats, codes = fit_pass(blocks, data_cfg, Progress("fitting", total_rows, exact, log))
     check_sizes(int(codes[:3].sum()), int(codes[TRAIN]), int(codes[VALIDATION]), int(codes[TEST]), data_cfg.split)
     preprocessor = preprocessor_from_stats(stats, data_cfg)
     if check is not None:
@@ -150,7 +150,7 @@ def prepare_entry(
     parts = new_parts_folder()
     try:
         progress = Progress("writing", total_rows, exact, log)
-        splits = write_pass(ds, data_cfg, preprocessor, location, parts, progress, client_column)
+        splits = write_pass(blocks, data_cfg, preprocessor, location, parts, progress, client_column)
     except BaseException:
         remove_parts(location, parts)  # a failed or interrupted pass leaves no half-written copy behind
         raise
@@ -193,21 +193,27 @@ def leave_out(data_cfg: DataConfig) -> LeaveOut:
     return LeaveOut(data_cfg.label, data_cfg.task == "regression", drop_row_columns(data_cfg))
 
 
-def read_checked(data_cfg: DataConfig, include_paths: bool = False) -> ray.data.Dataset:
+def read_checked(data_cfg: DataConfig, include_paths: bool = False) -> Blocks:
+    """The source's blocks (in this process when it is small: rayline.data.blocks), after read_source's checks."""
     try:
-        return read_source(data_cfg, include_paths)
+        files = resolve_source(data_cfg.source, data_cfg.format)
+        if not prepared_here(files):
+            return ClusterBlocks(read_source(data_cfg, include_paths))
+        blocks = LocalBlocks(files, include_paths)
+        check_schema(blocks.first_row(data_cfg.source).schema, data_cfg, data_cfg.source)
+        return blocks
     except DataError as err:
         # A stray text cell makes Arrow type a number column as text; name the cell, then the type.
         found = located(err, data_cfg, parse_check(data_cfg), data_cfg.source)
         raise (err if found is None or str(found) == str(err) else DataError(f"{found}; {err}")) from None
 
 
-def fit_pass(ds: ray.data.Dataset, data_cfg: DataConfig, progress: Progress) -> tuple[ColumnStats, np.ndarray]:
+def fit_pass(blocks: Blocks, data_cfg: DataConfig, progress: Progress) -> tuple[ColumnStats, np.ndarray]:
     """The training rows' merged statistics, and the rows per split code (TRAIN ... INCOMPLETE)."""
     stats, codes = ColumnStats(), np.zeros(5, dtype=np.int64)
     try:
         with reading(data_cfg.source):
-            for part in block_results(ds, block_statistics, data_cfg=data_cfg):
+            for part in blocks.results(block_statistics, data_cfg=data_cfg):
                 stats.merge(part["stats"])
                 codes += part["codes"]
                 progress.add(part["rows"], part["bytes"])
@@ -218,7 +224,7 @@ def fit_pass(ds: ray.data.Dataset, data_cfg: DataConfig, progress: Progress) -> 
 
 
 def write_pass(
-    ds: ray.data.Dataset,
+    blocks: Blocks,
     data_cfg: DataConfig,
     preprocessor: Preprocessor,
     location: str,
@@ -231,7 +237,7 @@ def write_pass(
     kwargs["client_column"] = client_column
     try:
         with reading(data_cfg.source):
-            for part in block_results(ds, write_block, **kwargs):
+            for part in blocks.results(write_block, **kwargs):
                 for split, path, groups in part["files"]:
                     written[split].append((path, groups))
                 progress.add(part["rows"], part["bytes"])
@@ -243,19 +249,6 @@ def write_pass(
         inputs = preprocessor.num_inputs
         files[name] = SplitFiles(location, [p for p, _ in found], [g for _, g in found], inputs) if found else None
     return files
-
-
-def block_results(ds: ray.data.Dataset, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> Iterator[dict]:
-    """fn(block as pandas, **kwargs) run on every block in Ray tasks; its results, as they come back."""
-    results = ds.map_batches(packed, fn_kwargs={"fn": fn, "kwargs": kwargs}, batch_format="pandas", batch_size=None)
-    for row in results.iter_rows():
-        yield pickle.loads(row["result"])
-
-
-def packed(batch: pd.DataFrame, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> pd.DataFrame:
-    result = fn(batch, **kwargs)
-    result.update(rows=len(batch), bytes=int(batch.memory_usage(index=False).sum()))
-    return pd.DataFrame({"result": [pickle.dumps(result)]})
 
 
 def block_statistics(batch: pd.DataFrame, data_cfg: DataConfig) -> dict[str, Any]:

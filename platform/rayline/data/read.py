@@ -47,10 +47,14 @@ def read_source(data_cfg: DataConfig, include_paths: bool = False) -> ray.data.D
         # One row is enough to learn the schema and that the source is not empty, and is cheap to read.
         head = ds.limit(1).materialize()
     if head.count() == 0:
-        names = ", ".join(files.paths[:5]) + (", ..." if len(files.paths) > 5 else "")
-        raise DataError(f"{source}: no data rows (an empty table or only a header) in {names}")
+        raise no_rows_error(source, files)
     check_schema(arrow_schema(head), data_cfg, source)
     return ds
+
+
+def no_rows_error(source: str, files: SourceFiles) -> DataError:
+    names = ", ".join(files.paths[:5]) + (", ..." if len(files.paths) > 5 else "")
+    return DataError(f"{source}: no data rows (an empty table or only a header) in {names}")
 
 
 def open_source(files: SourceFiles, include_paths: bool = False) -> ray.data.Dataset:
@@ -182,6 +186,24 @@ def read_head(filesystem: pafs.FileSystem, path: str, fmt: str, max_rows: int, d
         else:
             reader = pajson.open_json(f)
         return first_rows(reader, reader.schema, max_rows)
+
+
+def read_file(filesystem: pafs.FileSystem, path: str, fmt: str, delimiter: str = ",") -> pa.Table:
+    """One whole Parquet or CSV file, typed as Ray Data's readers type it (rayline.data.blocks reads small sources
+    with it); a reader's failure names the file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if fmt == "parquet":
+            with filesystem.open_input_file(path) as f:
+                return pq.ParquetFile(f).read()
+        with filesystem.open_input_stream(path) as f:
+            options = pacsv.ReadOptions(use_threads=False)
+            parse = pacsv.ParseOptions(delimiter=delimiter)
+            return pacsv.open_csv(f, read_options=options, parse_options=parse).read_all()
+    except (ValueError, OSError) as err:  # what read_failure reports; a source may have many files
+        raise ValueError(f"{path}: {err}") from err
 
 
 def first_rows(batches: Iterable[pa.RecordBatch], schema: pa.Schema, max_rows: int) -> pa.Table:
