@@ -111,8 +111,8 @@ def prepared_here(files: SourceFiles) -> bool:
     """Whether a source is small enough to prepare in this process (IN_PROCESS_MAX_BYTES), and not JSON."""
     if files.format == "json":
         return False
-    sizes = files.filesystem.get_file_info(files.paths)
-    stored = sum((info.size or 0) * (COMPRESSED_EXPANSION if compressed(info.path) else 1) for info in sizes)
+    sizes = zip(files.paths, files.sizes, strict=True)
+    stored = sum(size * (COMPRESSED_EXPANSION if compressed(path) else 1) for path, size in sizes)
     return stored <= IN_PROCESS_MAX_BYTES
 
 

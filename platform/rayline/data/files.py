@@ -48,6 +48,8 @@ class SourceFiles(NamedTuple):
     format: str
     partitions: dict[str, pa.DataType]
     """Partition columns from key=value folders below base, in folder order, with their inferred types."""
+    sizes: list[int]
+    """Each file's size in bytes, in the order of paths."""
 
 
 def list_source_files(source: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str], str]:
@@ -68,8 +70,10 @@ def resolve_source(source: str, fmt: str | None = None) -> SourceFiles:
     for info in infos:
         if info.size == 0:
             raise DataError(f"{source}: file {info.path} is empty (0 bytes)")
-    paths = sorted(info.path for info in infos)
-    return SourceFiles(fs, base, paths, fmt or infer_format(source, paths), partition_types(source, base, paths))
+    infos = sorted(infos, key=lambda info: info.path)
+    paths = [info.path for info in infos]
+    fmt = fmt or infer_format(source, paths)
+    return SourceFiles(fs, base, paths, fmt, partition_types(source, base, paths), [info.size or 0 for info in infos])
 
 
 def path_files(source: str, fmt: str | None) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:

@@ -19,7 +19,7 @@ def estimate_rows(files: SourceFiles) -> tuple[int, bool]:
     fs = files.filesystem
     if files.format == "parquet":
         return sum(pq.ParquetFile(fs.open_input_file(p)).metadata.num_rows for p in files.paths), True
-    total = sum(info.size or 0 for info in fs.get_file_info(files.paths))
+    total = sum(files.sizes)
     with fs.open_input_stream(files.paths[0]) as stream:
         head = stream.read(HEAD_BYTES)
     lines = max(1, head.count(b"\n"))
