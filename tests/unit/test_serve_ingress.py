@@ -82,7 +82,7 @@ def test_the_wrapper_moves_rays_side_listeners_to_loopback_and_keeps_the_endpoin
         "Ray's template changed: check what the wrapper rewrites"
     )
     wrapper = tmp_path / "haproxy"
-    wrapper.write_text(ingress.wrapper_script("/bin/echo"))
+    wrapper.write_text(ingress.wrapper_script("/bin/echo", str(tmp_path / "limits")))
     wrapper.chmod(0o755)
     args = ["-db", "-f", str(config), "-dR", "-sf", "123", "-x", str(tmp_path / "admin.sock")]
     ran = subprocess.run([str(wrapper), *args], capture_output=True, text=True, check=True)
@@ -93,7 +93,7 @@ def test_the_wrapper_moves_rays_side_listeners_to_loopback_and_keeps_the_endpoin
 
 def test_the_wrapper_refuses_to_run_haproxy_without_a_config_file(tmp_path):
     wrapper = tmp_path / "haproxy"
-    wrapper.write_text(ingress.wrapper_script("/bin/echo"))
+    wrapper.write_text(ingress.wrapper_script("/bin/echo", str(tmp_path / "limits")))
     wrapper.chmod(0o755)
     ran = subprocess.run([str(wrapper), "-db"], capture_output=True, text=True)
     assert ran.returncode == 2 and "no -f CONFIG" in ran.stderr
@@ -131,3 +131,60 @@ def test_free_ports_are_outside_the_kernels_ephemeral_range_and_free():
     assert all(p in LISTEN_PORTS and p < low for p in ports), (sorted(ports), low)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports.pop()))
+
+
+RAYS_BACKENDS = """
+backend http-main
+    log global
+    http-reuse always
+    option httpchk GET /-/healthz
+    http-check expect status 200
+    default-server fastinter 250ms downinter 250ms fall 2 rise 2 inter 5s check
+    server SERVE_REPLICA_main-ModelServer-twvhe5e2 127.0.0.1:30005 check observe layer4 error-limit 3 on-error mark-down
+    server SERVE_REPLICA_main-ModelServer-a81kd0s1 127.0.0.1:30006 check observe layer4 error-limit 3 on-error mark-down
+    server SERVE_PROXY_ACTOR-fallback-706c6acce29 127.0.0.1:31200 check backup
+backend http-other
+    log global
+    server SERVE_REPLICA_other-ModelServer-n46w8ni6 127.0.0.1:30000 check
+"""
+"""Two backends as Ray 2.60's template renders them (copied from a running endpoint's haproxy.cfg)."""
+
+
+def test_overload_limits_reach_haproxy_through_the_wrapper(tmp_path, monkeypatch):
+    """A replica writes its app's limits; the wrapper gives that backend's replicas (not the fallback proxy) their
+    maxconn and the backend its queue timeout and refusal, leaves other backends alone, and HAProxy accepts it."""
+    real = ingress.find_haproxy()
+    if real is None:
+        pytest.skip("no HAProxy binary here (ray[serve] on Linux bundles one)")
+    config = rays_config(tmp_path, "127.0.0.1")
+    config.write_text(config.read_text() + RAYS_BACKENDS)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    monkeypatch.setenv(ingress.STATE_ENV, str(tmp_path))
+    cfg = ServeConfig(max_ongoing_requests=8, max_queued_requests=20, retry_after_s=1.5, request_timeout_s=12.5)
+    ingress.write_backend_limits("main", cfg)
+    wrapper = tmp_path / "haproxy"
+    wrapper.write_text(ingress.wrapper_script(real, ingress.limits_folder(str(tmp_path))))
+    wrapper.chmod(0o755)
+    checked = subprocess.run([str(wrapper), "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = [line.strip() for line in config.read_text().splitlines()]
+    main = lines[lines.index("backend http-main") : lines.index("backend http-other")]
+    servers = [line for line in main if line.startswith("server ")]
+    assert [s.endswith(" maxconn 8") for s in servers] == [True, True, False], "the fallback proxy has no limit"
+    assert "timeout queue 13s" in main
+    refusal = [line for line in main if line.startswith("http-request return status 503")]
+    assert len(refusal) == 1 and refusal[0].endswith("hdr Retry-After 2 if { avg_queue() ge 20 }"), refusal
+    assert '\\"error\\":\\"overloaded: 20 requests already wait for each replica; retry in 2 s\\"' in refusal[0]
+    other = lines[lines.index("backend http-other") :]
+    assert not [line for line in other if "maxconn" in line or line.startswith(("timeout queue", "http-request"))]
+
+
+def test_no_queue_leaves_refusing_to_the_replica(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    monkeypatch.setenv(ingress.STATE_ENV, str(tmp_path))
+    ingress.write_backend_limits("a/b#c d", ServeConfig())
+    written = Path(ingress.limits_folder(str(tmp_path))) / "http-a.b-c_d"
+    assert written.read_text().splitlines()[0] == "64", "named as Serve names the app's backend"
+    ingress.write_backend_limits("a/b#c d", ServeConfig(max_queued_requests=0))
+    assert not written.exists()
+    assert ingress.backend_limits(ServeConfig(max_queued_requests=-1))[1:] == ["timeout queue 30s"], "no refusal"

@@ -27,6 +27,15 @@ What listens where, with Ray 2.60 (checked in its source, and by tests/integrati
   inter-deployment gRPC server on `[::]:0` (hard-coded); both belong to the cluster's trusted network, like the
   GCS and raylet ports (token auth covers them when enabled).
 
+With haproxy, an overloaded endpoint queues and refuses in HAProxy, not in the replica's Python: each replica's
+server line gets `maxconn` max_ongoing_requests, so a replica is never sent more than it handles at once; the
+rest wait in HAProxy's queue (`timeout queue` request_timeout_s), and once max_queued_requests wait per replica
+(avg_queue), further requests are answered at once with overload_status, Retry-After and rayline's JSON error.
+Ray's template has no such settings, so each replica writes its app's lines (`backend_limits`) to a file named
+after its backend under the HAProxy state folder, and the wrapper adds them to that backend as it rewrites the
+config (Ray rewrites and reloads HAProxy whenever replicas come or go). With max_queued_requests 0 the replica
+refuses as before; a replica on another node writes its file there, where this HAProxy does not look.
+
 With haproxy and a loopback host, HAProxy on the head reaches only the head's replicas (Ray's controller warns that
 cross-node routing is refused): replicas on other nodes fail its health checks and get no traffic, and Serve's
 fallback proxy answers while none is up. Choose `proxy` when replicas run on several nodes.
@@ -35,7 +44,10 @@ fallback proxy answers while none is up. Choose `proxy` when replicas run on sev
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +59,9 @@ from rayline.runtime import free_port
 if TYPE_CHECKING:  # the controller imports this module for its callback: keep that import light
     from rayline.config import ServeConfig
 
+STATE_ENV = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
+"""HAProxy's state folder for one endpoint (set in controller_options); the limits folder is inside it."""
+LIMITS_FOLDER = "limits"
 SIDE_HOST = "127.0.0.1"
 """Where HAProxy's stats and Prometheus pages listen: operator pages, never for clients."""
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
@@ -70,7 +85,7 @@ def controller_options(cfg: ServeConfig) -> dict[str, Any] | None:
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        STATE_ENV: str(state),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
@@ -154,19 +169,21 @@ def install_haproxy_wrapper() -> None:
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(wrapper_script(real))
+    partial.write_text(wrapper_script(real, limits_folder(os.environ.get(STATE_ENV, str(path.parent)))))
     partial.chmod(0o755)
     partial.replace(path)  # atomic: an HAProxy starting now runs the old script or the new, never half of one
 
 
-def wrapper_script(real_binary: str) -> str:
-    """A POSIX shell script that runs `real_binary` with its arguments, after moving every `bind` of the config
-    file given with -f that is not in a serving frontend to SIDE_HOST.
+def wrapper_script(real_binary: str, limits: str) -> str:
+    """A POSIX shell script that runs `real_binary` with its arguments, after rewriting the config file given with
+    -f: every `bind` that is not in a serving frontend moves to SIDE_HOST, and each HTTP backend with a file in
+    the `limits` folder gets its lines (the first: each non-backup server's maxconn; the others: added to the
+    backend section; see backend_limits).
 
     The serving frontends (http_frontend, grpc_frontend) bind serve.host already; a listener that a future Ray
     adds anywhere else lands on loopback too, rather than on every interface.
     """
-    quoted = "'" + real_binary.replace("'", "'\\''") + "'"
+    quoted, limits_quoted = shell_quoted(real_binary), shell_quoted(limits)
     return f"""#!/bin/sh
 # Written by rayline ({CALLBACK}); Serve starts HAProxy through it.
 set -e
@@ -180,11 +197,75 @@ if [ -z "$config" ]; then
   echo "rayline's HAProxy wrapper: no -f CONFIG among the arguments: $*" >&2
   exit 2
 fi
-awk '
-/^[^ \\t#]/ {{ serving = ($1 == "frontend" && ($2 == "http_frontend" || $2 == "grpc_frontend")) }}
+awk -v limits={limits_quoted} '
+/^[^ \\t#]/ {{
+  serving = ($1 == "frontend" && ($2 == "http_frontend" || $2 == "grpc_frontend"))
+  maxconn = ""; added = 0
+  if ($1 == "backend" && $2 ~ /^http-/) {{
+    file = limits "/" $2
+    if ((getline maxconn < file) > 0) {{ while ((getline line < file) > 0) extra[++added] = line }}
+    else maxconn = ""
+    close(file)
+  }}
+}}
 !serving && $1 == "bind" {{ sub(/bind[ \\t]+[^ \\t]*:/, "bind {SIDE_HOST}:") }}
+maxconn != "" && $1 == "server" && $0 !~ / backup( |$)/ {{ $0 = $0 " maxconn " maxconn }}
 {{ print }}
+$1 == "backend" {{ for (i = 1; i <= added; i++) print "    " extra[i] }}
 ' "$config" > "$config.rayline"
 mv "$config.rayline" "$config"
 exec {quoted} "$@"
 """
+
+
+def shell_quoted(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# ---------------------------------------------------------------- overload, in HAProxy
+
+
+def limits_folder(state: str) -> str:
+    return str(Path(state) / LIMITS_FOLDER)
+
+
+def backend_limits(cfg: ServeConfig) -> list[str] | None:
+    """The lines the wrapper applies to the HTTP backend of an app served with `cfg` (module docstring): each
+    replica's maxconn, then the backend's queue timeout and overload refusal. None with max_queued_requests 0
+    (no request may wait: the replica refuses, as Serve does)."""
+    if cfg.max_queued_requests == 0:
+        return None
+    lines = [str(cfg.max_ongoing_requests), f"timeout queue {math.ceil(cfg.request_timeout_s)}s"]
+    if cfg.max_queued_requests > 0:
+        retry = max(0, math.ceil(cfg.retry_after_s))
+        message = f"overloaded: {cfg.max_queued_requests} requests already wait for each replica; retry in {retry} s"
+        body = json.dumps({"error": message, "detail": []}, separators=(",", ":")).replace('"', '\\"')
+        lines.append(
+            f'http-request return status {cfg.overload_status} content-type application/json string "{body}" '
+            f"hdr Retry-After {retry} if {{ avg_queue() ge {cfg.max_queued_requests} }}"
+        )
+    return lines
+
+
+def backend_name(app_name: str) -> str:
+    """The name Serve gives an app's HTTP backend in HAProxy's config (Ray 2.60's HAProxyManager.get_safe_name
+    over "http-<app>")."""
+    name = f"http-{app_name}".replace("#", "-").replace("/", ".")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def write_backend_limits(app_name: str, cfg: ServeConfig) -> None:
+    """Called by each replica as it is configured: its app's backend lines, where this node's HAProxy wrapper
+    reads them. Nothing outside rayline's HAProxy ingress."""
+    state = os.environ.get(STATE_ENV)
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1" or not state:
+        return
+    path = Path(limits_folder(state)) / backend_name(app_name)
+    lines = backend_limits(cfg)
+    if lines is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(path)  # atomic: a wrapper reading now sees the old lines or the new

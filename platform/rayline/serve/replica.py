@@ -30,6 +30,7 @@ from rayline.serve.api import create_api
 from rayline.serve.batching import Batcher
 from rayline.serve.grpc_api import GrpcMethods
 from rayline.serve.http import FrontDoor, Limits, env_token_digest, error_body
+from rayline.serve.ingress import write_backend_limits
 from rayline.serve.metrics import ServeMetrics
 from rayline.serve.model import ServedModel, record_metrics
 from rayline.serve.schema import MAX_ROWS, RequestError
@@ -88,6 +89,8 @@ class ModelServer(GrpcMethods):
             self.primary = await asyncio.to_thread(self._load, settings.model_name, settings.model_version)
             logger.info("now serving model %s", self.primary.ref)
         self.apply(settings)
+        limits = self.fixed.model_copy(update={"request_timeout_s": settings.serve.request_timeout_s})
+        write_backend_limits(serve.get_replica_context().app_name, limits)
 
     def apply(self, settings: HotSettings) -> None:
         """The hot settings in force: request limits and how requests are batched."""

@@ -18,7 +18,18 @@ from typing import Any
 from rayline.config import ServeConfig
 from rayline.registry_layout import ModelVersion, RegistryError, check_name, is_version
 
-FIXED_FIELDS = frozenset({"max_models_per_replica", "torch_threads", "runtime"})
+FIXED_FIELDS = frozenset(
+    {
+        "max_models_per_replica",
+        "torch_threads",
+        "runtime",
+        # Also Serve's deployment options: the replica hands them to HAProxy (ingress.write_backend_limits).
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "overload_status",
+        "retry_after_s",
+    }
+)
 """ServeConfig fields a replica takes when it starts."""
 HOT_FIELDS = frozenset({"max_batch_size", "batch_wait_timeout_s", "max_body_bytes", "request_timeout_s"})
 """ServeConfig fields a running replica takes in place, through its user_config."""
