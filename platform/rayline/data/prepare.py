@@ -141,7 +141,7 @@ def prepare_entry(
     # A corrupt or truncated file is named here, before its footer is read again.
     blocks = read_checked(data_cfg, include_paths=client_column == SOURCE_PATH_COLUMN)
     with reading(data_cfg.source):
-        total_rows, exact = estimate_rows(resolve_source(data_cfg.source, data_cfg.format))
+        total_rows, exact = estimate_rows(blocks.files)
     stats, codes = fit_pass(blocks, data_cfg, Progress("fitting", total_rows, exact, log))
     check_sizes(int(codes[:3].sum()), int(codes[TRAIN]), int(codes[VALIDATION]), int(codes[TEST]), data_cfg.split)
     preprocessor = preprocessor_from_stats(stats, data_cfg)
@@ -198,7 +198,7 @@ def read_checked(data_cfg: DataConfig, include_paths: bool = False) -> Blocks:
     try:
         files = resolve_source(data_cfg.source, data_cfg.format)
         if not prepared_here(files):
-            return ClusterBlocks(read_source(data_cfg, include_paths))
+            return ClusterBlocks(read_source(data_cfg, include_paths, files), files)
         blocks = LocalBlocks(files, include_paths)
         check_schema(blocks.first_row(data_cfg.source).schema, data_cfg, data_cfg.source)
         return blocks

@@ -36,11 +36,13 @@ SOURCE_PATH_COLUMN = "path"
 """The column Ray Data adds with each row's file when asked (include_paths): a federated run's clients by file."""
 
 
-def read_source(data_cfg: DataConfig, include_paths: bool = False) -> ray.data.Dataset:
+def read_source(
+    data_cfg: DataConfig, include_paths: bool = False, files: SourceFiles | None = None
+) -> ray.data.Dataset:
     """A lazy Dataset of the source's rows, after checks that it has rows and the configured columns; with
-    `include_paths`, each row's file in the SOURCE_PATH_COLUMN column."""
+    `include_paths`, each row's file in the SOURCE_PATH_COLUMN column. `files`: the source already listed."""
     source = data_cfg.source
-    files = resolve_source(source, data_cfg.format)
+    files = files or resolve_source(source, data_cfg.format)
     with reading(source):
         # read_parquet reads the footers here, on the driver: a corrupt file fails in this call.
         ds = open_source(files, include_paths)
